@@ -1,0 +1,78 @@
+"""RGBA images as files: PNG bytes, and a checkerboard preview for eyes and chat windows."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+#: The reference visualisation: 64-pixel cells of 45 % and 55 % grey, the top-left cell darker.
+CHECKER_CELL = 64
+CHECKER_LEVELS = (0.45, 0.55)
+
+
+def encode_png(rgba: np.ndarray) -> bytes:
+    """Straight-alpha RGBA ``uint8 [H, W, 4]`` → PNG bytes; deterministic (no timestamps or text)."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgba).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def checkerboard(height: int, width: int, cell: int = CHECKER_CELL) -> np.ndarray:
+    """``float32 [H, W]`` grey levels of the preview background."""
+    rows = (np.arange(height) // cell)[:, None]
+    cols = (np.arange(width) // cell)[None, :]
+    dark, light = CHECKER_LEVELS
+    return np.where((rows + cols) % 2 == 0, dark, light).astype(np.float32)
+
+
+def composite(rgba: np.ndarray, background: np.ndarray | float) -> np.ndarray:
+    """Straight-alpha RGBA over a grey background (a scalar or ``[H, W]``), as ``float32 [H, W, 3]`` in [0, 1]."""
+    colour = rgba[..., :3].astype(np.float32) / 255.0
+    alpha = rgba[..., 3:].astype(np.float32) / 255.0
+    back = np.asarray(background, dtype=np.float32)
+    if back.ndim == 2:
+        back = back[..., None]
+    return colour * alpha + back * (1.0 - alpha)
+
+
+def checkerboard_preview(rgba: np.ndarray) -> np.ndarray:
+    """RGB ``uint8`` view of an RGBA image over the reference checkerboard."""
+    height, width = rgba.shape[:2]
+    return (composite(rgba, checkerboard(height, width)) * 255.0).clip(0, 255).astype(np.uint8)
+
+
+@dataclass
+class TransparentImage:
+    """One generated image: straight-alpha RGBA pixels, with its seed and safety verdict."""
+
+    rgba: np.ndarray
+    seed: int
+    nsfw: bool = False
+    _png: bytes | None = field(default=None, repr=False)
+
+    @property
+    def width(self) -> int:
+        return int(self.rgba.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgba.shape[0])
+
+    def png(self) -> bytes:
+        if self._png is None:
+            self._png = encode_png(self.rgba)
+        return self._png
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_bytes(self.png())
+        return path
+
+    def save_preview(self, path: str | Path) -> Path:
+        path = Path(path)
+        Image.fromarray(checkerboard_preview(self.rgba)).save(path, format="PNG")
+        return path

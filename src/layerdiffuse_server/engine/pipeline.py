@@ -1,0 +1,298 @@
+"""SDXL + LayerDiffuse: prompt in, straight-alpha RGBA images out.
+
+Stages, in call order: load (base SDXL, LayerDiffuse attention weights merged into the UNet once,
+transparent decoder, safety checker), then per request: encode prompts, prepare per-image noise,
+denoise with diffusers' SDXL pipeline (progress and cooperative cancel at every step), decode with
+the SDXL VAE and the transparent decoder, safety check.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import GenerationCancelled, InvalidInputError
+from ..schemas import GenerationParams
+from ..settings import Settings
+from .attention_weights import AttentionWeights, merge_attention_weights
+from .decoder import TransparentDecoder
+from .devices import resolve_device, resolve_dtype, vae_dtype
+from .images import TransparentImage
+from .presets import (
+    ModelSources,
+    preset_sources,
+    resolve_base,
+    resolve_safety_checker,
+    resolve_single_file_config,
+)
+from .safety import SafetyChecker
+from .schedulers import make_scheduler
+from .sources import resolve_file
+
+logger = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass
+class GenerationResult:
+    """Images of one request, the seed it ran with, and where the time went (seconds)."""
+
+    images: list[TransparentImage]
+    seed: int
+    params: GenerationParams
+    has_nsfw_concepts: list[bool] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _detect_variant(folder: Path) -> str | None:
+    """``fp16`` when a diffusers folder only has fp16 UNet weights (as the hub's SDXL layout)."""
+    unet = folder / "unet"
+    if any(unet.glob("*.safetensors")) and not any(
+        p for p in unet.glob("*.safetensors") if p.name.count(".") == 1
+    ):
+        return next(unet.glob("*.safetensors")).name.split(".")[1]
+    return None
+
+
+class TransparentSDXLPipeline:
+    """Generates transparent images with SDXL and LayerDiffuse.
+
+    Build one with :meth:`from_preset` or :meth:`from_sources`; it keeps every model resident, so
+    load once and call :meth:`generate` many times.
+    """
+
+    def __init__(
+        self,
+        sdxl: Any,
+        decoder: TransparentDecoder,
+        safety_checker: SafetyChecker | None,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.sdxl = sdxl
+        self.decoder = decoder
+        self.safety_checker = safety_checker
+        self.device = device
+        self.dtype = dtype
+        self.sdxl.set_progress_bar_config(disable=True)
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_preset(
+        cls,
+        name: str = "sdxl",
+        *,
+        settings: Settings | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        base: str | None = None,
+        layer_weights: str | None = None,
+        decoder: str | None = None,
+        **options: Any,
+    ) -> TransparentSDXLPipeline:
+        """Load a preset (``sdxl``, ``tiny``, ``sdxl-random``), optionally replacing some of its files."""
+        settings = settings or Settings()
+        sources = preset_sources(name, settings.presets_dir).with_overrides(
+            base=base, layer_weights=layer_weights, decoder=decoder
+        )
+        return cls.from_sources(sources, device=device, dtype=dtype, **options)
+
+    @classmethod
+    def from_sources(
+        cls,
+        sources: ModelSources,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        layer_strength: float = 1.0,
+        decoder_passes: int = 8,
+        decoder_max_batch: int = 8,
+        safety_checker: bool = True,
+    ) -> TransparentSDXLPipeline:
+        """Load every model from weight references (local paths or hub files).
+
+        Args:
+            layer_strength: factor on the LayerDiffuse weights (1.0 as trained).
+            decoder_passes: test-time augmentation passes of the transparent decoder (8, 4, 2, 1).
+            decoder_max_batch: passes per decoder forward call; lower it to bound memory.
+            safety_checker: load the safety checker (requests can still turn it off).
+        """
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device, sources.cpu_dtype)
+        # Resolve every file first: a missing one is reported before minutes of loading.
+        base_path = resolve_base(sources)
+        layer_path = resolve_file(sources.layer_weights, what="LayerDiffuse attention weights",
+                                  flag="--layer-weights")
+        decoder_path = resolve_file(sources.decoder, what="Transparent VAE decoder", flag="--decoder")
+        checker_path = resolve_safety_checker(sources.safety_checker) if (
+            safety_checker and sources.safety_checker) else None
+
+        started = time.perf_counter()
+        logger.info("Loading SDXL from %s (%s)", base_path, str(torch_dtype).removeprefix("torch."))
+        sdxl = cls._load_sdxl(base_path, sources.base_variant, torch_dtype)
+        logger.info("Merging LayerDiffuse attention weights from %s", layer_path.name)
+        merged = merge_attention_weights(sdxl.unet, AttentionWeights.load(layer_path), layer_strength)
+        sdxl.vae.to(dtype=vae_dtype(torch_dtype, torch_device, bool(sdxl.vae.config.force_upcast)))
+        sdxl.to(torch_device)
+        logger.info("Loading the transparent decoder from %s", decoder_path.name)
+        transparent_decoder = TransparentDecoder.from_file(
+            decoder_path, device=torch_device, dtype=torch_dtype, passes=decoder_passes, max_batch=decoder_max_batch
+        )
+        checker = None
+        if checker_path is not None:
+            logger.info("Loading the safety checker from %s", checker_path)
+            checker = SafetyChecker.from_folder(checker_path, device=torch_device, dtype=torch_dtype)
+        logger.info("Models ready in %.1f s (%d attention weights merged)", time.perf_counter() - started, merged)
+        return cls(sdxl, transparent_decoder, checker, device=torch_device, dtype=torch_dtype)
+
+    @staticmethod
+    def _load_sdxl(base_path: Path, variant: str | None, dtype: torch.dtype) -> Any:
+        from diffusers import StableDiffusionXLPipeline
+
+        if base_path.is_file():
+            return StableDiffusionXLPipeline.from_single_file(
+                str(base_path), config=str(resolve_single_file_config()), dtype=dtype, add_watermarker=False
+            )
+        variant = variant if variant is not None else _detect_variant(base_path)
+        return StableDiffusionXLPipeline.from_pretrained(
+            base_path, dtype=dtype, variant=variant, add_watermarker=False
+        )
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        params: GenerationParams | None = None,
+        *,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+        **fields: Any,
+    ) -> GenerationResult:
+        """Generate ``params.num_images`` transparent images.
+
+        Args:
+            params: the input; keyword ``fields`` build one (``generate(prompt="a cat", seed=1)``).
+            on_step: called as ``on_step(step, total)`` after every denoising step.
+            should_cancel: polled between steps; returning True raises :class:`GenerationCancelled`.
+        """
+        if params is None:
+            try:
+                params = GenerationParams(**fields)
+            except ValueError as error:
+                raise InvalidInputError(str(error)) from None
+        elif fields:
+            raise TypeError("pass either params or keyword fields, not both")
+        params = params.with_seed()
+        assert params.seed is not None
+        timings: dict[str, float] = {}
+
+        def timed(stage: str) -> _Timer:
+            return _Timer(timings, stage, self.device)
+
+        if should_cancel and should_cancel():
+            raise GenerationCancelled("cancelled before start")
+        seeds = [params.seed + i for i in range(params.num_images)]
+        with timed("text_encoding"):
+            embeddings = self.encode_prompts(params, len(seeds))
+        with timed("denoising"):
+            latents = self.denoise(params, seeds, embeddings, on_step=on_step, should_cancel=should_cancel)
+        with timed("decoding"):
+            rgba = self.decoder.decode(latents, self.sdxl.vae)
+        flags: list[bool] | None = None
+        if params.enable_safety_checker and self.safety_checker is not None:
+            with timed("safety_check"):
+                rgba, flags = self.safety_checker.apply(rgba)
+        images = [
+            TransparentImage(rgba=pixels, seed=seed, nsfw=bool(flags and flags[i]))
+            for i, (pixels, seed) in enumerate(zip(rgba, seeds))
+        ]
+        return GenerationResult(images, params.seed, params, has_nsfw_concepts=flags, timings=timings)
+
+    def encode_prompts(self, params: GenerationParams, count: int) -> dict[str, torch.Tensor]:
+        """CLIP-L and CLIP-bigG embeddings of prompt and negative prompt, as diffusers' SDXL does."""
+        positive, negative, pooled, negative_pooled = self.sdxl.encode_prompt(
+            prompt=[params.prompt] * count,
+            negative_prompt=[params.negative_prompt] * count,
+            device=self.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=params.guidance_scale > 1.0,
+        )
+        embeddings = {"prompt_embeds": positive, "pooled_prompt_embeds": pooled}
+        if negative is not None:
+            embeddings |= {"negative_prompt_embeds": negative, "negative_pooled_prompt_embeds": negative_pooled}
+        return embeddings
+
+    def initial_noise(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
+        """Per-image noise drawn on the CPU from each image's own seed.
+
+        CPU draws make a seed mean the same image on every device, and per-image seeds make image i
+        of a batch equal to a single image with seed + i.
+        """
+        shape = (1, self.sdxl.unet.config.in_channels, height // self.sdxl.vae_scale_factor,
+                 width // self.sdxl.vae_scale_factor)
+        noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
+        return torch.cat(noise).to(self.device, self.dtype)
+
+    def denoise(
+        self,
+        params: GenerationParams,
+        seeds: list[int],
+        embeddings: dict[str, torch.Tensor],
+        *,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> torch.Tensor:
+        """Run the sampler; returns model-space latents ``[B, 4, H/8, W/8]``."""
+        total = params.num_inference_steps
+
+        def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(step + 1, total)
+            if should_cancel is not None and should_cancel() and step + 1 < total:
+                raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
+            return tensors
+
+        self.sdxl.scheduler = make_scheduler(params.scheduler, self.sdxl.scheduler.config)
+        output = self.sdxl(
+            **embeddings,
+            height=params.height,
+            width=params.width,
+            num_inference_steps=total,
+            guidance_scale=params.guidance_scale,
+            latents=self.initial_noise(seeds, params.height, params.width),
+            # Used only by stochastic samplers (ancestral, SDE): one stream per image, seeded like its noise.
+            generator=[torch.Generator("cpu").manual_seed(s + 2**32) for s in seeds],
+            output_type="latent",
+            callback_on_step_end=step_end,
+        )
+        return output.images
+
+
+class _Timer:
+    """Wall time of a stage, synchronising the accelerator so the time lands on the right stage."""
+
+    def __init__(self, timings: dict[str, float], stage: str, device: torch.device) -> None:
+        self.timings, self.stage, self.device = timings, stage, device
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self) -> _Timer:
+        self._sync()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sync()
+        self.timings[self.stage] = time.perf_counter() - self.started

@@ -1,0 +1,164 @@
+"""Named model sets: ``sdxl`` (the real weights), ``tiny`` and ``sdxl-random`` (random weights).
+
+A preset is only a set of weight references (see :mod:`.sources`). The random presets are written
+to disk on first use, in the official file formats, and then loaded exactly like real weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .random_weights import SDXL_SPEC, TINY_SPEC, ArchitectureSpec, write_random_preset
+from .sources import parse_reference, resolve_file, resolve_folder
+
+logger = logging.getLogger(__name__)
+
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+LAYERDIFFUSE_REPO = "LayerDiffusion/layerdiffusion-v1"
+SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
+PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+
+@dataclass(frozen=True)
+class ModelSources:
+    """The four things a transparent SDXL pipeline is made of.
+
+    Attributes:
+        base: SDXL in diffusers layout (hub repo id or local folder) or a single-file ``.safetensors``.
+        base_variant: weight-file variant of a diffusers-layout base (``fp16`` on the hub's SDXL).
+        layer_weights: LayerDiffuse attention weights, either official format.
+        decoder: the transparent VAE decoder file.
+        safety_checker: a safety-checker model folder or repo, or ``None`` to load none.
+        cpu_dtype: default dtype on CPU (bfloat16 is ~4× faster than float32 with AMX).
+    """
+
+    base: str
+    layer_weights: str
+    decoder: str
+    safety_checker: str | None = SAFETY_CHECKER
+    base_variant: str | None = None
+    cpu_dtype: torch.dtype = torch.float32
+
+    def with_overrides(self, **overrides: str | None) -> ModelSources:
+        """Replace some references (``None`` values are ignored); a new base drops the variant guess."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        if "base" in given and "base_variant" not in given:
+            given["base_variant"] = None
+        return replace(self, **given)
+
+
+SDXL_SOURCES = ModelSources(
+    base=SDXL_BASE,
+    base_variant="fp16",
+    layer_weights=f"{LAYERDIFFUSE_REPO}/layer_xl_transparent_attn.safetensors",
+    decoder=f"{LAYERDIFFUSE_REPO}/vae_transparent_decoder.safetensors",
+    cpu_dtype=torch.bfloat16,
+)
+
+#: Random presets: name → (spec, version). Bump the version when the generated files change.
+RANDOM_PRESETS: dict[str, tuple[ArchitectureSpec, int]] = {"tiny": (TINY_SPEC, 1), "sdxl-random": (SDXL_SPEC, 1)}
+PRESET_NAMES = ("sdxl", *RANDOM_PRESETS)
+
+
+def ensure_random_preset(name: str, presets_dir: Path) -> Path:
+    """Write a random preset's files once; later calls (and other processes) reuse them."""
+    spec, version = RANDOM_PRESETS[name]
+    folder = presets_dir / f"{name}-v{version}"
+    if (folder / "COMPLETE").exists():
+        return folder
+    presets_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("Writing the random-weight preset %r to %s (once)", name, folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=presets_dir))
+    try:
+        write_random_preset(spec, staging)
+        (staging / "COMPLETE").write_text(f"{name} v{version}\n")
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if not (folder / "COMPLETE").exists():  # not a concurrent writer winning the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def preset_sources(name: str, presets_dir: Path) -> ModelSources:
+    """The weight references of a preset, writing a random preset's files if needed."""
+    if name == "sdxl":
+        return SDXL_SOURCES
+    if name not in RANDOM_PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    folder = ensure_random_preset(name, presets_dir)
+    spec, _ = RANDOM_PRESETS[name]
+    return ModelSources(
+        base=str(folder / "base"),
+        base_variant=spec.variant,
+        layer_weights=str(folder / "layer_xl_transparent_attn.safetensors"),
+        decoder=str(folder / "vae_transparent_decoder.safetensors"),
+        safety_checker=str(folder / "safety_checker"),
+        cpu_dtype=torch.float32 if name == "tiny" else torch.bfloat16,
+    )
+
+
+def base_allow_patterns(variant: str | None) -> list[str]:
+    """The files of a diffusers SDXL repo we need: configs, tokenizers and one weight variant."""
+    weights = [f"*.{variant}.safetensors"] if variant else ["diffusion_pytorch_model.safetensors", "model.safetensors"]
+    patterns = ["model_index.json"]
+    for component in PIPELINE_COMPONENTS:
+        patterns += [f"{component}/*.json", f"{component}/*.txt", *(f"{component}/{w}" for w in weights)]
+    return patterns
+
+
+def resolve_base(sources: ModelSources) -> Path:
+    """The local diffusers folder or single file of the base model."""
+    parsed = parse_reference(sources.base)
+    if isinstance(parsed, Path) and parsed.suffix == ".safetensors":
+        return resolve_file(parsed, what="SDXL checkpoint", flag="--base")
+    return resolve_folder(
+        sources.base,
+        what="SDXL base model",
+        flag="--base",
+        allow_patterns=base_allow_patterns(sources.base_variant),
+        required=("model_index.json", "unet/config.json", "vae/config.json"),
+    )
+
+
+def resolve_single_file_config() -> Path:
+    """Configs and tokenizers of SDXL base, which a single-file checkpoint does not carry."""
+    return resolve_folder(
+        SDXL_BASE,
+        what="SDXL configuration (needed to load a single-file checkpoint)",
+        flag="--base",
+        allow_patterns=["model_index.json", *(f"{c}/*.json" for c in PIPELINE_COMPONENTS),
+                        *(f"{c}/*.txt" for c in PIPELINE_COMPONENTS)],
+    )
+
+
+def resolve_safety_checker(reference: str) -> Path:
+    folder = resolve_folder(
+        reference, what="Safety checker", flag="--safety-checker", allow_patterns=["*.json", "*.safetensors"]
+    )
+    if not any(folder.glob("*.safetensors")) and not (folder / "pytorch_model.bin").exists():
+        # The CompVis repository's original weights are a PyTorch pickle.
+        resolve_file(f"{reference}/pytorch_model.bin", what="Safety checker weights", flag="--safety-checker")
+    return folder
+
+
+def download(sources: ModelSources) -> dict[str, Path]:
+    """Fetch every file of ``sources`` into the hub cache (progress bars from the hub library)."""
+    paths = {
+        "base": resolve_base(sources),
+        "layer_weights": resolve_file(sources.layer_weights, what="LayerDiffuse attention weights",
+                                      flag="--layer-weights"),
+        "decoder": resolve_file(sources.decoder, what="Transparent VAE decoder", flag="--decoder"),
+    }
+    if sources.safety_checker:
+        paths["safety_checker"] = resolve_safety_checker(sources.safety_checker)
+    return paths

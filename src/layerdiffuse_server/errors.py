@@ -1,0 +1,61 @@
+"""One exception tree for the whole product.
+
+    LayerDiffuseError                  base; carries an HTTP status and a fal error type
+    ├── InvalidInputError              a request the engine cannot run as given (422)
+    ├── WeightsError                   something wrong with model files (503)
+    │   ├── MissingWeightsError        a file is neither on disk nor downloadable
+    │   └── WeightFormatError          a file is there but its keys or shapes are wrong
+    └── GenerationCancelled            a run stopped between denoising steps on request (499)
+
+The HTTP layer translates these in one place; the engine and the CLI raise them with messages
+written for the person who has to act on them.
+"""
+
+from __future__ import annotations
+
+
+class LayerDiffuseError(Exception):
+    """Something went wrong in layerdiffuse-server."""
+
+    status_code: int = 500
+    error_type: str = "internal_error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class InvalidInputError(LayerDiffuseError):
+    """The request's input is not valid."""
+
+    status_code = 422
+    error_type = "validation_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class WeightsError(LayerDiffuseError):
+    """The model weights could not be loaded."""
+
+    status_code = 503
+    error_type = "runner_scheduling_failure"
+
+
+class MissingWeightsError(WeightsError):
+    """A weights file is not on disk and could not be downloaded."""
+
+
+class WeightFormatError(WeightsError):
+    """A weights file does not have the keys or shapes this model needs."""
+
+
+class GenerationCancelled(LayerDiffuseError):
+    """The generation was cancelled."""
+
+    status_code = 499
+    error_type = "client_cancelled"

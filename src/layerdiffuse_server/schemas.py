@@ -1,0 +1,65 @@
+"""The generation input, as one pydantic model shared by the engine, the CLI and the API.
+
+Defaults are those of the hosted ``fal-ai/layer-diffusion`` endpoint; ``width``, ``height``,
+``num_images`` and ``scheduler`` are extensions with defaults that keep the hosted behaviour.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Seeds travel through JSON to JavaScript clients, whose numbers are exact only up to 2**53 - 1.
+MAX_SEED = 2**53 - 1
+MAX_PROMPT_CHARS = 4000
+
+SchedulerName = Literal["dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_ancestral", "unipc", "ddim"]
+
+
+def random_seed() -> int:
+    """A fresh seed in the range every tool in this field accepts (32 bits)."""
+    return secrets.randbits(32)
+
+
+class GenerationParams(BaseModel):
+    """What to generate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS, description="The prompt to generate from.")
+    negative_prompt: str = Field(
+        default="text, watermark",
+        max_length=MAX_PROMPT_CHARS,
+        description="What the image should not contain.",
+    )
+    guidance_scale: float = Field(
+        default=8.0, ge=0.0, le=30.0, description="Classifier-free guidance scale (CFG); 1 or less disables it."
+    )
+    num_inference_steps: int = Field(default=20, ge=1, le=150, description="Number of denoising steps.")
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="Random seed; a random one is drawn when absent. Image i of a batch uses seed + i.",
+    )
+    enable_safety_checker: bool = Field(
+        default=True, description="Replace images flagged as NSFW by a fully transparent image."
+    )
+    width: int = Field(default=1024, ge=64, le=2048, description="Image width in pixels, a multiple of 64.")
+    height: int = Field(default=1024, ge=64, le=2048, description="Image height in pixels, a multiple of 64.")
+    num_images: int = Field(default=1, ge=1, le=8, description="Number of images to generate.")
+    scheduler: SchedulerName = Field(default="dpmpp_2m_karras", description="Sampler.")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_64(cls, value: int) -> int:
+        # The transparent decoder downsamples six times by 2: other sizes cannot pass its skip connections.
+        if value % 64:
+            raise ValueError(f"must be a multiple of 64 (the transparent decoder needs it), got {value}")
+        return value
+
+    def with_seed(self) -> GenerationParams:
+        """This input with its seed fixed, so the run can be reported and repeated."""
+        return self if self.seed is not None else self.model_copy(update={"seed": random_seed()})
