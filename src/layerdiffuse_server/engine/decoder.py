@@ -99,7 +99,7 @@ class TransparentDecoder:
         max_batch: int = 8,
     ) -> TransparentDecoder:
         """Load ``vae_transparent_decoder.safetensors`` (or its diffusers-CLI twin), strictly."""
-        state = load_file(str(path))
+        state = {key: tensor.to(dtype) for key, tensor in load_file(str(path)).items()}
         config = TransparentDecoderNetwork.config_from_state_dict(state)
         with torch.device("meta"):
             network = TransparentDecoderNetwork(**config)
@@ -107,7 +107,7 @@ class TransparentDecoder:
             network.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as error:
             raise WeightFormatError(f"'{path}' does not match the transparent decoder: {error}") from None
-        return cls(network.to(device=device, dtype=dtype), passes=passes, max_batch=max_batch)
+        return cls(network.to(device), passes=passes, max_batch=max_batch)
 
     @property
     def device(self) -> torch.device:

@@ -142,7 +142,9 @@ class TransparentSDXLPipeline:
         sdxl = cls._load_sdxl(base_path, sources.base_variant, torch_dtype)
         logger.info("Merging LayerDiffuse attention weights from %s", layer_path.name)
         merged = merge_attention_weights(sdxl.unet, AttentionWeights.load(layer_path), layer_strength)
-        sdxl.vae.to(dtype=vae_dtype(torch_dtype, torch_device, bool(sdxl.vae.config.force_upcast)))
+        decode_dtype = vae_dtype(torch_dtype, torch_device, bool(sdxl.vae.config.force_upcast))
+        if decode_dtype != sdxl.vae.dtype:
+            sdxl.vae.to(dtype=decode_dtype)
         sdxl.to(torch_device)
         logger.info("Loading the transparent decoder from %s", decoder_path.name)
         transparent_decoder = TransparentDecoder.from_file(

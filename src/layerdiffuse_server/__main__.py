@@ -1,0 +1,3 @@
+from layerdiffuse_server.cli import main
+
+main()

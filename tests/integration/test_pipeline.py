@@ -1,0 +1,110 @@
+"""The whole engine on the tiny preset: determinism, batches, progress, cancel, safety checker."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline
+from layerdiffuse_server.engine.safety import SafetyChecker
+from layerdiffuse_server.errors import GenerationCancelled, InvalidInputError
+from layerdiffuse_server.schemas import GenerationParams
+
+SMALL = {"width": 128, "height": 128, "num_inference_steps": 4}
+
+
+def test_same_seed_same_bytes_and_another_seed_another_image(tiny_pipeline: TransparentSDXLPipeline) -> None:
+    first = tiny_pipeline.generate(prompt="a red apple", seed=7, **SMALL)
+    again = tiny_pipeline.generate(prompt="a red apple", seed=7, **SMALL)
+    other = tiny_pipeline.generate(prompt="a red apple", seed=8, **SMALL)
+    assert first.images[0].png() == again.images[0].png()
+    assert first.images[0].png() != other.images[0].png()
+    image = Image.open(io.BytesIO(first.images[0].png()))
+    assert image.mode == "RGBA" and image.size == (128, 128)
+    assert first.seed == 7 and first.has_nsfw_concepts == [False]
+
+
+def test_a_missing_seed_is_drawn_and_reported(tiny_pipeline: TransparentSDXLPipeline) -> None:
+    result = tiny_pipeline.generate(prompt="x", **SMALL)
+    repeated = tiny_pipeline.generate(prompt="x", seed=result.seed, **SMALL)
+    assert isinstance(result.seed, int) and result.images[0].png() == repeated.images[0].png()
+
+
+def test_image_i_of_a_batch_is_the_single_image_with_seed_plus_i(tiny_pipeline: TransparentSDXLPipeline) -> None:
+    batch = tiny_pipeline.generate(prompt="a cat", seed=20, num_images=2, **SMALL)
+    single = tiny_pipeline.generate(prompt="a cat", seed=21, **SMALL)
+    assert [image.seed for image in batch.images] == [20, 21]
+    difference = np.abs(batch.images[1].rgba.astype(int) - single.images[0].rgba.astype(int))
+    assert difference.max() <= 2  # a larger batch may round differently in the last float bits, no more
+
+
+def test_non_square_sizes(tiny_pipeline: TransparentSDXLPipeline) -> None:
+    result = tiny_pipeline.generate(prompt="a lamp", seed=1, width=192, height=128, num_inference_steps=2)
+    assert result.images[0].rgba.shape == (128, 192, 4)
+
+
+def test_progress_is_reported_every_step(tiny_pipeline: TransparentSDXLPipeline) -> None:
+    steps: list[tuple[int, int]] = []
+    result = tiny_pipeline.generate(GenerationParams(seed=1, **SMALL), on_step=lambda s, t: steps.append((s, t)))
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert set(result.timings) == {"text_encoding", "denoising", "decoding", "safety_check"}
+
+
+def test_cancel_stops_between_steps(tiny_pipeline: TransparentSDXLPipeline) -> None:
+    steps: list[int] = []
+    with pytest.raises(GenerationCancelled, match="after step 2 of 4"):
+        tiny_pipeline.generate(
+            GenerationParams(seed=1, **SMALL), on_step=lambda s, t: steps.append(s), should_cancel=lambda: len(steps) >= 2
+        )
+    assert steps == [1, 2]
+
+
+def test_bad_keyword_input_is_an_input_error(tiny_pipeline: TransparentSDXLPipeline) -> None:
+    with pytest.raises(InvalidInputError, match="multiple of 64"):
+        tiny_pipeline.generate(width=100)
+
+
+@pytest.mark.parametrize("scheduler", ["euler_ancestral", "dpmpp_2m_sde_karras", "euler"])
+def test_every_scheduler_runs_and_stochastic_ones_stay_deterministic(
+    tiny_pipeline: TransparentSDXLPipeline, scheduler: str
+) -> None:
+    params = GenerationParams(seed=5, scheduler=scheduler, **SMALL)
+    assert tiny_pipeline.generate(params).images[0].png() == tiny_pipeline.generate(params).images[0].png()
+
+
+@pytest.fixture()
+def flagging_checker(tiny_pipeline: TransparentSDXLPipeline, tiny_folder: Path):
+    """The tiny preset's checker with thresholds below any similarity: it flags every image."""
+    checker = SafetyChecker.from_folder(tiny_folder / "safety_checker")
+    with torch.no_grad():
+        checker.model.concept_embeds_weights.fill_(-2.0)
+    original = tiny_pipeline.safety_checker
+    tiny_pipeline.safety_checker = checker
+    yield checker
+    tiny_pipeline.safety_checker = original
+
+
+def test_flagged_images_become_fully_transparent(tiny_pipeline: TransparentSDXLPipeline, flagging_checker) -> None:
+    unchecked = tiny_pipeline.generate(prompt="x", seed=3, enable_safety_checker=False, **SMALL)
+    checked = tiny_pipeline.generate(prompt="x", seed=3, num_images=2, **SMALL)
+    assert unchecked.has_nsfw_concepts is None and unchecked.images[0].rgba.any()
+    assert checked.has_nsfw_concepts == [True, True]
+    assert all(image.nsfw and not image.rgba.any() for image in checked.images)
+    assert checked.images[0].rgba.shape == (128, 128, 4)
+
+
+def test_the_checker_sees_the_image_over_grey(flagging_checker: SafetyChecker) -> None:
+    seen = []
+    processor = flagging_checker.processor
+    flagging_checker.processor = lambda images, return_tensors: (seen.extend(images), processor(
+        images=images, return_tensors=return_tensors))[1]
+    try:
+        flagging_checker.flags([np.zeros((64, 64, 4), np.uint8)])
+    finally:
+        flagging_checker.processor = processor
+    assert seen and (seen[0] == 128).all()
