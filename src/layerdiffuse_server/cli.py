@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -26,9 +26,15 @@ console = Console(stderr=True)
 
 PRESET_HELP = "Model preset: sdxl (real weights), tiny (small random model, offline) or sdxl-random."
 CLI_FLAGS = {
-    "prompt": "PROMPT", "negative_prompt": "--negative", "guidance_scale": "--guidance",
-    "num_inference_steps": "--steps", "seed": "--seed", "width": "--width", "height": "--height",
-    "num_images": "--num-images", "scheduler": "--scheduler",
+    "prompt": "PROMPT",
+    "negative_prompt": "--negative",
+    "guidance_scale": "--guidance",
+    "num_inference_steps": "--steps",
+    "seed": "--seed",
+    "width": "--width",
+    "height": "--height",
+    "num_images": "--num-images",
+    "scheduler": "--scheduler",
 }
 
 
@@ -58,25 +64,27 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")] = "",
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write (RGBA).")] = Path("output.png"),
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "text, watermark",
-    seed: Annotated[Optional[int], typer.Option(help="Seed; random when absent. Image i uses seed + i.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed; random when absent. Image i uses seed + i.")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 8.0,
     width: Annotated[int, typer.Option(help="Width in pixels, a multiple of 64.")] = 1024,
     height: Annotated[int, typer.Option(help="Height in pixels, a multiple of 64.")] = 1024,
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images to generate.")] = 1,
-    scheduler: Annotated[str, typer.Option(help="Sampler: dpmpp_2m_karras, dpmpp_2m_sde_karras, euler, "
-                                                "euler_ancestral, unipc, ddim.")] = "dpmpp_2m_karras",
-    model: Annotated[Optional[str], typer.Option(help=PRESET_HELP)] = None,
-    base: Annotated[Optional[str], typer.Option(help="SDXL base: hub repo id, diffusers folder or .safetensors.")] = None,
-    layer_weights: Annotated[Optional[str], typer.Option(help="LayerDiffuse attention weights (either format).")] = None,
+    scheduler: Annotated[
+        str, typer.Option(help="Sampler: dpmpp_2m_karras, dpmpp_2m_sde_karras, euler, euler_ancestral, unipc, ddim.")
+    ] = "dpmpp_2m_karras",
+    model: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
+    base: Annotated[str | None, typer.Option(help="SDXL base: hub repo id, diffusers folder or .safetensors.")] = None,
+    layer_weights: Annotated[str | None, typer.Option(help="LayerDiffuse attention weights (either format).")] = None,
     layer_strength: Annotated[float, typer.Option(help="Strength of the LayerDiffuse weights.")] = 1.0,
-    decoder: Annotated[Optional[str], typer.Option(help="Transparent VAE decoder file.")] = None,
+    decoder: Annotated[str | None, typer.Option(help="Transparent VAE decoder file.")] = None,
     decoder_passes: Annotated[int, typer.Option(help="Decoder test-time passes: 8 (best), 4, 2 or 1.")] = 8,
-    preview: Annotated[Optional[Path], typer.Option(help="Also write a checkerboard preview PNG here.")] = None,
-    safety_checker: Annotated[bool, typer.Option("--safety-checker/--no-safety-checker",
-                                                 help="Run the NSFW safety checker.")] = True,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
+    preview: Annotated[Path | None, typer.Option(help="Also write a checkerboard preview PNG here.")] = None,
+    safety_checker: Annotated[
+        bool, typer.Option("--safety-checker/--no-safety-checker", help="Run the NSFW safety checker.")
+    ] = True,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose/--quiet", help="Show model loading messages.")] = True,
 ) -> None:
     """Generate transparent images from a prompt and write them as RGBA PNG files."""
@@ -87,36 +95,52 @@ def generate(
     settings = Settings()
     try:
         params = GenerationParams(
-            prompt=prompt, negative_prompt=negative, seed=seed, num_inference_steps=steps,
-            guidance_scale=guidance, width=width, height=height, num_images=num_images,
-            scheduler=scheduler, enable_safety_checker=safety_checker,
+            prompt=prompt,
+            negative_prompt=negative,
+            seed=seed,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            width=width,
+            height=height,
+            num_images=num_images,
+            scheduler=scheduler,
+            enable_safety_checker=safety_checker,
         ).with_seed()
     except ValidationError as error:
-        problems = "; ".join(
-            f"{CLI_FLAGS.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in error.errors()
-        )
+        problems = "; ".join(f"{CLI_FLAGS.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in error.errors())
         raise _fail(problems, 2) from None
     try:
         pipeline = TransparentSDXLPipeline.from_preset(
-            model or settings.model, settings=settings, device=device or settings.device,
-            dtype=dtype or settings.dtype, base=base, layer_weights=layer_weights, decoder=decoder,
-            layer_strength=layer_strength, decoder_passes=decoder_passes, safety_checker=safety_checker,
+            model or settings.model,
+            settings=settings,
+            device=device or settings.device,
+            dtype=dtype or settings.dtype,
+            base=base,
+            layer_weights=layer_weights,
+            decoder=decoder,
+            layer_strength=layer_strength,
+            decoder_passes=decoder_passes,
+            safety_checker=safety_checker,
         )
         with Progress(
-            TextColumn("[bold]denoising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
+            TextColumn("[bold]denoising"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
         ) as progress:
             task = progress.add_task("steps", total=params.num_inference_steps)
             result = pipeline.generate(params, on_step=lambda step, total: progress.update(task, completed=step))
     except (LayerDiffuseError, ValueError) as error:
         raise _fail(str(error)) from None
 
-    for image, path in zip(result.images, _output_paths(output, len(result.images))):
+    for image, path in zip(result.images, _output_paths(output, len(result.images)), strict=True):
         image.save(path)
         flagged = " [yellow](flagged by the safety checker: transparent)[/]" if image.nsfw else ""
         console.print(f"wrote [bold]{path}[/] ({image.width}×{image.height} RGBA, seed {image.seed}){flagged}")
     if preview is not None:
-        for image, path in zip(result.images, _output_paths(preview, len(result.images))):
+        for image, path in zip(result.images, _output_paths(preview, len(result.images)), strict=True):
             image.save_preview(path)
             console.print(f"wrote preview [bold]{path}[/]")
     timings = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
@@ -126,9 +150,9 @@ def generate(
 @app.command()
 def download(
     model: Annotated[str, typer.Option(help="Preset whose weights to fetch.")] = "sdxl",
-    base: Annotated[Optional[str], typer.Option(help="Another SDXL base (hub repo id).")] = None,
-    layer_weights: Annotated[Optional[str], typer.Option(help="Another attention weights file.")] = None,
-    decoder: Annotated[Optional[str], typer.Option(help="Another decoder file.")] = None,
+    base: Annotated[str | None, typer.Option(help="Another SDXL base (hub repo id).")] = None,
+    layer_weights: Annotated[str | None, typer.Option(help="Another attention weights file.")] = None,
+    decoder: Annotated[str | None, typer.Option(help="Another decoder file.")] = None,
 ) -> None:
     """Fetch a preset's weights into the Hugging Face cache (or write a random preset's files)."""
     from .engine.presets import download as fetch
@@ -149,7 +173,7 @@ def download(
 
 @app.command()
 def serve(
-    model: Annotated[Optional[str], typer.Option(help=PRESET_HELP)] = None,
+    model: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
 ) -> None:

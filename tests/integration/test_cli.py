@@ -15,18 +15,37 @@ from layerdiffuse_server.settings import Settings
 
 
 def run_cli(*args: str, settings: Settings, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "LAYERDIFFUSE_HOME": str(settings.home), "LAYERDIFFUSE_DEVICE": "cpu",
-                   **(env or {})}
+    environment = {**os.environ, "LAYERDIFFUSE_HOME": str(settings.home), "LAYERDIFFUSE_DEVICE": "cpu", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "layerdiffuse_server", *args], capture_output=True, text=True, env=environment,
+        [sys.executable, "-m", "layerdiffuse_server", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
         timeout=900,
     )
 
 
 def test_generate_writes_an_rgba_png_and_a_preview(settings: Settings, tiny_folder: Path, tmp_path: Path) -> None:
     output, preview = tmp_path / "a.png", tmp_path / "a-preview.png"
-    done = run_cli("generate", "a red apple", "-o", str(output), "--model", "tiny", "--seed", "7",
-                   "--width", "128", "--height", "192", "--steps", "3", "--preview", str(preview), settings=settings)
+    done = run_cli(
+        "generate",
+        "a red apple",
+        "-o",
+        str(output),
+        "--model",
+        "tiny",
+        "--seed",
+        "7",
+        "--width",
+        "128",
+        "--height",
+        "192",
+        "--steps",
+        "3",
+        "--preview",
+        str(preview),
+        settings=settings,
+    )
     assert done.returncode == 0, done.stderr
     image = Image.open(output)
     assert image.mode == "RGBA" and image.size == (128, 192)
@@ -35,8 +54,25 @@ def test_generate_writes_an_rgba_png_and_a_preview(settings: Settings, tiny_fold
 
 
 def test_num_images_writes_numbered_files(settings: Settings, tiny_folder: Path, tmp_path: Path) -> None:
-    done = run_cli("generate", "x", "-o", str(tmp_path / "b.png"), "--model", "tiny", "--seed", "1", "-n", "2",
-                   "--width", "64", "--height", "64", "--steps", "2", settings=settings)
+    done = run_cli(
+        "generate",
+        "x",
+        "-o",
+        str(tmp_path / "b.png"),
+        "--model",
+        "tiny",
+        "--seed",
+        "1",
+        "-n",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "2",
+        settings=settings,
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b-0.png", "b-1.png"]
 
@@ -48,8 +84,14 @@ def test_bad_sizes_are_reported_by_flag(settings: Settings) -> None:
 
 
 def test_missing_weights_error_offline(settings: Settings, tmp_path: Path) -> None:
-    done = run_cli("generate", "x", "--model", "sdxl", settings=settings,
-                   env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")})
+    done = run_cli(
+        "generate",
+        "x",
+        "--model",
+        "sdxl",
+        settings=settings,
+        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")},
+    )
     assert done.returncode == 1
     assert "layerdiffuse download" in done.stderr and "stabilityai/stable-diffusion-xl-base-1.0" in done.stderr
 
@@ -63,11 +105,25 @@ def test_help_lists_the_commands(settings: Settings) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("width", "height"), [(1024, 1024), (512, 768)])
-def test_full_size_generation_with_the_tiny_model(settings: Settings, tiny_folder: Path, tmp_path: Path,
-                                                   width: int, height: int) -> None:
+def test_full_size_generation_with_the_tiny_model(
+    settings: Settings, tiny_folder: Path, tmp_path: Path, width: int, height: int
+) -> None:
     output = tmp_path / "apple.png"
-    done = run_cli("generate", "a red apple", "-o", str(output), "--model", "tiny", "--seed", "7",
-                   "--width", str(width), "--height", str(height), settings=settings)
+    done = run_cli(
+        "generate",
+        "a red apple",
+        "-o",
+        str(output),
+        "--model",
+        "tiny",
+        "--seed",
+        "7",
+        "--width",
+        str(width),
+        "--height",
+        str(height),
+        settings=settings,
+    )
     assert done.returncode == 0, done.stderr
     image = Image.open(output)
     assert image.mode == "RGBA" and image.size == (width, height)

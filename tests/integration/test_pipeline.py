@@ -59,7 +59,9 @@ def test_cancel_stops_between_steps(tiny_pipeline: TransparentSDXLPipeline) -> N
     steps: list[int] = []
     with pytest.raises(GenerationCancelled, match="after step 2 of 4"):
         tiny_pipeline.generate(
-            GenerationParams(seed=1, **SMALL), on_step=lambda s, t: steps.append(s), should_cancel=lambda: len(steps) >= 2
+            GenerationParams(seed=1, **SMALL),
+            on_step=lambda s, t: steps.append(s),
+            should_cancel=lambda: len(steps) >= 2,
         )
     assert steps == [1, 2]
 
@@ -101,8 +103,10 @@ def test_flagged_images_become_fully_transparent(tiny_pipeline: TransparentSDXLP
 def test_the_checker_sees_the_image_over_grey(flagging_checker: SafetyChecker) -> None:
     seen = []
     processor = flagging_checker.processor
-    flagging_checker.processor = lambda images, return_tensors: (seen.extend(images), processor(
-        images=images, return_tensors=return_tensors))[1]
+    flagging_checker.processor = lambda images, return_tensors: (
+        seen.extend(images),
+        processor(images=images, return_tensors=return_tensors),
+    )[1]
     try:
         flagging_checker.flags([np.zeros((64, 64, 4), np.uint8)])
     finally:

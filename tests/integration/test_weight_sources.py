@@ -41,7 +41,8 @@ def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_references_are_told_apart(tmp_path: Path) -> None:
     assert parse_reference("LayerDiffusion/layerdiffusion-v1/vae_transparent_decoder.safetensors") == HubReference(
-        "LayerDiffusion/layerdiffusion-v1", "vae_transparent_decoder.safetensors")
+        "LayerDiffusion/layerdiffusion-v1", "vae_transparent_decoder.safetensors"
+    )
     assert parse_reference(SDXL_BASE) == HubReference(SDXL_BASE)
     assert parse_reference("./weights/x.safetensors") == Path("weights/x.safetensors")
     (tmp_path / "a" / "b").mkdir(parents=True)
@@ -58,8 +59,9 @@ def test_sdxl_preset_loads_from_the_hub_cache_offline(offline_cache: Path, tmp_p
         shutil.copy(generated / name, layer_repo / name)
     shutil.copytree(generated / "safety_checker", _snapshot(offline_cache, SAFETY_CHECKER), dirs_exist_ok=True)
 
-    pipeline = TransparentSDXLPipeline.from_preset("sdxl", settings=Settings(home=tmp_path), device="cpu",
-                                                   dtype="float32")
+    pipeline = TransparentSDXLPipeline.from_preset(
+        "sdxl", settings=Settings(home=tmp_path), device="cpu", dtype="float32"
+    )
     result = pipeline.generate(prompt="a glass bottle", seed=1, width=64, height=64, num_inference_steps=2)
     assert result.images[0].rgba.shape == (64, 64, 4) and result.has_nsfw_concepts == [False]
 
@@ -72,8 +74,9 @@ def test_missing_hub_weights_say_which_file_where_and_how_to_get_them(offline_ca
     assert "layerdiffuse download" in message and "HF_HUB_OFFLINE" in message and "--base" in message
 
     with pytest.raises(MissingWeightsError) as caught:
-        resolve_file(f"{LAYERDIFFUSE_REPO}/vae_transparent_decoder.safetensors", what="Transparent VAE decoder",
-                     flag="--decoder")
+        resolve_file(
+            f"{LAYERDIFFUSE_REPO}/vae_transparent_decoder.safetensors", what="Transparent VAE decoder", flag="--decoder"
+        )
     assert "vae_transparent_decoder.safetensors" in str(caught.value) and LAYERDIFFUSE_REPO in str(caught.value)
 
 

@@ -38,8 +38,17 @@ def test_transparent_image_reports_its_size(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("width", 100), ("height", 1000), ("width", 4096), ("num_inference_steps", 0), ("guidance_scale", -1),
-     ("seed", -1), ("seed", 2**53), ("num_images", 9), ("scheduler", "plms")],
+    [
+        ("width", 100),
+        ("height", 1000),
+        ("width", 4096),
+        ("num_inference_steps", 0),
+        ("guidance_scale", -1),
+        ("seed", -1),
+        ("seed", 2**53),
+        ("num_images", 9),
+        ("scheduler", "plms"),
+    ],
 )
 def test_bad_input_is_a_validation_error_naming_the_field(field: str, value: object) -> None:
     from pydantic import ValidationError
@@ -52,7 +61,11 @@ def test_bad_input_is_a_validation_error_naming_the_field(field: str, value: obj
 def test_defaults_are_the_hosted_endpoints() -> None:
     params = GenerationParams()
     assert (params.prompt, params.negative_prompt, params.guidance_scale, params.num_inference_steps) == (
-        "", "text, watermark", 8.0, 20)
+        "",
+        "text, watermark",
+        8.0,
+        20,
+    )
     assert params.enable_safety_checker and params.seed is None
     assert (params.width, params.height, params.num_images, params.scheduler) == (1024, 1024, 1, "dpmpp_2m_karras")
     assert params.with_seed().seed is not None

@@ -179,9 +179,7 @@ class AttentionWeights:
             yield key, delta if strength == 1.0 else delta * strength
 
 
-def attention_deltas(
-    source: str | Path | Mapping[str, torch.Tensor], strength: float = 1.0
-) -> dict[str, torch.Tensor]:
+def attention_deltas(source: str | Path | Mapping[str, torch.Tensor], strength: float = 1.0) -> dict[str, torch.Tensor]:
     """Turn either LayerDiffuse attention file (path or state dict) into diffusers-named UNet deltas."""
     return dict(AttentionWeights.load(source).deltas(strength))
 

@@ -152,7 +152,7 @@ class TransparentDecoder:
                 feed_pixels = torch.cat([augment(pixels, *augmentations[i]) for i in chunk])
                 feed_latent = torch.cat([augment(latent, *augmentations[i]) for i in chunk])
                 outputs = self.network(feed_pixels, feed_latent).clip(0, 1)
-                for i, output in zip(chunk, outputs.split(1)):
+                for i, output in zip(chunk, outputs.split(1), strict=True):
                     results[i] = unaugment(output, *augmentations[i])
         return lower_median(torch.stack([r for r in results if r is not None])).clip(0, 1)
 
@@ -170,4 +170,3 @@ class TransparentDecoder:
             pixels = (decoded * 0.5 + 0.5).clip(0, 1)
             images.extend(to_rgba_uint8(self.estimate(pixels, unscaled)))
         return images
-

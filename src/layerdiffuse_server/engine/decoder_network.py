@@ -54,7 +54,7 @@ class TransparentDecoderNetwork(ModelMixin, ConfigMixin):
         }
         self.down_blocks = nn.ModuleList()
         previous = block_out_channels[0]
-        for level, (channels, attention) in enumerate(zip(block_out_channels, attention_levels)):
+        for level, (channels, attention) in enumerate(zip(block_out_channels, attention_levels, strict=True)):
             self.down_blocks.append(
                 get_down_block(
                     "AttnDownBlock2D" if attention else "DownBlock2D",

@@ -55,9 +55,7 @@ class GenerationResult:
 def _detect_variant(folder: Path) -> str | None:
     """``fp16`` when a diffusers folder only has fp16 UNet weights (as the hub's SDXL layout)."""
     unet = folder / "unet"
-    if any(unet.glob("*.safetensors")) and not any(
-        p for p in unet.glob("*.safetensors") if p.name.count(".") == 1
-    ):
+    if any(unet.glob("*.safetensors")) and not any(p for p in unet.glob("*.safetensors") if p.name.count(".") == 1):
         return next(unet.glob("*.safetensors")).name.split(".")[1]
     return None
 
@@ -131,11 +129,11 @@ class TransparentSDXLPipeline:
         torch_dtype = resolve_dtype(dtype, torch_device, sources.cpu_dtype)
         # Resolve every file first: a missing one is reported before minutes of loading.
         base_path = resolve_base(sources)
-        layer_path = resolve_file(sources.layer_weights, what="LayerDiffuse attention weights",
-                                  flag="--layer-weights")
+        layer_path = resolve_file(sources.layer_weights, what="LayerDiffuse attention weights", flag="--layer-weights")
         decoder_path = resolve_file(sources.decoder, what="Transparent VAE decoder", flag="--decoder")
-        checker_path = resolve_safety_checker(sources.safety_checker) if (
-            safety_checker and sources.safety_checker) else None
+        checker_path = (
+            resolve_safety_checker(sources.safety_checker) if (safety_checker and sources.safety_checker) else None
+        )
 
         started = time.perf_counter()
         logger.info("Loading SDXL from %s (%s)", base_path, str(torch_dtype).removeprefix("torch."))
@@ -166,9 +164,7 @@ class TransparentSDXLPipeline:
                 str(base_path), config=str(resolve_single_file_config()), dtype=dtype, add_watermarker=False
             )
         variant = variant if variant is not None else _detect_variant(base_path)
-        return StableDiffusionXLPipeline.from_pretrained(
-            base_path, dtype=dtype, variant=variant, add_watermarker=False
-        )
+        return StableDiffusionXLPipeline.from_pretrained(base_path, dtype=dtype, variant=variant, add_watermarker=False)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -216,7 +212,7 @@ class TransparentSDXLPipeline:
                 rgba, flags = self.safety_checker.apply(rgba)
         images = [
             TransparentImage(rgba=pixels, seed=seed, nsfw=bool(flags and flags[i]))
-            for i, (pixels, seed) in enumerate(zip(rgba, seeds))
+            for i, (pixels, seed) in enumerate(zip(rgba, seeds, strict=True))
         ]
         return GenerationResult(images, params.seed, params, has_nsfw_concepts=flags, timings=timings)
 
@@ -240,8 +236,12 @@ class TransparentSDXLPipeline:
         CPU draws make a seed mean the same image on every device, and per-image seeds make image i
         of a batch equal to a single image with seed + i.
         """
-        shape = (1, self.sdxl.unet.config.in_channels, height // self.sdxl.vae_scale_factor,
-                 width // self.sdxl.vae_scale_factor)
+        shape = (
+            1,
+            self.sdxl.unet.config.in_channels,
+            height // self.sdxl.vae_scale_factor,
+            width // self.sdxl.vae_scale_factor,
+        )
         noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
         return torch.cat(noise).to(self.device, self.dtype)
 

@@ -136,8 +136,11 @@ def resolve_single_file_config() -> Path:
         SDXL_BASE,
         what="SDXL configuration (needed to load a single-file checkpoint)",
         flag="--base",
-        allow_patterns=["model_index.json", *(f"{c}/*.json" for c in PIPELINE_COMPONENTS),
-                        *(f"{c}/*.txt" for c in PIPELINE_COMPONENTS)],
+        allow_patterns=[
+            "model_index.json",
+            *(f"{c}/*.json" for c in PIPELINE_COMPONENTS),
+            *(f"{c}/*.txt" for c in PIPELINE_COMPONENTS),
+        ],
     )
 
 
@@ -155,8 +158,9 @@ def download(sources: ModelSources) -> dict[str, Path]:
     """Fetch every file of ``sources`` into the hub cache (progress bars from the hub library)."""
     paths = {
         "base": resolve_base(sources),
-        "layer_weights": resolve_file(sources.layer_weights, what="LayerDiffuse attention weights",
-                                      flag="--layer-weights"),
+        "layer_weights": resolve_file(
+            sources.layer_weights, what="LayerDiffuse attention weights", flag="--layer-weights"
+        ),
         "decoder": resolve_file(sources.decoder, what="Transparent VAE decoder", flag="--decoder"),
     }
     if sources.safety_checker:

@@ -78,17 +78,36 @@ SDXL_SPEC = ArchitectureSpec(
         "scaling_factor": 0.13025,
         "force_upcast": True,
     },
-    text_encoder={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                  "num_attention_heads": 12, "hidden_act": "quick_gelu", "projection_dim": 768},
-    text_encoder_2={"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
-                    "num_attention_heads": 20, "hidden_act": "gelu", "projection_dim": 1280},
+    text_encoder={
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 768,
+    },
+    text_encoder_2={
+        "hidden_size": 1280,
+        "intermediate_size": 5120,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 20,
+        "hidden_act": "gelu",
+        "projection_dim": 1280,
+    },
     decoder={},
     lora_rank=256,
     dtype=torch.float16,
     variant="fp16",
     # CLIP ViT-L/14, as in CompVis/stable-diffusion-safety-checker.
-    safety_checker={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                    "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "projection_dim": 768},
+    safety_checker={
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "image_size": 224,
+        "patch_size": 14,
+        "projection_dim": 768,
+    },
     text_vocab_size=49408,
 )
 
@@ -118,16 +137,35 @@ TINY_SPEC = ArchitectureSpec(
         "scaling_factor": 0.13025,
         "force_upcast": False,
     },
-    text_encoder={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                  "num_attention_heads": 2, "hidden_act": "quick_gelu", "projection_dim": 64},
-    text_encoder_2={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                    "num_attention_heads": 2, "hidden_act": "gelu", "projection_dim": 64},
+    text_encoder={
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 64,
+    },
+    text_encoder_2={
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "hidden_act": "gelu",
+        "projection_dim": 64,
+    },
     decoder={"block_out_channels": (8, 8, 16, 16, 32, 32, 32)},
     lora_rank=4,
     dtype=torch.float32,
     variant=None,
-    safety_checker={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                    "num_attention_heads": 2, "image_size": 32, "patch_size": 8, "projection_dim": 32},
+    safety_checker={
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+        "projection_dim": 32,
+    },
 )
 
 
@@ -212,9 +250,15 @@ def write_safety_checker(spec: ArchitectureSpec, folder: Path) -> None:
     vision = dict(spec.safety_checker)
     projection_dim = vision.pop("projection_dim")
     config = CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "vocab_size": 514,
-                     "bos_token_id": 512, "eos_token_id": 513},
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": 514,
+            "bos_token_id": 512,
+            "eos_token_id": 513,
+        },
         vision_config=vision,
         projection_dim=projection_dim,
     )
@@ -239,7 +283,9 @@ def write_random_preset(spec: ArchitectureSpec, folder: Path, seed: int = 0) -> 
     pipeline.save_pretrained(folder / "base", variant=spec.variant)
     unet_shapes = {key: value.shape for key, value in pipeline.unet.state_dict().items()}
     del pipeline
-    save_file(forge_lora_state_dict(unet_shapes, spec.lora_rank, generator), folder / "layer_xl_transparent_attn.safetensors")
+    save_file(
+        forge_lora_state_dict(unet_shapes, spec.lora_rank, generator), folder / "layer_xl_transparent_attn.safetensors"
+    )
     with _default_dtype(torch.float32):
         save_file(decoder_state_dict(spec), folder / "vae_transparent_decoder.safetensors")
         if spec.safety_checker:

@@ -26,8 +26,9 @@ class SafetyChecker:
         self.processor = processor
 
     @classmethod
-    def from_folder(cls, folder: str | Path, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> SafetyChecker:
+    def from_folder(
+        cls, folder: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> SafetyChecker:
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
         from transformers import CLIPImageProcessor
 
@@ -55,4 +56,4 @@ class SafetyChecker:
     def apply(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[bool]]:
         """Replace flagged images by fully transparent ones; returns (images, flags)."""
         flags = self.flags(images)
-        return [np.zeros_like(rgba) if flag else rgba for rgba, flag in zip(images, flags)], flags
+        return [np.zeros_like(rgba) if flag else rgba for rgba, flag in zip(images, flags, strict=True)], flags

@@ -52,7 +52,8 @@ def parse_reference(reference: str | Path) -> Path | HubReference:
     return HubReference("/".join(parts[:2]), "/".join(parts[2:]) or None)
 
 
-def _missing(what: str, where: str, fix: str, flag: str, reason: str) -> MissingWeightsError:
+def _missing(what: str, where: str, *, fix: str, flag: str, offline: bool, error: Exception) -> MissingWeightsError:
+    reason = "HF_HUB_OFFLINE is set, so nothing was downloaded." if offline else f"Download failed: {error}"
     return MissingWeightsError(
         f"{what} is missing: {where}. {reason} Get it with `{fix}` on a machine with network access "
         f"(then copy the Hugging Face cache over, or point HF_HOME at it), or pass a local path with {flag}."
@@ -76,10 +77,12 @@ def resolve_file(reference: str | Path, *, what: str, flag: str, fix: str = "lay
     except _DOWNLOAD_ERRORS as error:
         raise _missing(
             what,
-            f"'{parsed.filename}' of the hub repository '{parsed.repo_id}' is not in the cache {constants.HF_HUB_CACHE}",
-            fix,
-            flag,
-            "HF_HUB_OFFLINE is set, so nothing was downloaded." if offline else f"Download failed: {error}",
+            f"'{parsed.filename}' of the hub repository '{parsed.repo_id}' is not in the cache "
+            f"{constants.HF_HUB_CACHE}",
+            fix=fix,
+            flag=flag,
+            offline=offline,
+            error=error,
         ) from None
 
 
@@ -116,9 +119,10 @@ def resolve_folder(
             raise _missing(
                 what,
                 f"the hub repository '{parsed.repo_id}' is not in the cache {constants.HF_HUB_CACHE}",
-                fix,
-                flag,
-                "HF_HUB_OFFLINE is set, so nothing was downloaded." if offline else f"Download failed: {error}",
+                fix=fix,
+                flag=flag,
+                offline=offline,
+                error=error,
             ) from None
     absent = [name for name in required if not (folder / name).exists()]
     if absent:
