@@ -144,9 +144,15 @@ class TransparentDecoder:
     def _estimate_one(self, pixels: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         augmentations = AUGMENTATIONS[self.passes]
         results: list[torch.Tensor | None] = [None] * len(augmentations)
-        # Passes with an odd number of quarter turns have H and W swapped; each shape is its own batch.
-        for odd in (False, True):
-            indices = [i for i, (_, turns) in enumerate(augmentations) if turns % 2 == odd]
+        # Passes run batched; on a non-square image the odd quarter turns swap H and W, so those
+        # passes form a batch of their own.
+        square = pixels.shape[-1] == pixels.shape[-2]
+        groups = (
+            [list(range(len(augmentations)))]
+            if square
+            else [[i for i, (_, turns) in enumerate(augmentations) if turns % 2 == odd] for odd in (0, 1)]
+        )
+        for indices in groups:
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start : start + self.max_batch]
                 feed_pixels = torch.cat([augment(pixels, *augmentations[i]) for i in chunk])
