@@ -43,5 +43,6 @@ def tiny_pipeline(settings: Settings, tiny_folder: Path) -> Iterator[object]:
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_threads() -> None:
+def _seed_torch() -> None:
+    """Tests that draw random tensors without their own generator still draw the same ones."""
     torch.manual_seed(0)

@@ -52,7 +52,7 @@ class TransparentImage:
     rgba: np.ndarray
     seed: int
     nsfw: bool = False
-    _png: bytes | None = field(default=None, repr=False)
+    _png: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def width(self) -> int:

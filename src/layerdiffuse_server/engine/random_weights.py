@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .attention_weights import SGM_TO_DIFFUSERS_BLOCKS, attention_projection_keys
+from .attention_weights import SGM_TO_DIFFUSERS_BLOCKS, AttentionWeights, attention_projection_keys
 from .decoder_network import TransparentDecoderNetwork
 from .tokenizer_files import write_byte_level_clip_tokenizer
 
@@ -52,30 +52,38 @@ SCHEDULER_CONFIG = {
     "prediction_type": "epsilon",
 }
 
+#: What makes a UNet "SDXL-shaped": the block layout whose parameter names the LayerDiffuse files use.
+SDXL_UNET_TOPOLOGY = {
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "layers_per_block": 2,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+}
+SDXL_VAE_TOPOLOGY = {
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "latent_channels": 4,
+    "scaling_factor": 0.13025,
+}
+
 #: The SDXL base architecture (stabilityai/stable-diffusion-xl-base-1.0), 2,567,463,684 UNet parameters.
 SDXL_SPEC = ArchitectureSpec(
     unet={
+        **SDXL_UNET_TOPOLOGY,
         "sample_size": 128,
         "block_out_channels": (320, 640, 1280),
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        "layers_per_block": 2,
         "transformer_layers_per_block": (1, 2, 10),
         "attention_head_dim": (5, 10, 20),
         "cross_attention_dim": 2048,
-        "use_linear_projection": True,
-        "addition_embed_type": "text_time",
         "addition_time_embed_dim": 256,
         "projection_class_embeddings_input_dim": 2816,
     },
     vae={
+        **SDXL_VAE_TOPOLOGY,
         "block_out_channels": (128, 256, 512, 512),
-        "down_block_types": ("DownEncoderBlock2D",) * 4,
-        "up_block_types": ("UpDecoderBlock2D",) * 4,
         "layers_per_block": 2,
-        "latent_channels": 4,
         "sample_size": 1024,
-        "scaling_factor": 0.13025,
         "force_upcast": True,
     },
     text_encoder={
@@ -114,27 +122,20 @@ SDXL_SPEC = ArchitectureSpec(
 #: SDXL's topology (same block layout and key names) at a size that runs in seconds on a CPU.
 TINY_SPEC = ArchitectureSpec(
     unet={
+        **SDXL_UNET_TOPOLOGY,
         "sample_size": 32,
         "block_out_channels": (32, 64, 128),
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        "layers_per_block": 2,
         "transformer_layers_per_block": (1, 2, 2),
         "attention_head_dim": (2, 4, 8),
         "cross_attention_dim": 128,
-        "use_linear_projection": True,
-        "addition_embed_type": "text_time",
         "addition_time_embed_dim": 8,
         "projection_class_embeddings_input_dim": 64 + 6 * 8,
     },
     vae={
+        **SDXL_VAE_TOPOLOGY,
         "block_out_channels": (32, 32, 64, 64),
-        "down_block_types": ("DownEncoderBlock2D",) * 4,
-        "up_block_types": ("UpDecoderBlock2D",) * 4,
         "layers_per_block": 1,
-        "latent_channels": 4,
         "sample_size": 256,
-        "scaling_factor": 0.13025,
         "force_upcast": False,
     },
     text_encoder={
@@ -232,8 +233,6 @@ def forge_lora_state_dict(
 
 def dense_offsets_state_dict(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The official diffusers-CLI format of the same update: dense fp16 ``up @ down`` under diffusers names."""
-    from .attention_weights import AttentionWeights
-
     return {key: delta.half() for key, delta in AttentionWeights.load(lora).deltas()}
 
 
