@@ -53,10 +53,10 @@ class GenerationResult:
 
 
 def _detect_variant(folder: Path) -> str | None:
-    """``fp16`` when a diffusers folder only has fp16 UNet weights (as the hub's SDXL layout)."""
-    unet = folder / "unet"
-    if any(unet.glob("*.safetensors")) and not any(p for p in unet.glob("*.safetensors") if p.name.count(".") == 1):
-        return next(unet.glob("*.safetensors")).name.split(".")[1]
+    """The weight variant (``fp16`` in the hub's SDXL) of a diffusers folder whose UNet has only variant files."""
+    names = [path.name for path in (folder / "unet").glob("*.safetensors")]
+    if names and all(name.count(".") == 2 for name in names):
+        return names[0].split(".")[1]
     return None
 
 
