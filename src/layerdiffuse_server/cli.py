@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -174,15 +174,128 @@ def download(
 @app.command()
 def serve(
     model: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Plain HTTP port (default 8080).")] = None,
+    tls_port: Annotated[int | None, typer.Option(help="HTTPS port for fal_client (default 8443); 0 = off.")] = None,
+    tls_name: Annotated[
+        list[str] | None, typer.Option(help="Extra host name for the local CA's certificate (repeatable).")
+    ] = None,
+    public_url: Annotated[str | None, typer.Option(help="Base URL clients reach this server at (file URLs).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Database, files and keys (default ~/.local/share/...).")
+    ] = None,
+    webhook_allow_network: Annotated[
+        list[str] | None, typer.Option(help="Private network webhooks may target, e.g. 127.0.0.1/32 (repeatable).")
+    ] = None,
+    retention_hours: Annotated[float | None, typer.Option(help="Delete completed requests after (0 = keep).")] = None,
+    base: Annotated[str | None, typer.Option(help="SDXL base: hub repo id, diffusers folder or .safetensors.")] = None,
+    layer_weights: Annotated[str | None, typer.Option(help="LayerDiffuse attention weights (either format).")] = None,
+    decoder: Annotated[str | None, typer.Option(help="Transparent VAE decoder file.")] = None,
+    decoder_passes: Annotated[int, typer.Option(help="Decoder test-time passes: 8 (best), 4, 2 or 1.")] = 8,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
 ) -> None:
-    """Run the fal-compatible HTTP API (queue, storage, webhooks) on this machine."""
-    raise _fail(
-        "the HTTP API is not part of this release yet; use `layerdiffuse generate` or the Python library "
-        f"(requested: model={model or Settings().model}, {host}:{port}).",
-        3,
+    """Run the fal-compatible API (queue, storage, webhooks) with an in-process worker and SQLite."""
+    from .api import create_app
+    from .server.banner import print_banner
+    from .server.bootstrap import EngineOptions, build_services, ensure_first_key
+    from .server.serve import serve_app
+    from .server.tls import local_tls
+
+    _configure_logging(True)
+    overrides = {
+        "model": model,
+        "host": host,
+        "port": port,
+        "tls_port": tls_port,
+        "tls_names": tls_name or None,
+        "public_url": public_url,
+        "data_dir": data_dir,
+        "webhook_allowed_networks": webhook_allow_network or None,
+        "retention_hours": retention_hours,
+        "device": device,
+        "dtype": dtype,
+    }
+    try:
+        settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
+        options = EngineOptions(
+            settings.model, base=base, layer_weights=layer_weights, decoder=decoder, decoder_passes=decoder_passes
+        )
+        services = build_services(settings, options.loader(settings), model_name=settings.model)
+        first_key = ensure_first_key(services.store)
+        if settings.tls_port and settings.tls_cert and settings.tls_key:
+            from .server.tls import TlsFiles
+
+            tls = TlsFiles(settings.tls_cert, settings.tls_key, None)
+        else:
+            tls = local_tls(settings.data_dir / "tls", settings.tls_names) if settings.tls_port else None
+    except (LayerDiffuseError, ValueError) as error:
+        raise _fail(str(error)) from None
+    print_banner(settings, tls, first_key)
+    serve_app(
+        create_app(services),
+        host=settings.host,
+        port=settings.port,
+        tls=tls,
+        tls_port=settings.tls_port,
+        log_level="info",
     )
+
+
+keys_app = typer.Typer(help="Create, list and revoke API keys (stored hashed in the server's database).")
+app.add_typer(keys_app, name="keys")
+
+
+def _key_store(data_dir: Path | None) -> Any:
+    from .store import open_store
+
+    settings = Settings(**({"data_dir": data_dir} if data_dir else {}))
+    return open_store(settings.store_url)
+
+
+DataDirOption = Annotated[Path | None, typer.Option(help="The server's data directory.")]
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "default",
+    admin: Annotated[bool, typer.Option(help="May read every key's requests.")] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a key and print it (the only time it is shown)."""
+    from .auth import issue_key
+
+    store = _key_store(data_dir)
+    issued = issue_key(store.keys, name, admin=admin)
+    console.print(f"created key [bold]{issued.key.id}[/] ({name}{', admin' if admin else ''}); it is shown once:")
+    typer.echo(issued.value)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDirOption = None) -> None:
+    """List keys (ids and names; secrets are not stored)."""
+    from datetime import datetime
+
+    from rich.table import Table
+
+    table = Table("id", "name", "admin", "created", "revoked")
+    for key in _key_store(data_dir).keys.all():
+        created = datetime.fromtimestamp(key.created_at).isoformat(timespec="seconds")
+        revoked = datetime.fromtimestamp(key.revoked_at).isoformat(timespec="seconds") if key.revoked_at else ""
+        table.add_row(key.id, key.name, "yes" if key.admin else "", created, revoked)
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (the part before ':').")], data_dir: DataDirOption = None
+) -> None:
+    """Revoke a key: requests and uploads with it are refused from now on."""
+    import time
+
+    if not _key_store(data_dir).keys.revoke(key_id.split(":")[0], time.time()):
+        raise _fail(f"no active key with id {key_id!r}")
+    console.print(f"revoked key [bold]{key_id.split(':')[0]}[/]")
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ written for the person who has to act on them.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LayerDiffuseError(Exception):
     """Something went wrong in layerdiffuse-server."""
@@ -34,9 +36,10 @@ class InvalidInputError(LayerDiffuseError):
     status_code = 422
     error_type = "validation_error"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, location: str = "body") -> None:
         super().__init__(message)
         self.field = field
+        self.location = location  # "body", "query" or "header": the first element of fal's ``loc``
 
 
 class WeightsError(LayerDiffuseError):
@@ -59,3 +62,14 @@ class GenerationCancelled(LayerDiffuseError):
 
     status_code = 499
     error_type = "client_cancelled"
+
+
+def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic errors as fal's 422 ``detail`` list: ``loc/msg/type``, plus ``input`` when it is plain JSON."""
+    details = []
+    for problem in errors:
+        detail = {"loc": list(problem["loc"]), "msg": problem["msg"], "type": problem["type"]}
+        if isinstance(problem.get("input"), str | int | float | bool | None):
+            detail["input"] = problem["input"]
+        details.append(detail)
+    return details

@@ -1,13 +1,14 @@
 """The generation input, as one pydantic model shared by the engine, the CLI and the API.
 
-Defaults are those of the hosted ``fal-ai/layer-diffusion`` endpoint; ``width``, ``height``,
-``num_images`` and ``scheduler`` are extensions with defaults that keep the hosted behaviour.
+Defaults are those of the hosted ``fal-ai/layer-diffusion`` endpoint; ``width``, ``height``
+and ``scheduler`` (and ``num_images`` in the library and CLI) are extensions whose defaults keep
+the hosted behaviour.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,8 +24,8 @@ def random_seed() -> int:
     return secrets.randbits(32)
 
 
-class GenerationParams(BaseModel):
-    """What to generate."""
+class LayerDiffusionInput(BaseModel):
+    """The input of the ``fal-ai/layer-diffusion`` endpoint: one transparent image."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -49,7 +50,6 @@ class GenerationParams(BaseModel):
     )
     width: int = Field(default=1024, ge=64, le=2048, description="Image width in pixels, a multiple of 64.")
     height: int = Field(default=1024, ge=64, le=2048, description="Image height in pixels, a multiple of 64.")
-    num_images: int = Field(default=1, ge=1, le=8, description="Number of images to generate.")
     scheduler: SchedulerName = Field(default="dpmpp_2m_karras", description="Sampler.")
 
     @field_validator("width", "height")
@@ -60,6 +60,33 @@ class GenerationParams(BaseModel):
             raise ValueError(f"must be a multiple of 64 (the transparent decoder needs it), got {value}")
         return value
 
-    def with_seed(self) -> GenerationParams:
+    def with_seed(self) -> Self:
         """This input with its seed fixed, so the run can be reported and repeated."""
         return self if self.seed is not None else self.model_copy(update={"seed": random_seed()})
+
+
+class GenerationParams(LayerDiffusionInput):
+    """What the engine generates: the endpoint's input, possibly several images at once."""
+
+    num_images: int = Field(default=1, ge=1, le=8, description="Number of images to generate.")
+
+
+class Image(BaseModel):
+    """A stored output file, as fal describes images."""
+
+    url: str = Field(description="Where to download the file.")
+    content_type: str = Field(default="image/png")
+    file_name: str
+    file_size: int = Field(description="Size in bytes.")
+    width: int
+    height: int
+
+
+class LayerDiffusionOutput(BaseModel):
+    """The output of the ``fal-ai/layer-diffusion`` endpoint."""
+
+    image: Image = Field(description="The transparent image (RGBA PNG, straight alpha).")
+    seed: int = Field(description="The seed the image was generated with; send it back to get the same image.")
+    has_nsfw_concepts: list[bool] | None = Field(
+        default=None, description="Per image, whether the safety checker flagged it (it is then fully transparent)."
+    )

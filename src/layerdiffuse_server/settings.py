@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -10,6 +11,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 def _default_home() -> Path:
     return Path.home() / ".cache" / "layerdiffuse"
+
+
+def _default_data_dir() -> Path:
+    # Requests, outputs and keys are data, not cache: XDG's data directory, not ~/.cache.
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "layerdiffuse"
 
 
 class Settings(BaseSettings):
@@ -29,6 +36,55 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
     dtype: str = Field(default="auto", description="auto, float32, float16 or bfloat16.")
 
+
+    # -- server (``layerdiffuse serve``) ---------------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="The server's database, stored files, signing key and TLS files.",
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the request store; default: SQLite in the data directory."
+    )
+    host: str = Field(default="127.0.0.1", description="Address the HTTP and HTTPS listeners bind to.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Plain HTTP port.")
+    tls_port: int = Field(
+        default=8443, ge=0, le=65535, description="HTTPS port (fal_client needs https); 0 turns HTTPS off."
+    )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate; default: one from a local CA.")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    tls_names: list[str] = Field(
+        default_factory=list, description="Extra host names for the local CA's server certificate."
+    )
+    public_url: str | None = Field(
+        default=None, description="Base URL clients reach the server at, for file URLs; default http://host:port."
+    )
+    retention_hours: float = Field(
+        default=168.0, ge=0, description="Completed requests and their files are deleted after this; 0 keeps them."
+    )
+    max_upload_bytes: int = Field(default=50 * 2**20, ge=1, description="Largest accepted upload.")
+    max_queue_length: int = Field(default=1000, ge=1, description="Submissions beyond this many queued get 429.")
+    max_attempts: int = Field(
+        default=2, ge=1, description="Runs of a request interrupted by a server stop before it is marked failed."
+    )
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="Private networks webhooks may target (e.g. 127.0.0.1/32); public addresses are always allowed.",
+    )
+    webhook_max_attempts: int = Field(default=10, ge=1, description="Delivery attempts before a webhook is dropped.")
+    webhook_retry_seconds: float = Field(
+        default=15.0, gt=0, description="First retry delay; doubles per attempt, capped at one hour."
+    )
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, description="Timeout of one delivery attempt.")
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0, description="Comment interval on status streams.")
+
     @property
     def presets_dir(self) -> Path:
         return self.home / "presets"
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'layerdiffuse.db'}"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

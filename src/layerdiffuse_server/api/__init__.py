@@ -1,0 +1,6 @@
+"""The HTTP API: fal's run, queue and storage protocols for ``fal-ai/layer-diffusion``."""
+
+from .app import create_app
+from .services import APP_ID, Services
+
+__all__ = ["APP_ID", "Services", "create_app"]

@@ -1,0 +1,56 @@
+"""Every error leaves the API in fal's format, translated here and nowhere else.
+
+- validation: 422 ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``;
+- everything else: ``{"detail": "...", "error_type": "..."}`` plus an ``X-Fal-Error-Type`` header.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import InvalidInputError, LayerDiffuseError, validation_details
+
+ERROR_TYPES_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "bad_request",
+    409: "bad_request",
+    413: "bad_request",
+    415: "bad_request",
+    429: "rate_limited",
+}
+
+
+def fal_error(status_code: int, detail: Any, error_type: str | None = None, **headers: str) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail}
+    if error_type:
+        body["error_type"] = error_type
+        headers = {"X-Fal-Error-Type": error_type, **headers}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(InvalidInputError)
+    async def _invalid_input(_request: Request, error: InvalidInputError) -> JSONResponse:
+        loc = [error.location, error.field] if error.field else [error.location]
+        return fal_error(422, [{"loc": loc, "msg": error.message, "type": "value_error"}])
+
+    @app.exception_handler(LayerDiffuseError)
+    async def _ours(_request: Request, error: LayerDiffuseError) -> JSONResponse:
+        return fal_error(error.status_code, error.message, error.error_type)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
+        return fal_error(422, validation_details(list(error.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        error_type = ERROR_TYPES_BY_STATUS.get(error.status_code)
+        return fal_error(error.status_code, error.detail, error_type, **(error.headers or {}))

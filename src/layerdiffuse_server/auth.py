@@ -1,0 +1,60 @@
+"""API keys in fal's format: ``FAL_KEY="<key id>:<secret>"``, sent as ``Authorization: Key <key id>:<secret>``.
+
+The id finds the row, the secret is compared by its SHA-256 (secrets are 256 random bits, so a
+slow password hash buys nothing) in constant time. Only the hash is stored; the full key is shown
+once, when it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from .errors import LayerDiffuseError
+from .store.contracts import ApiKey, KeyRing
+
+
+class AuthenticationError(LayerDiffuseError):
+    """Missing or invalid API key."""
+
+    status_code = 401
+    error_type = "unauthorized"
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: ApiKey
+    value: str  # the full "<key id>:<secret>" string, shown once
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def issue_key(keys: KeyRing, name: str, *, admin: bool = False) -> IssuedKey:
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    record = ApiKey(
+        id=key_id, name=name, admin=admin, created_at=time.time(), revoked_at=None, secret_hash=hash_secret(secret)
+    )
+    keys.add(record)
+    return IssuedKey(record, f"{key_id}:{secret}")
+
+
+def authenticate(keys: KeyRing, authorization: str | None) -> ApiKey:
+    """The key behind an ``Authorization`` header, or :class:`AuthenticationError`."""
+    if not authorization:
+        raise AuthenticationError("Missing API key: send 'Authorization: Key <key id>:<secret>'")
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "key" or not credentials:
+        raise AuthenticationError("Unsupported authorization scheme: send 'Authorization: Key <key id>:<secret>'")
+    key_id, _, secret = credentials.strip().partition(":")
+    record = keys.get(key_id) if secret else None
+    if record is None or not hmac.compare_digest(record.secret_hash, hash_secret(secret)):
+        raise AuthenticationError("Invalid API key")
+    if record.revoked_at is not None:
+        raise AuthenticationError("This API key has been revoked")
+    return record

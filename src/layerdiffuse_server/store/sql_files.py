@@ -1,0 +1,72 @@
+"""The catalog of stored files on SQL; the bytes live in a blob store (:mod:`layerdiffuse_server.files`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, delete, insert, select, update
+
+from .contracts import FileRecord
+from .tables import files
+
+
+def _file(row: Any) -> FileRecord:
+    return FileRecord(
+        id=row.id,
+        file_name=row.file_name,
+        content_type=row.content_type,
+        size=row.size,
+        key_id=row.key_id,
+        request_id=row.request_id,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        ready=bool(row.ready),
+    )
+
+
+class SqlFileCatalog:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def add(self, record: FileRecord) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(
+                insert(files).values(
+                    id=record.id,
+                    file_name=record.file_name,
+                    content_type=record.content_type,
+                    size=record.size,
+                    key_id=record.key_id,
+                    request_id=record.request_id,
+                    created_at=record.created_at,
+                    expires_at=record.expires_at,
+                    ready=record.ready,
+                )
+            )
+
+    def get(self, file_id: str) -> FileRecord | None:
+        with self._engine.connect() as connection:
+            row = connection.execute(select(files).where(files.c.id == file_id)).first()
+        return _file(row) if row else None
+
+    def mark_ready(self, file_id: str, size: int) -> bool:
+        """Publish a pending upload once; False if it was already written (upload URLs are single-use)."""
+        statement = update(files).where(files.c.id == file_id, files.c.ready.is_(False)).values(ready=True, size=size)
+        with self._engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    def for_requests(self, request_ids: list[str]) -> list[FileRecord]:
+        if not request_ids:
+            return []
+        with self._engine.connect() as connection:
+            return [_file(row) for row in connection.execute(select(files).where(files.c.request_id.in_(request_ids)))]
+
+    def delete(self, file_ids: list[str]) -> None:
+        if file_ids:
+            with self._engine.begin() as connection:
+                connection.execute(delete(files).where(files.c.id.in_(file_ids)))
+
+    def expired(self, now: float) -> list[FileRecord]:
+        query = select(files).where(files.c.expires_at.is_not(None), files.c.expires_at < now)
+        with self._engine.connect() as connection:
+            return [_file(row) for row in connection.execute(query)]

@@ -1,0 +1,110 @@
+"""The schema, as SQLAlchemy Core tables: one definition for SQLite and PostgreSQL.
+
+Times are unix seconds (floats): comparable in SQL on every dialect and free of time-zone loss.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_info = Table(
+    "schema_info",
+    metadata,
+    Column("version", Integer, primary_key=True),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("app_id", String(200), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("input", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("completed_at", Float),
+    Column("start_deadline", Float),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("worker_id", String(100)),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("webhook_url", Text),
+    Column("status_code", Integer),
+    Column("response", JSON),
+    Column("error", Text),
+    Column("error_type", String(64)),
+    Column("metrics", JSON),
+)
+Index("requests_queue", requests.c.state, requests.c.priority, requests.c.seq)
+Index("requests_key", requests.c.key_id, requests.c.seq)
+Index("requests_completed", requests.c.state, requests.c.completed_at)
+
+request_logs = Table(
+    "request_logs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), ForeignKey("requests.id", ondelete="CASCADE"), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("level", String(8), nullable=False),
+    Column("timestamp", Float, nullable=False),
+)
+Index("request_logs_request", request_logs.c.request_id, request_logs.c.seq)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("admin", Boolean, nullable=False, default=False),
+    Column("secret_hash", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("file_name", String(255), nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("size", Integer),
+    Column("key_id", String(64)),
+    Column("request_id", String(64)),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("ready", Boolean, nullable=False, default=False),
+)
+Index("files_request", files.c.request_id)
+Index("files_expiry", files.c.expires_at)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), ForeignKey("requests.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("url", Text, nullable=False),
+    Column("state", String(16), nullable=False),  # pending, delivered, failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("last_error", Text),
+    Column("delivered_at", Float),
+)
+Index("webhook_due", webhook_deliveries.c.state, webhook_deliveries.c.next_attempt_at)

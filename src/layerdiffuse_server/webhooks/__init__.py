@@ -1,0 +1,2 @@
+"""Webhooks as fal sends them: the payload envelope, ed25519 signatures with a published JWKS,
+retried delivery from a persisted outbox, and a guard against targets on private networks."""
