@@ -36,7 +36,6 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
     dtype: str = Field(default="auto", description="auto, float32, float16 or bfloat16.")
 
-
     # -- server (``layerdiffuse serve``) ---------------------------------------------------------
     data_dir: Path = Field(
         default_factory=_default_data_dir,

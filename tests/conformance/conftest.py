@@ -1,0 +1,271 @@
+"""A real ``layerdiffuse serve --model tiny`` process on 127.0.0.1, and the plumbing that lets the
+official clients reach it unmodified: env-var hosts + the server's local CA for ``fal_client``,
+a CONNECT proxy for its hard-coded storage hosts, ``proxyUrl`` for ``@fal-ai/client``."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from layerdiffuse_server.settings import Settings
+
+HERE = Path(__file__).parent
+JS_DIR = HERE / "js"
+FAL_HOSTS = ("fal.run", "queue.fal.run", "rest.fal.ai", "v3.fal.media")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "layerdiffuse_server", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@dataclass
+class ServerProcess:
+    """One server; ``start``/``stop``/``kill`` can be repeated on the same data directory."""
+
+    data_dir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    tls_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[str] | None = None
+    log_path: Path | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "tls" / "ca.pem"
+
+    def create_key(self, name: str, *, admin: bool = False) -> str:
+        done = cli(
+            "keys",
+            "create",
+            "--name",
+            name,
+            *(["--admin"] if admin else []),
+            "--data-dir",
+            str(self.data_dir),
+            env=self.env,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    def start(self, timeout: float = 180) -> None:
+        self.log_path = self.data_dir.parent / f"server-{time.monotonic_ns()}.log"
+        command = [
+            sys.executable, "-m", "layerdiffuse_server", "serve", "--model", "tiny", "--device", "cpu",
+            "--port", str(self.port), "--tls-port", str(self.tls_port), "--data-dir", str(self.data_dir),
+            "--webhook-allow-network", "127.0.0.1/32",
+            *[argument for host in FAL_HOSTS for argument in ("--tls-name", host)],
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, text=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"server exited:\n{self.log()}"
+            try:
+                if httpx.get(f"{self.http_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"server not ready in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """Die like a crash: no shutdown code runs."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("FAL_", "LAYERDIFFUSE_"))}
+    env |= {
+        "LAYERDIFFUSE_HOME": str(settings.home),
+        "HF_HUB_OFFLINE": "1",
+        "LAYERDIFFUSE_WEBHOOK_RETRY_SECONDS": "0.3",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+@pytest.fixture(scope="session")
+def server(settings: Settings, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("server") / "data", server_env(settings))
+    process.create_key("conformance")  # a key exists, so the server does not create one
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def api_key(server: ServerProcess) -> str:
+    return server.create_key("client")
+
+
+class _ConnectProxy(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    target_port: int
+
+
+class _ConnectHandler(socketserver.BaseRequestHandler):
+    """``CONNECT host:443`` → a tunnel to the server's TLS port: fal's host names, resolved to us."""
+
+    def handle(self) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.request.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        if not head.startswith(b"CONNECT "):
+            self.request.sendall(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.server.target_port))  # type: ignore[attr-defined]
+        self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        sockets = [self.request, upstream]
+        try:
+            while True:
+                readable, _, _ = select.select(sockets, [], [], 30)
+                if not readable:
+                    return
+                for source in readable:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    (upstream if source is self.request else self.request).sendall(data)
+        finally:
+            upstream.close()
+
+
+@pytest.fixture(scope="session")
+def connect_proxy(server: ServerProcess) -> Iterator[str]:
+    proxy = _ConnectProxy(("127.0.0.1", 0), _ConnectHandler)
+    proxy.target_port = server.tls_port
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{proxy.server_address[1]}"
+    proxy.shutdown()
+
+
+def python_client_env(server: ServerProcess, key: str | None, *, via_proxy: str | None = None) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("FAL_") and "PROXY" not in name}
+    env["SSL_CERT_FILE"] = str(server.ca_file)
+    if key is not None:
+        env["FAL_KEY"] = key
+    if via_proxy:
+        env["HTTPS_PROXY"] = via_proxy  # every https call, rest.fal.ai and v3.fal.media included, comes to us
+    else:
+        env["FAL_RUN_HOST"] = f"127.0.0.1:{server.tls_port}/run"
+        env["FAL_QUEUE_RUN_HOST"] = f"127.0.0.1:{server.tls_port}/queue"
+    return env
+
+
+def run_python(scenario: str, args: dict[str, Any], env: dict[str, str], timeout: float = 300) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(HERE / "python_scenario.py"), scenario, json.dumps(args)],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    executable = shutil.which("node")
+    if executable is None or not (JS_DIR / "node_modules" / "@fal-ai" / "client").is_dir():
+        pytest.fail("node and tests/conformance/js/node_modules are needed: run ./scripts/setup (it runs npm ci)")
+    return executable
+
+
+def run_js(
+    node: str, server: ServerProcess, key: str, scenario: str, args: dict[str, Any], timeout: float = 300
+) -> dict:
+    done = subprocess.run(
+        [node, str(JS_DIR / "scenario.mjs"), scenario, f"{server.http_url}/api/fal/proxy", key, json.dumps(args)],
+        capture_output=True, text=True, timeout=timeout, cwd=JS_DIR,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class WebhookSink:
+    url: str
+    received: list[tuple[dict[str, str], bytes]]
+    fail_first: int
+
+    def wait_for(self, count: int, timeout: float = 60) -> list[tuple[dict[str, str], bytes]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            assert time.monotonic() < deadline, f"only {len(self.received)} webhooks arrived"
+            time.sleep(0.05)
+        return self.received
+
+
+@pytest.fixture
+def webhook_sink() -> Iterator[WebhookSink]:
+    """Answers the first delivery with 500 (to exercise retries), then records and accepts."""
+    attempts: list[int] = []
+    sink = WebhookSink(url="", received=[], fail_first=1)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            attempts.append(1)
+            if len(attempts) <= sink.fail_first:
+                self.send_response(500)
+            else:
+                sink.received.append(({name: value for name, value in self.headers.items()}, body))
+                self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    sink.url = f"http://127.0.0.1:{receiver.server_address[1]}/hooks/fal"
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    yield sink
+    receiver.shutdown()

@@ -1,0 +1,113 @@
+"""Drives the server with the unmodified ``fal_client`` (configured by environment variables only,
+as a user would) and prints one JSON line describing what happened."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import fal_client
+import httpx
+
+APP = "fal-ai/layer-diffusion"
+
+
+def describe(error: Exception) -> dict[str, Any]:
+    if isinstance(error, fal_client.FalClientHTTPError):
+        return {
+            "kind": "FalClientHTTPError",
+            "status": error.status_code,
+            "detail": error.message,
+            "type": error.error_type,
+        }
+    return {"kind": type(error).__name__, "message": str(error)}
+
+
+def status_json(status: Any) -> dict[str, Any]:
+    return {"type": type(status).__name__, **{k: v for k, v in vars(status).items()}}
+
+
+def run(args: dict) -> dict:
+    return {"output": fal_client.run(APP, args["input"])}
+
+
+def subscribe(args: dict) -> dict:
+    updates: list[dict] = []
+    enqueued: list[str] = []
+    output = fal_client.subscribe(
+        APP,
+        args["input"],
+        with_logs=True,
+        on_enqueue=enqueued.append,
+        on_queue_update=lambda status: updates.append(status_json(status)),
+    )
+    return {"output": output, "updates": updates, "request_ids": enqueued}
+
+
+def submit(args: dict) -> dict:
+    handle = fal_client.submit(
+        APP,
+        args["input"],
+        webhook_url=args.get("webhook_url"),
+        priority=args.get("priority"),
+        start_timeout=args.get("start_timeout"),
+    )
+    return {"request_id": handle.request_id, "status": status_json(handle.status())}
+
+
+def submit_and_get(args: dict) -> dict:
+    handle = fal_client.submit(APP, args["input"], webhook_url=args.get("webhook_url"))
+    events = [status_json(event) for event in handle.iter_events(with_logs=True, interval=0.05)]
+    output = handle.get()
+    again = fal_client.result(APP, handle.request_id)
+    final = fal_client.status(APP, handle.request_id, with_logs=True)
+    return {
+        "request_id": handle.request_id,
+        "events": events,
+        "output": output,
+        "again": again,
+        "final": status_json(final),
+    }
+
+
+def status(args: dict) -> dict:
+    return {"status": status_json(fal_client.status(APP, args["request_id"], with_logs=True))}
+
+
+def result(args: dict) -> dict:
+    return {"output": fal_client.result(APP, args["request_id"])}
+
+
+def cancel(args: dict) -> dict:
+    fal_client.cancel(APP, args["request_id"])
+    return {"cancelled": True}
+
+
+def uploads(args: dict) -> dict:
+    path = Path(args["file"])
+    urls = {
+        "upload": fal_client.upload(path.read_bytes(), "image/png", file_name="bytes.png"),
+        "upload_file": fal_client.upload_file(path),
+        "fallback": fal_client.upload(path.read_bytes(), "image/png", repository="fal"),
+    }
+    downloads = {name: httpx.get(url) for name, url in urls.items()}
+    return {
+        "urls": urls,
+        "same_bytes": {name: response.content == path.read_bytes() for name, response in downloads.items()},
+        "content_types": {name: response.headers.get("content-type") for name, response in downloads.items()},
+    }
+
+
+def main() -> None:
+    scenario, arguments = sys.argv[1], json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")
+    try:
+        outcome = {"ok": True, **globals()[scenario](arguments)}
+    except Exception as error:
+        outcome = {"ok": False, "error": describe(error)}
+    print(json.dumps(outcome, default=str))
+
+
+if __name__ == "__main__":
+    main()
