@@ -283,3 +283,21 @@ def test_retention_deletes_old_requests_with_their_files(client: TestClient, ser
     requests_deleted, files_deleted = sweep(services, now=time.time() + 200 * 3600)
     assert requests_deleted >= 1 and files_deleted >= 1
     assert client.get(file_path).status_code == 404
+
+
+def test_a_model_that_fails_to_load_is_reported_not_waited_for(settings: Settings, tmp_path: Path) -> None:
+    def broken_loader() -> object:
+        raise RuntimeError("weights are corrupt")
+
+    broken = build_services(server_settings(settings, tmp_path), broken_loader, model_name="tiny")  # type: ignore[arg-type]
+    with TestClient(create_app(broken)) as client:
+        client.headers["Authorization"] = f"Key {issue_key(broken.store.keys, 'tests').value}"
+        deadline = time.monotonic() + 10
+        while broken.worker is not None and broken.worker.load_error is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "weights are corrupt" in ready.json()["error"]
+        assert client.get("/healthz").status_code == 200
+        response = client.post(f"/run{APP}", json=SMALL)
+        assert response.status_code == 503 and "weights are corrupt" in response.json()["detail"]

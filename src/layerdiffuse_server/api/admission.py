@@ -28,6 +28,13 @@ class QueueFullError(LayerDiffuseError):
     error_type = "rate_limited"
 
 
+class ModelUnavailableError(LayerDiffuseError):
+    """The model could not be loaded."""
+
+    status_code = 503
+    error_type = "runner_scheduling_failure"
+
+
 def parse_priority(headers: Headers) -> Priority:
     value = headers.get("x-fal-queue-priority", "normal").strip().lower()
     try:
@@ -83,6 +90,9 @@ def admit(
         start_deadline=parse_start_deadline(headers, now),
     )
     if invalid_input is None:
+        worker = services.worker
+        if worker is not None and worker.load_error is not None:
+            raise ModelUnavailableError(f"the model failed to load, so nothing can run: {worker.load_error}")
         depth = sum(services.store.requests.queue_depth().values())
         if depth >= services.settings.max_queue_length:
             raise QueueFullError(f"the queue holds {depth} requests, the limit of this server; retry later")

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict
 
 from sqlalchemy import Engine, delete, insert, select, update
 
 from .contracts import FileRecord
+from .rows import from_row
 from .tables import files
-
-
-def _file(row: Any) -> FileRecord:
-    return FileRecord(
-        id=row.id,
-        file_name=row.file_name,
-        content_type=row.content_type,
-        size=row.size,
-        key_id=row.key_id,
-        request_id=row.request_id,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        ready=bool(row.ready),
-    )
 
 
 class SqlFileCatalog:
@@ -30,24 +17,12 @@ class SqlFileCatalog:
 
     def add(self, record: FileRecord) -> None:
         with self._engine.begin() as connection:
-            connection.execute(
-                insert(files).values(
-                    id=record.id,
-                    file_name=record.file_name,
-                    content_type=record.content_type,
-                    size=record.size,
-                    key_id=record.key_id,
-                    request_id=record.request_id,
-                    created_at=record.created_at,
-                    expires_at=record.expires_at,
-                    ready=record.ready,
-                )
-            )
+            connection.execute(insert(files).values(**asdict(record)))
 
     def get(self, file_id: str) -> FileRecord | None:
         with self._engine.connect() as connection:
             row = connection.execute(select(files).where(files.c.id == file_id)).first()
-        return _file(row) if row else None
+        return from_row(FileRecord, row) if row else None
 
     def mark_ready(self, file_id: str, size: int) -> bool:
         """Publish a pending upload once; False if it was already written (upload URLs are single-use)."""
@@ -59,7 +34,10 @@ class SqlFileCatalog:
         if not request_ids:
             return []
         with self._engine.connect() as connection:
-            return [_file(row) for row in connection.execute(select(files).where(files.c.request_id.in_(request_ids)))]
+            return [
+                from_row(FileRecord, row)
+                for row in connection.execute(select(files).where(files.c.request_id.in_(request_ids)))
+            ]
 
     def delete(self, file_ids: list[str]) -> None:
         if file_ids:
@@ -69,4 +47,4 @@ class SqlFileCatalog:
     def expired(self, now: float) -> list[FileRecord]:
         query = select(files).where(files.c.expires_at.is_not(None), files.c.expires_at < now)
         with self._engine.connect() as connection:
-            return [_file(row) for row in connection.execute(query)]
+            return [from_row(FileRecord, row) for row in connection.execute(query)]

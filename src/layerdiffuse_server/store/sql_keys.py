@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict
 
 from sqlalchemy import Engine, func, insert, select, update
 
 from .contracts import ApiKey
+from .rows import from_row
 from .tables import api_keys
-
-
-def _key(row: Any) -> ApiKey:
-    return ApiKey(
-        id=row.id,
-        name=row.name,
-        admin=bool(row.admin),
-        created_at=row.created_at,
-        revoked_at=row.revoked_at,
-        secret_hash=row.secret_hash,
-    )
 
 
 class SqlKeyRing:
@@ -27,25 +17,18 @@ class SqlKeyRing:
 
     def add(self, key: ApiKey) -> None:
         with self._engine.begin() as connection:
-            connection.execute(
-                insert(api_keys).values(
-                    id=key.id,
-                    name=key.name,
-                    admin=key.admin,
-                    secret_hash=key.secret_hash,
-                    created_at=key.created_at,
-                    revoked_at=key.revoked_at,
-                )
-            )
+            connection.execute(insert(api_keys).values(**asdict(key)))
 
     def get(self, key_id: str) -> ApiKey | None:
         with self._engine.connect() as connection:
             row = connection.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
-        return _key(row) if row else None
+        return from_row(ApiKey, row) if row else None
 
     def all(self) -> list[ApiKey]:
         with self._engine.connect() as connection:
-            return [_key(row) for row in connection.execute(select(api_keys).order_by(api_keys.c.created_at))]
+            return [
+                from_row(ApiKey, row) for row in connection.execute(select(api_keys).order_by(api_keys.c.created_at))
+            ]
 
     def revoke(self, key_id: str, now: float) -> bool:
         statement = (
