@@ -193,7 +193,7 @@ async def put_upload(
     file_id: str, request: Request, services: ServicesDep, expires: int = 0, signature: str = ""
 ) -> JSONResponse:
     expected = upload_signature(services, file_id, expires)
-    if expires < time.time() or not secrets.compare_digest(expected, signature):
+    if expires < time.time() or not secrets.compare_digest(expected.encode(), signature.encode()):
         raise UploadUrlError("This upload URL is invalid or has expired")
     record = await anyio.to_thread.run_sync(services.store.files.get, file_id)
     if record is None or record.ready:
