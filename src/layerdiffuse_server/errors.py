@@ -64,11 +64,15 @@ class GenerationCancelled(LayerDiffuseError):
     error_type = "client_cancelled"
 
 
-def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """pydantic errors as fal's 422 ``detail`` list: ``loc/msg/type``, plus ``input`` when it is plain JSON."""
+def validation_details(errors: list[dict[str, Any]], *, location: str | None = None) -> list[dict[str, Any]]:
+    """pydantic errors as fal's 422 ``detail`` list: ``loc/msg/type``, plus ``input`` when it is plain JSON.
+
+    ``location`` (e.g. ``"body"``) is put in front of each ``loc`` for errors of a model validated by hand.
+    """
     details = []
     for problem in errors:
-        detail = {"loc": list(problem["loc"]), "msg": problem["msg"], "type": problem["type"]}
+        loc = [location, *problem["loc"]] if location else list(problem["loc"])
+        detail = {"loc": loc, "msg": problem["msg"], "type": problem["type"]}
         if isinstance(problem.get("input"), str | int | float | bool | None):
             detail["input"] = problem["input"]
         details.append(detail)

@@ -53,8 +53,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ValidationError)
     async def _body_model(_request: Request, error: ValidationError) -> JSONResponse:
-        problems = [{**problem, "loc": ("body", *problem["loc"])} for problem in error.errors(include_url=False)]
-        return fal_error(422, validation_details(problems))
+        return fal_error(422, validation_details(error.errors(include_url=False), location="body"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:

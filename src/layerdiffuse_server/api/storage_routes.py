@@ -25,9 +25,9 @@ from pydantic import BaseModel, Field
 
 from ..auth import AuthenticationError, authenticate
 from ..errors import LayerDiffuseError
+from ..files import file_url, new_file_id
 from ..files.content import check_content
 from ..store.contracts import FileRecord
-from ..worker.outputs import file_url, new_file_id
 from .payloads import read_json_object
 from .services import KeyDep, Services, ServicesDep
 

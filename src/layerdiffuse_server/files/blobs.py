@@ -5,9 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Protocol
+
+
+def new_file_id() -> str:
+    """An unguessable id: file URLs are capabilities, served without a key like fal's CDN URLs."""
+    return secrets.token_urlsafe(18)
+
+
+def file_url(base_url: str, file_id: str, file_name: str) -> str:
+    return f"{base_url}/files/{file_id}/{file_name}"
+
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 

@@ -45,8 +45,7 @@ class Engine(Protocol):
 
 def validation_completion(error: ValidationError) -> Completion:
     """fal's 422 body: a list of ``{loc, msg, type}`` with ``loc`` starting at ``body``."""
-    problems = [{**problem, "loc": ("body", *problem["loc"])} for problem in error.errors(include_url=False)]
-    details = validation_details(problems)
+    details = validation_details(error.errors(include_url=False), location="body")
     return Completion(422, {"detail": details}, error="Invalid input", error_type="validation_error")
 
 

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 
 from ..engine.images import TransparentImage
-from ..files import BlobStore
+from ..files import BlobStore, file_url, new_file_id
 from ..schemas import Image, LayerDiffusionOutput
 from ..store.contracts import FileCatalog, FileRecord
-
-
-def new_file_id() -> str:
-    return secrets.token_urlsafe(18)
-
-
-def file_url(base_url: str, file_id: str, file_name: str) -> str:
-    return f"{base_url}/files/{file_id}/{file_name}"
 
 
 def store_image(
