@@ -109,3 +109,31 @@ def test_a_database_from_another_schema_version_is_refused(tmp_path: Path) -> No
         connection.execute(text("UPDATE schema_info SET version = 99"))
     with pytest.raises(StoreError, match="schema version 99"):
         open_store(url)
+
+
+def test_worker_reports_replace_their_row_and_silent_workers_are_forgotten(store: Store) -> None:
+    from layerdiffuse_server.store import WorkerState, WorkerStatus
+
+    def status(worker_id: str, state: WorkerState, heartbeat_at: float, done: int = 0) -> WorkerStatus:
+        return WorkerStatus(worker_id, "host", 1, "tiny", "cpu", state, None, done, None, 100.0, heartbeat_at)
+
+    store.workers.report(status("a", WorkerState.LOADING, 100.0))
+    store.workers.report(status("a", WorkerState.READY, 110.0, done=3))
+    store.workers.report(status("b", WorkerState.BUSY, 500.0))
+    assert [(w.id, w.state, w.requests_done) for w in store.workers.all()] == [
+        ("a", WorkerState.READY, 3),
+        ("b", WorkerState.BUSY, 0),
+    ]
+    assert store.workers.forget_silent_since(200.0) == 1
+    assert [worker.id for worker in store.workers.all()] == ["b"]
+
+
+def test_running_and_recent_outcomes(store: Store) -> None:
+    first, second = submit(store), submit(store)
+    store.requests.claim_next("w1", 10.0)
+    assert [(record.id, record.worker_id) for record in store.requests.running()] == [(first, "w1")]
+    store.requests.complete(first, Completion(200, {}), 20.0)
+    store.requests.request_cancel(second, 30.0)
+    assert store.requests.running() == []
+    assert store.requests.completed_since(15.0) == {(200, None): 1, (499, "client_cancelled"): 1}
+    assert store.requests.completed_since(25.0) == {(499, "client_cancelled"): 1}

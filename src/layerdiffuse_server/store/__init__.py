@@ -1,4 +1,5 @@
-"""Durable state of the service: the request queue, API keys, stored files and webhook deliveries.
+"""Durable state of the service: the request queue, API keys, stored files, webhook deliveries and
+worker heartbeats.
 
 The API layer and the worker speak only to the contracts in :mod:`.contracts`; :func:`open_store`
 builds the SQL implementation (SQLite embedded, any SQLAlchemy URL later) behind them.
@@ -14,6 +15,8 @@ from .contracts import (
     RequestState,
     Store,
     WebhookDelivery,
+    WorkerState,
+    WorkerStatus,
 )
 from .database import open_store
 
@@ -27,5 +30,7 @@ __all__ = [
     "RequestState",
     "Store",
     "WebhookDelivery",
+    "WorkerState",
+    "WorkerStatus",
     "open_store",
 ]

@@ -7,6 +7,7 @@ its result can be served again after a restart exactly as it was the first time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, Protocol
@@ -64,6 +65,7 @@ class RequestRecord:
     error: str | None
     error_type: str | None
     metrics: dict[str, Any] | None
+    worker_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,31 @@ class FileRecord:
     ready: bool
 
 
+class WorkerState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    BUSY = "busy"
+    FAILED = "failed"  # the model did not load; the error says why
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A worker as it last reported itself; ``heartbeat_at`` tells whether it is still alive."""
+
+    id: str
+    host: str
+    pid: int
+    model: str
+    device: str
+    state: WorkerState
+    current_request: str | None
+    requests_done: int
+    error: str | None
+    started_at: float
+    heartbeat_at: float
+
+
 @dataclass(frozen=True)
 class WebhookDelivery:
     id: int
@@ -129,6 +156,8 @@ class RequestQueue(Protocol):
     def get(self, request_id: str) -> RequestRecord | None: ...
     def queue_position(self, record: RequestRecord) -> int: ...
     def queue_depth(self) -> dict[Priority, int]: ...
+    def running(self) -> list[RequestRecord]: ...
+    def completed_since(self, since: float) -> dict[tuple[int, str | None], int]: ...
     def claim_next(self, worker_id: str, now: float) -> RequestRecord | None: ...
     def complete(self, request_id: str, completion: Completion, now: float) -> bool: ...
     def request_cancel(self, request_id: str, now: float) -> CancelOutcome: ...
@@ -165,6 +194,12 @@ class WebhookOutbox(Protocol):
     def get_for_request(self, request_id: str) -> WebhookDelivery | None: ...
 
 
+class WorkerRegistry(Protocol):
+    def report(self, status: WorkerStatus) -> None: ...
+    def all(self) -> list[WorkerStatus]: ...
+    def forget_silent_since(self, cutoff: float) -> int: ...
+
+
 @dataclass(frozen=True)
 class Store:
     """Everything durable, bundled so it is passed around as one thing."""
@@ -173,7 +208,9 @@ class Store:
     keys: KeyRing
     files: FileCatalog
     webhooks: WebhookOutbox
+    workers: WorkerRegistry
     url: str
+    check_writable: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def close(self) -> None:
         closer = getattr(self.requests, "close", None)

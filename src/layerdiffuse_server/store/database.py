@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select
+from sqlalchemy import Engine, create_engine, event, insert, select, text, update
 from sqlalchemy.engine import make_url
 
 from ..errors import LayerDiffuseError
@@ -18,6 +18,13 @@ class StoreError(LayerDiffuseError):
 
     status_code = 503
     error_type = "internal_error"
+
+
+BUSY_TIMEOUT_MS = 10_000
+PROBE_BUSY_TIMEOUT_MS = 2_000
+
+# Schema versions that this release upgrades in place because it only added tables since.
+ADDITIVE_UPGRADES_FROM = frozenset({1})
 
 
 def sqlite_url(path: Path) -> str:
@@ -34,7 +41,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -60,6 +67,9 @@ def _ensure_schema(engine: Engine) -> None:
         version = connection.execute(select(tables.schema_info.c.version)).scalar()
         if version is None:
             connection.execute(insert(tables.schema_info).values(version=tables.SCHEMA_VERSION))
+        elif version in ADDITIVE_UPGRADES_FROM:
+            # every change since that version was a new table, which create_all just made
+            connection.execute(update(tables.schema_info).values(version=tables.SCHEMA_VERSION))
         elif version != tables.SCHEMA_VERSION:
             raise StoreError(
                 f"the database at {engine.url!r} has schema version {version}, this release needs "
@@ -73,6 +83,7 @@ def open_store(url: str) -> Store:
     from .sql_keys import SqlKeyRing
     from .sql_requests import SqlRequestQueue
     from .sql_webhooks import SqlWebhookOutbox
+    from .sql_workers import SqlWorkerRegistry
 
     engine = create_database_engine(url)
     try:
@@ -87,5 +98,27 @@ def open_store(url: str) -> Store:
         keys=SqlKeyRing(engine),
         files=SqlFileCatalog(engine),
         webhooks=SqlWebhookOutbox(engine),
+        workers=SqlWorkerRegistry(engine),
         url=url,
+        check_writable=lambda: check_writable(engine),
     )
+
+
+def check_writable(engine: Engine) -> None:
+    """Raise unless a write transaction can start now (disk full, read-only file, lost primary …)."""
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        # a probe answers in seconds: it waits less for SQLite's write lock than requests do
+        raw = connection.connection.dbapi_connection if sqlite else None
+        if raw is not None:
+            raw.execute(f"PRAGMA busy_timeout={PROBE_BUSY_TIMEOUT_MS}")
+        transaction = connection.begin()  # SQLite: BEGIN IMMEDIATE takes the write lock
+        try:
+            if sqlite:
+                connection.execute(update(tables.schema_info).values(version=tables.schema_info.c.version))
+            elif connection.execute(text("SHOW transaction_read_only")).scalar() == "on":
+                raise StoreError("the database is read-only")
+        finally:
+            transaction.rollback()
+            if raw is not None:
+                raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")

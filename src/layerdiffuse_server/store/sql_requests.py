@@ -46,6 +46,7 @@ def _record(row: Any) -> RequestRecord:
         error=row.error,
         error_type=row.error_type,
         metrics=row.metrics,
+        worker_id=row.worker_id,
     )
 
 
@@ -117,6 +118,20 @@ class SqlRequestQueue:
         with self._engine.connect() as connection:
             counts = {Priority(priority): int(count) for priority, count in connection.execute(query)}
         return {priority: counts.get(priority, 0) for priority in Priority}
+
+    def running(self) -> list[RequestRecord]:
+        query = select(requests).where(requests.c.state == RequestState.RUNNING.value).order_by(requests.c.started_at)
+        with self._engine.connect() as connection:
+            return [_record(row) for row in connection.execute(query)]
+
+    def completed_since(self, since: float) -> dict[tuple[int, str | None], int]:
+        query = (
+            select(requests.c.status_code, requests.c.error_type, func.count())
+            .where(requests.c.state == RequestState.COMPLETED.value, requests.c.completed_at >= since)
+            .group_by(requests.c.status_code, requests.c.error_type)
+        )
+        with self._engine.connect() as connection:
+            return {(int(code), error_type): int(count) for code, error_type, count in connection.execute(query)}
 
     def claim_next(self, worker_id: str, now: float) -> RequestRecord | None:
         candidate = (

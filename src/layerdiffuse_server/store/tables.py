@@ -19,7 +19,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added the workers table
 
 metadata = MetaData()
 
@@ -108,3 +108,21 @@ webhook_deliveries = Table(
     Column("delivered_at", Float),
 )
 Index("webhook_due", webhook_deliveries.c.state, webhook_deliveries.c.next_attempt_at)
+
+# One row per worker process, rewritten by its heartbeat: what ``layerdiffuse status`` and the
+# metrics show. A row whose heartbeat stopped is a worker that died or was stopped.
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("device", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # loading, ready, busy, failed, stopped
+    Column("current_request", String(64)),
+    Column("requests_done", Integer, nullable=False, default=0),
+    Column("error", Text),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+)
