@@ -13,6 +13,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .errors import LayerDiffuseError
+from .observability import configure_logging
 from .settings import Settings
 
 app = typer.Typer(
@@ -194,6 +195,8 @@ def serve(
     decoder_passes: Annotated[int, typer.Option(help="Decoder test-time passes: 8 (best), 4, 2 or 1.")] = 8,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
+    log_format: Annotated[str | None, typer.Option(help="Process logs: text (default) or json.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info (default), warning or error.")] = None,
 ) -> None:
     """Run the fal-compatible API (queue, storage, webhooks) with an in-process worker and SQLite."""
     from .api import create_app
@@ -202,7 +205,6 @@ def serve(
     from .server.serve import serve_app
     from .server.tls import local_tls
 
-    _configure_logging(True)
     overrides = {
         "model": model,
         "host": host,
@@ -215,9 +217,12 @@ def serve(
         "retention_hours": retention_hours,
         "device": device,
         "dtype": dtype,
+        "log_format": log_format,
+        "log_level": log_level,
     }
     try:
         settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
+        configure_logging(settings.log_format, settings.log_level)
         options = EngineOptions(
             settings.model, base=base, layer_weights=layer_weights, decoder=decoder, decoder_passes=decoder_passes
         )
@@ -238,7 +243,7 @@ def serve(
         port=settings.port,
         tls=tls,
         tls_port=settings.tls_port,
-        log_level="info",
+        log_level=settings.log_level,
     )
 
 
@@ -246,11 +251,14 @@ keys_app = typer.Typer(help="Create, list and revoke API keys (stored hashed in 
 app.add_typer(keys_app, name="keys")
 
 
-def _key_store(data_dir: Path | None) -> Any:
+def _open_store(data_dir: Path | None) -> Any:
     from .store import open_store
 
     settings = Settings(**({"data_dir": data_dir} if data_dir else {}))
-    return open_store(settings.store_url)
+    try:
+        return open_store(settings.store_url)
+    except LayerDiffuseError as error:
+        raise _fail(str(error)) from None
 
 
 DataDirOption = Annotated[Path | None, typer.Option(help="The server's data directory.")]
@@ -265,7 +273,7 @@ def keys_create(
     """Create a key and print it (the only time it is shown)."""
     from .auth import issue_key
 
-    store = _key_store(data_dir)
+    store = _open_store(data_dir)
     issued = issue_key(store.keys, name, admin=admin)
     console.print(f"created key [bold]{issued.key.id}[/] ({name}{', admin' if admin else ''}); it is shown once:")
     typer.echo(issued.value)
@@ -279,7 +287,7 @@ def keys_list(data_dir: DataDirOption = None) -> None:
     from rich.table import Table
 
     table = Table("id", "name", "admin", "created", "revoked")
-    for key in _key_store(data_dir).keys.all():
+    for key in _open_store(data_dir).keys.all():
         created = datetime.fromtimestamp(key.created_at).isoformat(timespec="seconds")
         revoked = datetime.fromtimestamp(key.revoked_at).isoformat(timespec="seconds") if key.revoked_at else ""
         table.add_row(key.id, key.name, "yes" if key.admin else "", created, revoked)
@@ -293,9 +301,27 @@ def keys_revoke(
     """Revoke a key: requests and uploads with it are refused from now on."""
     import time
 
-    if not _key_store(data_dir).keys.revoke(key_id.split(":")[0], time.time()):
+    if not _open_store(data_dir).keys.revoke(key_id.split(":")[0], time.time()):
         raise _fail(f"no active key with id {key_id!r}")
     console.print(f"revoked key [bold]{key_id.split(':')[0]}[/]")
+
+
+@app.command()
+def status(
+    data_dir: DataDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Show the queue, running requests, workers and the last hour's outcomes, read from the server's store."""
+    import json
+    from dataclasses import asdict
+
+    from .observability.status import collect_status, render_status
+
+    report = collect_status(_open_store(data_dir))
+    if as_json:
+        typer.echo(json.dumps(asdict(report), indent=2))
+    else:
+        render_status(report, Console())
 
 
 def main() -> None:

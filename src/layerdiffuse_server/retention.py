@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 600.0
+# Rows of workers that stopped reporting this long ago are dropped from ``layerdiffuse status``.
+FORGET_WORKERS_AFTER_SECONDS = 86400.0
 
 
 def sweep(services: Services, now: float | None = None) -> tuple[int, int]:
@@ -22,11 +24,12 @@ def sweep(services: Services, now: float | None = None) -> tuple[int, int]:
 
     Requests go before their files, so a stored result never points at a deleted file.
     """
+    now = time.time() if now is None else now
+    store = services.store
+    store.workers.forget_silent_since(now - FORGET_WORKERS_AFTER_SECONDS)
     hours = services.settings.retention_hours
     if not hours:
         return 0, 0
-    now = time.time() if now is None else now
-    store = services.store
     cutoff = now - hours * 3600
     expired_files = store.files.expired(now)
     for record in expired_files:

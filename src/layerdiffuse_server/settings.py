@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,6 +76,10 @@ class Settings(BaseSettings):
     )
     webhook_timeout_seconds: float = Field(default=15.0, gt=0, description="Timeout of one delivery attempt.")
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, description="Comment interval on status streams.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Process logs as text lines or as one JSON object per line (with request ids)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Process log level.")
 
     @property
     def presets_dir(self) -> Path:

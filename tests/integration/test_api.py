@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,45 +19,7 @@ from layerdiffuse_server.retention import sweep
 from layerdiffuse_server.server.bootstrap import build_services
 from layerdiffuse_server.settings import Settings
 
-SMALL = {"prompt": "a glass bottle", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 5}
-APP = "/fal-ai/layer-diffusion"
-
-
-def server_settings(settings: Settings, tmp_path: Path, **changes: object) -> Settings:
-    values = {"data_dir": tmp_path / "data", "public_url": "http://testserver", "webhook_allowed_networks": []}
-    return settings.model_copy(update=values | changes)
-
-
-@pytest.fixture
-def services(settings: Settings, tmp_path: Path, tiny_pipeline: object) -> Services:
-    return build_services(server_settings(settings, tmp_path), lambda: tiny_pipeline, model_name="tiny")
-
-
-@pytest.fixture
-def client(services: Services) -> Iterator[TestClient]:
-    with TestClient(create_app(services)) as test_client:
-        test_client.headers["Authorization"] = f"Key {issue_key(services.store.keys, 'tests').value}"
-        yield test_client
-
-
-@pytest.fixture
-def idle_client(settings: Settings, tmp_path: Path) -> Iterator[TestClient]:
-    """An API without a worker: submitted requests stay queued."""
-    idle = build_services(server_settings(settings, tmp_path), None, model_name="tiny")
-    with TestClient(create_app(idle)) as test_client:
-        test_client.headers["Authorization"] = f"Key {issue_key(idle.store.keys, 'tests').value}"
-        yield test_client
-
-
-def wait_completed(client: TestClient, request_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = client.get(f"/queue{APP}/requests/{request_id}/status", params={"logs": "1"})
-        if response.status_code == 200:
-            return response.json()
-        assert response.status_code == 202
-        time.sleep(0.05)
-    raise AssertionError(f"request {request_id} did not complete")
+from .api_support import APP, SMALL, server_settings, wait_completed
 
 
 def test_sync_run_returns_a_stored_transparent_png(client: TestClient) -> None:
@@ -300,7 +261,9 @@ def test_a_model_that_fails_to_load_is_reported_not_waited_for(settings: Setting
             assert time.monotonic() < deadline
             time.sleep(0.01)
         ready = client.get("/readyz")
-        assert ready.status_code == 503 and "weights are corrupt" in ready.json()["error"]
+        assert ready.status_code == 503 and "weights are corrupt" in ready.json()["problems"]["model"]
+        assert ready.json()["checks"] == {"model": False, "database": True, "files": True}
+        assert ready.json()["worker"]["state"] == "failed"
         assert client.get("/healthz").status_code == 200
         response = client.post(f"/run{APP}", json=SMALL)
         assert response.status_code == 503 and "weights are corrupt" in response.json()["detail"]

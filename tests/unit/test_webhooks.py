@@ -61,6 +61,7 @@ def test_delivery_is_retried_with_backoff_then_recorded(tmp_path: Path) -> None:
         return httpx.Response(503 if len(calls) == 1 else 204)
 
     signing_key = SigningKey.load_or_create(tmp_path / "key.pem")
+    attempts: list[str] = []
     deliverer = WebhookDeliverer(
         store,
         signing_key,
@@ -69,6 +70,7 @@ def test_delivery_is_retried_with_backoff_then_recorded(tmp_path: Path) -> None:
         retry_seconds=0.05,
         timeout_seconds=1,
         transport=httpx.MockTransport(answer),
+        on_attempt=attempts.append,
     )
 
     async def scenario() -> None:
@@ -82,6 +84,7 @@ def test_delivery_is_retried_with_backoff_then_recorded(tmp_path: Path) -> None:
     asyncio.run(scenario())
     delivery = store.webhooks.get_for_request(request_id)
     assert delivery is not None and delivery.state == "delivered" and delivery.attempts == 2
+    assert attempts == ["retrying", "delivered"]
     payload = json.loads(calls[-1].content)
     assert payload == {
         "request_id": request_id,

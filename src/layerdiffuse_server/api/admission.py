@@ -77,6 +77,7 @@ def admit(
     *,
     webhook_url: str | None = None,
     invalid_input: Completion | None = None,
+    mode: str = "queue",
 ) -> RequestRecord:
     """Store a new request (queued, or already completed when its input is invalid)."""
     now = time.time()
@@ -97,6 +98,7 @@ def admit(
         if depth >= services.settings.max_queue_length:
             raise QueueFullError(f"the queue holds {depth} requests, the limit of this server; retry later")
     record = services.store.requests.create(request, now, completion=invalid_input)
+    services.metrics.submitted.labels(mode).inc()
     if invalid_input is None:
         if services.worker is not None:
             services.worker.wake()

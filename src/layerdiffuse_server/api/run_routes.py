@@ -25,7 +25,7 @@ InputBody = Annotated[LayerDiffusionInput | None, Body()]
 
 async def _run(request: Request, services: ServicesDep, key: KeyDep, body: LayerDiffusionInput | None) -> JSONResponse:
     raw_input = body.model_dump(mode="json", exclude_unset=True) if body is not None else {}
-    record = await anyio.to_thread.run_sync(lambda: admit(services, key.id, raw_input, request.headers))
+    record = await anyio.to_thread.run_sync(lambda: admit(services, key.id, raw_input, request.headers, mode="sync"))
     final = await wait_until_completed(services, record.id, request)
     if final is None:
         return fal_error(499, "The client disconnected; the request was cancelled", "client_disconnected")

@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Request
 from ..auth import authenticate
 from ..events import RequestEvents
 from ..files import BlobStore
+from ..observability import Metrics
 from ..settings import Settings
 from ..signing import SigningKey
 from ..store.contracts import ApiKey, Store
@@ -25,6 +26,7 @@ class Services:
     store: Store
     blobs: BlobStore
     signing_key: SigningKey
+    metrics: Metrics
     events: RequestEvents = field(default_factory=RequestEvents)
     worker: GenerationWorker | None = None
     deliverer: WebhookDeliverer | None = None
@@ -35,7 +37,10 @@ class Services:
         return self.settings.base_url
 
     def request_finished(self, request_id: str) -> None:
-        """A request completed (any way): wake its waiters and the webhook deliverer."""
+        """A request completed (any way): count it, wake its waiters and the webhook deliverer."""
+        record = self.store.requests.get(request_id)
+        if record is not None and record.status_code is not None:
+            self.metrics.observe_completed(record.status_code, record.error_type)
         self.events.publish(request_id)
         if self.deliverer is not None:
             self.deliverer.wake()

@@ -14,7 +14,9 @@ def print_banner(settings: Settings, tls: TlsFiles | None, first_key: IssuedKey 
     reach = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     key = first_key.value if first_key else "<your key>"
     console.print(f"[bold]layerdiffuse-server[/] · fal-ai/layer-diffusion · model [bold]{settings.model}[/]")
+    console.print(f"  [bold]http://{reach}:{settings.port}/[/]   playground: open it in a browser, paste the key below")
     console.print(f"  http://{reach}:{settings.port}/docs   API reference (OpenAPI)")
+    console.print(f"  http://{reach}:{settings.port}/metrics   Prometheus metrics; /healthz, /readyz for probes")
     if tls is not None and settings.tls_port:
         ca = f" (trust {tls.ca})" if tls.ca else ""
         console.print(f"  https://{reach}:{settings.tls_port}{ca}")

@@ -9,6 +9,7 @@ from typing import Any
 from ..api.services import Services
 from ..auth import IssuedKey, issue_key
 from ..files import LocalBlobStore
+from ..observability import Metrics
 from ..settings import Settings
 from ..signing import SigningKey
 from ..store import Store, open_store
@@ -69,6 +70,7 @@ def build_services(
         store=store,
         blobs=LocalBlobStore(settings.data_dir / "files"),
         signing_key=SigningKey.load_or_create(settings.data_dir / "signing-key.pem"),
+        metrics=Metrics(store),
         webhook_networks=parse_networks(settings.webhook_allowed_networks),
     )
     services.deliverer = WebhookDeliverer(
@@ -78,6 +80,7 @@ def build_services(
         max_attempts=settings.webhook_max_attempts,
         retry_seconds=settings.webhook_retry_seconds,
         timeout_seconds=settings.webhook_timeout_seconds,
+        on_attempt=lambda result: services.metrics.webhooks.labels(result).inc(),
     )
     if load_engine is not None:
         services.worker = GenerationWorker(
@@ -89,5 +92,7 @@ def build_services(
             model_name=model_name,
             max_attempts=settings.max_attempts,
             on_completed=services.request_finished,
+            metrics=services.metrics,
+            device=settings.device,
         )
     return services

@@ -22,7 +22,10 @@ class _SecondListener(uvicorn.Server):
 
 
 async def _serve(app: FastAPI, host: str, port: int, tls: TlsFiles | None, tls_port: int, log_level: str) -> None:
-    primary = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on"))
+    # Logging is configured by the caller (text or JSON); uvicorn's access log is replaced by ours.
+    primary = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", log_config=None, access_log=False)
+    )
     if tls is None or not tls_port:
         await primary.serve()
         return
@@ -33,6 +36,8 @@ async def _serve(app: FastAPI, host: str, port: int, tls: TlsFiles | None, tls_p
             port=tls_port,
             log_level=log_level,
             lifespan="off",
+            log_config=None,
+            access_log=False,
             ssl_certfile=str(tls.cert),
             ssl_keyfile=str(tls.key),
         )

@@ -53,6 +53,7 @@ class WebhookDeliverer:
         timeout_seconds: float,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.time,
+        on_attempt: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.signer = signer
@@ -61,6 +62,7 @@ class WebhookDeliverer:
         self.retry_seconds = retry_seconds
         self.timeout_seconds = timeout_seconds
         self.clock = clock
+        self.on_attempt = on_attempt or (lambda result: None)  # delivered, retrying or dropped
         self._transport = transport
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -100,16 +102,19 @@ class WebhookDeliverer:
             error = None if response.is_success else f"HTTP {response.status_code}"
         except InvalidInputError as refused:
             await anyio.to_thread.run_sync(self.store.webhooks.mark_failed_attempt, delivery.id, str(refused), None)
+            self.on_attempt("dropped")
             logger.warning("webhook for %s dropped: %s", record.id, refused)
             return
         except httpx.HTTPError as failure:
             error = f"{type(failure).__name__}: {failure}"
         if error is None:
             await anyio.to_thread.run_sync(self.store.webhooks.mark_delivered, delivery.id, self.clock())
+            self.on_attempt("delivered")
             logger.info("webhook for %s delivered (attempt %d)", record.id, delivery.attempts)
             return
         retry_at = self.clock() + self.retry_delay(delivery.attempts) if delivery.attempts < self.max_attempts else None
         await anyio.to_thread.run_sync(self.store.webhooks.mark_failed_attempt, delivery.id, error, retry_at)
+        self.on_attempt("retrying" if retry_at else "dropped")
         logger.warning(
             "webhook for %s failed (attempt %d/%d): %s%s",
             record.id,

@@ -8,6 +8,8 @@ cooperative: the engine polls the store between denoising steps.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -20,14 +22,16 @@ from ..engine.pipeline import GenerationResult
 from ..errors import GenerationCancelled, LayerDiffuseError, validation_details
 from ..events import RequestEvents
 from ..files import BlobStore
+from ..observability import Metrics, request_id_context
 from ..schemas import GenerationParams, LayerDiffusionInput
-from ..store.contracts import Completion, RequestRecord, Store
+from ..store.contracts import Completion, RequestRecord, Store, WorkerState, WorkerStatus
 from ..store.sql_requests import cancelled_completion
 from .outputs import build_output, store_image
 
 logger = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
+HEARTBEAT_SECONDS = 10.0
 
 
 class Engine(Protocol):
@@ -70,6 +74,8 @@ class GenerationWorker:
         model_name: str,
         max_attempts: int = 2,
         on_completed: Callable[[str], None] | None = None,
+        metrics: Metrics | None = None,
+        device: str = "auto",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -79,8 +85,12 @@ class GenerationWorker:
         self.model_name = model_name
         self.max_attempts = max_attempts
         self.on_completed = on_completed or (lambda request_id: None)
+        self.metrics = metrics
+        self.device = device
         self.clock = clock
         self.worker_id = f"worker-{uuid.uuid4().hex[:8]}"
+        self.started_at = clock()
+        self.requests_done = 0
         self.engine: Engine | None = None
         self.load_error: BaseException | None = None
         self.load_seconds: float | None = None
@@ -89,6 +99,7 @@ class GenerationWorker:
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._heartbeat_thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -104,8 +115,11 @@ class GenerationWorker:
             self.on_completed(request_id)
         if requeued or failed:
             logger.warning("recovered interrupted requests: %d requeued, %d failed", len(requeued), len(failed))
+        self.report()
         self._thread = threading.Thread(target=self._run, name="generation-worker", daemon=True)
         self._thread.start()
+        self._heartbeat_thread = threading.Thread(target=self._beat, name="worker-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -116,6 +130,45 @@ class GenerationWorker:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout)
+        self.report()
+
+    @property
+    def state(self) -> WorkerState:
+        if self.load_error is not None:
+            return WorkerState.FAILED
+        if self._stopping.is_set() and (self._thread is None or not self._thread.is_alive()):
+            return WorkerState.STOPPED
+        if self.engine is None:
+            return WorkerState.LOADING
+        return WorkerState.BUSY if self.current_request else WorkerState.READY
+
+    def report(self) -> None:
+        """Write this worker's row (state, current request, heartbeat) for ``status`` and metrics."""
+        engine_device = getattr(self.engine, "device", None)
+        try:
+            self.store.workers.report(
+                WorkerStatus(
+                    id=self.worker_id,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    model=self.model_name,
+                    device=str(engine_device) if engine_device is not None else self.device,
+                    state=self.state,
+                    current_request=self.current_request,
+                    requests_done=self.requests_done,
+                    error=str(self.load_error) if self.load_error is not None else None,
+                    started_at=self.started_at,
+                    heartbeat_at=self.clock(),
+                )
+            )
+        except Exception:  # a missed heartbeat is not worth a request; the next one retries
+            logger.warning("could not write the worker heartbeat", exc_info=True)
+
+    def _beat(self) -> None:
+        while not self._stopping.wait(HEARTBEAT_SECONDS):
+            self.report()
 
     def _run(self) -> None:
         started = time.perf_counter()
@@ -124,9 +177,13 @@ class GenerationWorker:
         except BaseException as error:  # the server stays up to report it; requests wait in the queue
             self.load_error = error
             logger.exception("loading the model failed; requests stay queued")
+            self.report()
             return
         self.load_seconds = time.perf_counter() - started
-        logger.info("model %r ready in %.1f s", self.model_name, self.load_seconds)
+        if self.metrics is not None:
+            self.metrics.model_load.set(self.load_seconds)
+        logger.info("model %r ready on %s in %.1f s", self.model_name, self.engine.device, self.load_seconds)
+        self.report()
         while not self._stopping.is_set():
             if not self.run_once():
                 self._wakeup.wait(IDLE_POLL_SECONDS)
@@ -142,7 +199,14 @@ class GenerationWorker:
         if record is None:
             return False
         self.current_request = record.id
+        self.report()
         self.events.publish(record.id)
+        if self.metrics is not None:
+            self.metrics.observe_started(record)
+        with request_id_context(record.id):
+            return self._run_claimed(record)
+
+    def _run_claimed(self, record: RequestRecord) -> bool:
         try:
             completion = self._process(record)
         except _Interrupted:
@@ -158,6 +222,8 @@ class GenerationWorker:
             )
         finally:
             self.current_request = None
+            self.requests_done += 1
+            self.report()
         if completion.ok:
             self._log(record.id, "Request completed.")
         else:
@@ -188,7 +254,7 @@ class GenerationWorker:
         )
 
         def on_step(step: int, total: int) -> None:
-            self._log(record.id, f"Denoising step {step}/{total}")
+            self._log(record.id, f"Denoising step {step}/{total}", echo=False)
             if step == total:
                 self._log(record.id, "Decoding the transparent image.")
 
@@ -207,6 +273,8 @@ class GenerationWorker:
             return error_completion(error)
         inference_time = time.perf_counter() - started
         timings = result.timings
+        if self.metrics is not None:
+            self.metrics.observe_generation(inference_time, timings)
         self._log(record.id, f"Decoded in {timings.get('decoding', 0):.2f} s.")
         if "safety_check" in timings:
             flagged = bool(result.has_nsfw_concepts and result.has_nsfw_concepts[0])
@@ -229,9 +297,12 @@ class GenerationWorker:
             metrics={"inference_time": round(inference_time, 4)},
         )
 
-    def _log(self, request_id: str, message: str, level: str = "INFO") -> None:
+    def _log(self, request_id: str, message: str, level: str = "INFO", *, echo: bool = True) -> None:
+        """A line of the request's own log (what clients see), also written to the process log."""
         self.store.requests.append_log(request_id, message, level, self.clock())
         self.events.publish(request_id)
+        python_level = logging.getLevelNamesMapping().get("WARNING" if level == "WARN" else level, logging.INFO)
+        logger.log(python_level if echo else logging.DEBUG, message, extra={"request_id": request_id})
 
     def _finished(self, request_id: str) -> None:
         self.events.publish(request_id)
