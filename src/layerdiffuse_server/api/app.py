@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 
 from .. import __version__
 from ..retention import run_retention
-from . import queue_routes, run_routes, storage_routes
+from . import gallery_routes, operations_routes, playground_routes, queue_routes, run_routes, storage_routes
+from .access_log import AccessLog
 from .errors import install_error_handlers
 from .hosts import FalHostRouting
 from .services import APP_ID, Services, ServicesDep
@@ -58,26 +59,13 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(run_routes.router)
     app.include_router(queue_routes.router)
     app.include_router(storage_routes.router)
+    app.include_router(gallery_routes.router)
+    app.include_router(operations_routes.router)
+    playground_routes.mount(app, services)
 
     @app.get("/.well-known/jwks.json", tags=["webhooks"], summary="Public keys that sign webhooks")
     async def jwks(services: ServicesDep) -> JSONResponse:
         return JSONResponse(services.signing_key.jwks(), headers={"Cache-Control": "public, max-age=3600"})
-
-    @app.get("/healthz", tags=["operations"], summary="The process is up")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["operations"], summary="The model is loaded and the store is writable")
-    async def readyz(services: ServicesDep) -> JSONResponse:
-        worker = services.worker
-        checks = {
-            "model": bool(worker and worker.ready),
-            "store": services.blobs.writable(),
-        }
-        body: dict[str, object] = {"status": "ready" if all(checks.values()) else "not ready", "checks": checks}
-        if worker is not None and worker.load_error is not None:
-            body["error"] = str(worker.load_error)
-        return JSONResponse(body, status_code=200 if all(checks.values()) else 503)
 
     app.add_middleware(FalHostRouting, app_owners=(APP_ID.split("/")[0],))
     app.add_middleware(
@@ -87,4 +75,5 @@ def create_app(services: Services) -> FastAPI:
         allow_headers=["*"],
         expose_headers=["x-fal-request-id", "x-fal-error-type"],
     )
+    app.add_middleware(AccessLog)
     return app

@@ -1,0 +1,78 @@
+"""Headless Chromium (Debian's ``chromium``) driven by Playwright, against a real server process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from layerdiffuse_server.settings import Settings
+
+from ..server_process import ServerProcess, server_env
+
+ARTIFACTS = Path(os.environ.get("LAYERDIFFUSE_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
+# Chromium in a sandbox-less container with no network: these are the flags that keep it quiet and up.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_executable() -> str:
+    found = os.environ.get("LAYERDIFFUSE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    message = "no Chromium found (Debian: apt-get install chromium; or set LAYERDIFFUSE_CHROMIUM)"
+    if os.environ.get("LAYERDIFFUSE_REQUIRE_BROWSER"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_executable()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def playground_server(
+    settings: Settings, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("playground") / "data", server_env(settings))
+    process.create_key("bootstrap")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def playground_key(playground_server: ServerProcess) -> str:
+    return playground_server.create_key("browser")
+
+
+@pytest.fixture
+def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
+    """A fresh browser profile per test; page errors fail the test; a screenshot is kept as an artifact."""
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    opened.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
