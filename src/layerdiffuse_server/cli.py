@@ -195,6 +195,9 @@ def serve(
     decoder_passes: Annotated[int, typer.Option(help="Decoder test-time passes: 8 (best), 4, 2 or 1.")] = 8,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Queued compatible requests denoised as one batch (default 4; 1 = never).")
+    ] = None,
     log_format: Annotated[str | None, typer.Option(help="Process logs: text (default) or json.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info (default), warning or error.")] = None,
 ) -> None:
@@ -219,6 +222,7 @@ def serve(
         "dtype": dtype,
         "log_format": log_format,
         "log_level": log_level,
+        "max_batch_size": max_batch_size,
     }
     try:
         settings = Settings(**{name: value for name, value in overrides.items() if value is not None})

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=50 * 2**20, ge=1, description="Largest accepted upload.")
     max_queue_length: int = Field(default=1000, ge=1, description="Submissions beyond this many queued get 429.")
+    max_batch_size: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="Queued requests of the same size, steps, sampler and guidance denoised together (1 = never).",
+    )
     max_attempts: int = Field(
         default=2, ge=1, description="Runs of a request interrupted by a server stop before it is marked failed."
     )

@@ -137,3 +137,16 @@ def test_running_and_recent_outcomes(store: Store) -> None:
     assert store.requests.running() == []
     assert store.requests.completed_since(15.0) == {(200, None): 1, (499, "client_cancelled"): 1}
     assert store.requests.completed_since(25.0) == {(499, "client_cancelled"): 1}
+
+
+def test_claiming_named_requests_takes_only_those_still_queued(store: Store) -> None:
+    first, second, third = submit(store), submit(store, Priority.low), submit(store)
+    assert [record.id for record in store.requests.queued(time.time(), 10)] == [first, third, second]
+    store.requests.request_cancel(third, time.time())
+    claimed = store.requests.claim([second, third, first], "w1", time.time())
+    assert [(record.id, record.state, record.worker_id) for record in claimed] == [
+        (second, RequestState.RUNNING, "w1"),
+        (first, RequestState.RUNNING, "w1"),
+    ]
+    assert store.requests.claim([first], "w2", time.time()) == []
+    assert store.requests.queued(time.time(), 10) == []

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from ..errors import InvalidInputError, WeightFormatError
 from .decoder_network import TransparentDecoderNetwork
+from .timing import StageTimer
 
 #: (horizontal flip, quarter turns) for each test-time pass, in the reference's order.
 Augmentation = tuple[bool, int]
@@ -163,8 +164,12 @@ class TransparentDecoder:
         return lower_median(torch.stack([r for r in results if r is not None])).clip(0, 1)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, vae: SDXLVae) -> list[np.ndarray]:
-        """SDXL latents as the sampler returns them (model space) → RGBA ``uint8 [H, W, 4]`` arrays."""
+    def decode(self, latents: torch.Tensor, vae: SDXLVae, timer: StageTimer | None = None) -> list[np.ndarray]:
+        """SDXL latents as the sampler returns them (model space) → RGBA ``uint8 [H, W, 4]`` arrays.
+
+        ``timer`` splits the time into ``vae_decode`` and ``transparent_decode``.
+        """
+        timer = timer or StageTimer({}, self.device)
         config = vae.config
         scaling = float(config.scaling_factor)  # type: ignore[attr-defined]
         shift = float(getattr(config, "shift_factor", None) or 0.0)
@@ -172,7 +177,9 @@ class TransparentDecoder:
         for latent in latents.split(1):
             # One image at a time: the SDXL VAE's activations at 1024² dominate peak memory.
             unscaled = latent / scaling + shift
-            decoded = vae.decode(unscaled.to(vae.dtype)).sample  # type: ignore[attr-defined]
-            pixels = (decoded * 0.5 + 0.5).clip(0, 1)
-            images.extend(to_rgba_uint8(self.estimate(pixels, unscaled)))
+            with timer("vae_decode"):
+                decoded = vae.decode(unscaled.to(vae.dtype)).sample  # type: ignore[attr-defined]
+                pixels = (decoded * 0.5 + 0.5).clip(0, 1)
+            with timer("transparent_decode"):
+                images.extend(to_rgba_uint8(self.estimate(pixels, unscaled)))
         return images

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from .presets import (
 from .safety import SafetyChecker
 from .schedulers import make_scheduler
 from .sources import resolve_file
+from .timing import StageTimer
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ class GenerationResult:
     params: GenerationParams
     has_nsfw_concepts: list[bool] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 1  # requests denoised together with this one (timings are the batch's)
+
+
+def batch_key(params: GenerationParams) -> tuple[int, int, int, str, float]:
+    """What requests must share to be denoised in one batch: one sampler run, one latent shape."""
+    return (params.width, params.height, params.num_inference_steps, params.scheduler, params.guidance_scale)
 
 
 def _detect_variant(folder: Path) -> str | None:
@@ -190,40 +197,80 @@ class TransparentSDXLPipeline:
                 raise InvalidInputError(str(error)) from None
         elif fields:
             raise TypeError("pass either params or keyword fields, not both")
-        params = params.with_seed()
-        assert params.seed is not None
-        timings: dict[str, float] = {}
+        return self.generate_batch([params], on_step=on_step, should_cancel=should_cancel)[0]
 
-        def timed(stage: str) -> _Timer:
-            return _Timer(timings, stage, self.device)
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationParams],
+        *,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> list[GenerationResult]:
+        """Several requests in one denoising batch, each with its own prompts and seeds.
+
+        The requests must share what the sampler runs with (:func:`batch_key`: size, steps, sampler,
+        guidance). Image ``i`` of a request is the image it gets alone with ``seed + i``, up to the
+        float differences of batched kernels. The timings are the batch's, shared by its requests.
+        """
+        if not requests:
+            return []
+        keys = {batch_key(params) for params in requests}
+        if len(keys) > 1:
+            raise ValueError(f"requests in one batch must share size, steps, sampler and guidance; got {keys}")
+        requests = [params.with_seed() for params in requests]
+        first = requests[0]
+        seeds = [params.seed + i for params in requests for i in range(params.num_images)]  # type: ignore[operator]
+        prompts = [params.prompt for params in requests for _ in range(params.num_images)]
+        negatives = [params.negative_prompt for params in requests for _ in range(params.num_images)]
+        timings: dict[str, float] = {}
+        timer = StageTimer(timings, self.device)
 
         if should_cancel and should_cancel():
             raise GenerationCancelled("cancelled before start")
-        seeds = [params.seed + i for i in range(params.num_images)]
-        with timed("text_encoding"):
-            embeddings = self.encode_prompts(params, len(seeds))
-        with timed("denoising"):
-            latents = self.denoise(params, seeds, embeddings, on_step=on_step, should_cancel=should_cancel)
-        with timed("decoding"):
-            rgba = self.decoder.decode(latents, self.sdxl.vae)
-        flags: list[bool] | None = None
-        if params.enable_safety_checker and self.safety_checker is not None:
-            with timed("safety_check"):
-                rgba, flags = self.safety_checker.apply(rgba)
-        images = [
-            TransparentImage(rgba=pixels, seed=seed, nsfw=bool(flags and flags[i]))
-            for i, (pixels, seed) in enumerate(zip(rgba, seeds, strict=True))
-        ]
-        return GenerationResult(images, params.seed, params, has_nsfw_concepts=flags, timings=timings)
+        with timer("text_encoding"):
+            embeddings = self.encode_prompts(prompts, negatives, first.guidance_scale)
+        with timer("denoising"):
+            latents = self.denoise(first, seeds, embeddings, on_step=on_step, should_cancel=should_cancel)
+        with timer("decoding"):
+            rgba = self.decoder.decode(latents, self.sdxl.vae, timer)
+        checked = [params.enable_safety_checker and self.safety_checker is not None for params in requests]
+        flags = [False] * len(rgba)
+        if any(checked):
+            owners = [index for index, params in enumerate(requests) for _ in range(params.num_images)]
+            subset = [i for i, owner in enumerate(owners) if checked[owner]]
+            with timer("safety_check"):
+                assert self.safety_checker is not None
+                cleaned, subset_flags = self.safety_checker.apply([rgba[i] for i in subset])
+            for i, pixels, flag in zip(subset, cleaned, subset_flags, strict=True):
+                rgba[i], flags[i] = pixels, flag
+        results = []
+        offset = 0
+        for params, was_checked in zip(requests, checked, strict=True):
+            span = range(offset, offset + params.num_images)
+            offset += params.num_images
+            images = [TransparentImage(rgba=rgba[i], seed=seeds[i], nsfw=flags[i]) for i in span]
+            results.append(
+                GenerationResult(
+                    images,
+                    params.seed,  # type: ignore[arg-type]
+                    params,
+                    has_nsfw_concepts=[flags[i] for i in span] if was_checked else None,
+                    timings=dict(timings),
+                    batch_size=len(requests),
+                )
+            )
+        return results
 
-    def encode_prompts(self, params: GenerationParams, count: int) -> dict[str, torch.Tensor]:
-        """CLIP-L and CLIP-bigG embeddings of prompt and negative prompt, as diffusers' SDXL does."""
+    def encode_prompts(
+        self, prompts: list[str], negative_prompts: list[str], guidance_scale: float
+    ) -> dict[str, torch.Tensor]:
+        """CLIP-L and CLIP-bigG embeddings of prompts and negative prompts, as diffusers' SDXL does."""
         positive, negative, pooled, negative_pooled = self.sdxl.encode_prompt(
-            prompt=[params.prompt] * count,
-            negative_prompt=[params.negative_prompt] * count,
+            prompt=prompts,
+            negative_prompt=negative_prompts,
             device=self.device,
             num_images_per_prompt=1,
-            do_classifier_free_guidance=params.guidance_scale > 1.0,
+            do_classifier_free_guidance=guidance_scale > 1.0,
         )
         embeddings = {"prompt_embeds": positive, "pooled_prompt_embeds": pooled}
         if negative is not None:
@@ -278,23 +325,3 @@ class TransparentSDXLPipeline:
             callback_on_step_end=step_end,
         )
         return output.images
-
-
-class _Timer:
-    """Wall time of a stage, synchronising the accelerator so the time lands on the right stage."""
-
-    def __init__(self, timings: dict[str, float], stage: str, device: torch.device) -> None:
-        self.timings, self.stage, self.device = timings, stage, device
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def __enter__(self) -> _Timer:
-        self._sync()
-        self.started = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._sync()
-        self.timings[self.stage] = time.perf_counter() - self.started

@@ -94,5 +94,6 @@ def build_services(
             on_completed=services.request_finished,
             metrics=services.metrics,
             device=settings.device,
+            max_batch_size=settings.max_batch_size,
         )
     return services

@@ -160,6 +160,40 @@ class SqlRequestQueue:
             row = connection.execute(statement).first()
         return _record(row) if row else None
 
+    def queued(self, now: float, limit: int) -> list[RequestRecord]:
+        """The next ``limit`` requests in claim order (priority, then arrival), without claiming them."""
+        query = (
+            select(requests)
+            .where(
+                requests.c.state == RequestState.QUEUED.value,
+                or_(requests.c.start_deadline.is_(None), requests.c.start_deadline > now),
+            )
+            .order_by(requests.c.priority, requests.c.seq)
+            .limit(limit)
+        )
+        with self._engine.connect() as connection:
+            return [_record(row) for row in connection.execute(query)]
+
+    def claim(self, request_ids: list[str], worker_id: str, now: float) -> list[RequestRecord]:
+        """Claim exactly these requests, those of them still queued (another worker may have won some)."""
+        if not request_ids:
+            return []
+        statement = (
+            update(requests)
+            .where(requests.c.id.in_(request_ids), requests.c.state == RequestState.QUEUED.value)
+            .values(
+                state=RequestState.RUNNING.value,
+                started_at=now,
+                worker_id=worker_id,
+                attempts=requests.c.attempts + 1,
+            )
+            .returning(*requests.c)
+        )
+        with self._engine.begin() as connection:
+            rows = connection.execute(statement).all()
+        order = {request_id: index for index, request_id in enumerate(request_ids)}
+        return sorted((_record(row) for row in rows), key=lambda record: order[record.id])
+
     def complete(self, request_id: str, completion: Completion, now: float) -> bool:
         """Record the outcome once; False when the request had already completed (e.g. cancelled)."""
         statement = (

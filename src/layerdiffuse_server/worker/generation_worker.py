@@ -13,12 +13,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from ..engine.pipeline import GenerationResult
+from ..engine.pipeline import GenerationResult, batch_key
 from ..errors import GenerationCancelled, LayerDiffuseError, validation_details
 from ..events import RequestEvents
 from ..files import BlobStore
@@ -31,6 +32,14 @@ from .outputs import build_output, store_image
 logger = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
+# How far down the queue the worker looks for requests to batch with the one it claimed.
+BATCH_WINDOW = 32
+INTERNAL_ERROR = Completion(
+    500,
+    {"detail": "Internal error while generating the image", "error_type": "runner_server_error"},
+    error="Internal error while generating the image",
+    error_type="runner_server_error",
+)
 HEARTBEAT_SECONDS = 10.0
 
 
@@ -38,13 +47,13 @@ class Engine(Protocol):
     device: Any
     dtype: Any
 
-    def generate(
+    def generate_batch(
         self,
-        params: GenerationParams,
+        requests: Sequence[GenerationParams],
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
-    ) -> GenerationResult: ...
+    ) -> list[GenerationResult]: ...
 
 
 def validation_completion(error: ValidationError) -> Completion:
@@ -76,6 +85,7 @@ class GenerationWorker:
         on_completed: Callable[[str], None] | None = None,
         metrics: Metrics | None = None,
         device: str = "auto",
+        max_batch_size: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -87,6 +97,7 @@ class GenerationWorker:
         self.on_completed = on_completed or (lambda request_id: None)
         self.metrics = metrics
         self.device = device
+        self.max_batch_size = max_batch_size
         self.clock = clock
         self.worker_id = f"worker-{uuid.uuid4().hex[:8]}"
         self.started_at = clock()
@@ -192,110 +203,163 @@ class GenerationWorker:
     # -- one request --------------------------------------------------------------------------
 
     def run_once(self) -> bool:
-        """Run the next queued request, if any; True when one ran."""
+        """Run the next queued request, with compatible ones behind it as one batch; True when one ran."""
         for request_id in self.store.requests.expire_start_deadlines(self.clock()):
             self._finished(request_id)
-        record = self.store.requests.claim_next(self.worker_id, self.clock())
-        if record is None:
+        head = self.store.requests.claim_next(self.worker_id, self.clock())
+        if head is None:
             return False
-        self.current_request = record.id
-        self.report()
-        self.events.publish(record.id)
-        if self.metrics is not None:
-            self.metrics.observe_started(record)
-        with request_id_context(record.id):
-            return self._run_claimed(record)
-
-    def _run_claimed(self, record: RequestRecord) -> bool:
-        try:
-            completion = self._process(record)
-        except _Interrupted:
-            self._log(record.id, "The server is stopping; this request runs again when it restarts.", "WARN")
+        jobs: list[_Job] = []
+        for record in [head, *self._claim_companions(head)]:
+            self.events.publish(record.id)
+            if self.metrics is not None:
+                self.metrics.observe_started(record)
+            attempt = f" (attempt {record.attempts})" if record.attempts > 1 else ""
+            self._log(record.id, f"Request started{attempt} on worker {self.worker_id}.")
+            try:
+                jobs.append(_Job(record, parse_params(record)))
+            except ValidationError as error:
+                self._complete(record.id, validation_completion(error))
+        if not jobs:
             return True
-        except Exception:
-            logger.exception("request %s failed", record.id)
-            completion = Completion(
-                500,
-                {"detail": "Internal error while generating the image", "error_type": "runner_server_error"},
-                error="Internal error while generating the image",
-                error_type="runner_server_error",
-            )
-        finally:
-            self.current_request = None
-            self.requests_done += 1
-            self.report()
-        if completion.ok:
-            self._log(record.id, "Request completed.")
-        else:
-            self._log(record.id, f"Request failed: {completion.error}", "ERROR")
-        self.store.requests.complete(record.id, completion, self.clock())
-        self._finished(record.id)
+        self.current_request = jobs[0].record.id
+        self.report()
+        with request_id_context(jobs[0].record.id):
+            try:
+                self._run_jobs(jobs)
+            except _Interrupted:
+                for job in jobs:
+                    if job.live:
+                        self._log(job.id, "The server is stopping; this request runs again when it restarts.", "WARN")
+            except Exception:
+                logger.exception("generation failed for %s", ", ".join(job.id for job in jobs))
+                for job in jobs:
+                    if job.live:
+                        self._answer(job, INTERNAL_ERROR)
+            finally:
+                self.current_request = None
+                self.requests_done += len(jobs)
+                self.report()
         return True
 
-    def _process(self, record: RequestRecord) -> Completion:
-        assert self.engine is not None
-        attempt = f" (attempt {record.attempts})" if record.attempts > 1 else ""
-        self._log(record.id, f"Request started{attempt} on worker {self.worker_id}.")
+    def _claim_companions(self, head: RequestRecord) -> list[RequestRecord]:
+        """Queued requests that can share the head's sampler run (same size, steps, sampler, guidance).
+
+        Only a window of the queue is looked at, so batching never reaches far past requests that
+        were submitted earlier; they wait at most one batch longer.
+        """
+        if self.max_batch_size <= 1:
+            return []
         try:
-            request = LayerDiffusionInput.model_validate(record.input)
-        except ValidationError as error:
-            return validation_completion(error)
-        params = GenerationParams(**request.model_dump()).with_seed()
-        assert params.seed is not None
-        self._log(
-            record.id,
-            f"Model {self.model_name!r} on {self.engine.device} ({str(self.engine.dtype).removeprefix('torch.')}), "
-            f"loaded in {self.load_seconds or 0:.1f} s at startup.",
-        )
-        self._log(
-            record.id,
-            f"Generating {params.width}x{params.height}, {params.num_inference_steps} steps, "
-            f"guidance {params.guidance_scale:g}, seed {params.seed}.",
-        )
+            key = batch_key(parse_params(head))
+        except ValidationError:
+            return []
+        wanted = []
+        for record in self.store.requests.queued(self.clock(), BATCH_WINDOW):
+            if record.priority != head.priority:
+                continue
+            try:
+                if batch_key(parse_params(record)) == key:
+                    wanted.append(record.id)
+            except ValidationError:
+                continue
+            if len(wanted) == self.max_batch_size - 1:
+                break
+        return self.store.requests.claim(wanted, self.worker_id, self.clock())
+
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        assert self.engine is not None
+        engine = self.engine
+        for job in jobs:
+            params = job.params
+            self._log(
+                job.id,
+                f"Model {self.model_name!r} on {engine.device} ({str(engine.dtype).removeprefix('torch.')}), "
+                f"loaded in {self.load_seconds or 0:.1f} s at startup.",
+            )
+            batched = f", batched with {len(jobs) - 1} other request(s)" if len(jobs) > 1 else ""
+            self._log(
+                job.id,
+                f"Generating {params.width}x{params.height}, {params.num_inference_steps} steps, "
+                f"guidance {params.guidance_scale:g}, seed {params.seed}{batched}.",
+            )
 
         def on_step(step: int, total: int) -> None:
-            self._log(record.id, f"Denoising step {step}/{total}", echo=False)
-            if step == total:
-                self._log(record.id, "Decoding the transparent image.")
+            for job in jobs:
+                if job.live:
+                    self._log(job.id, f"Denoising step {step}/{total}", echo=False)
+                    if step == total:
+                        self._log(job.id, "Decoding the transparent image.")
 
         def should_cancel() -> bool:
-            return self._stopping.is_set() or self.store.requests.is_cancel_requested(record.id)
+            if self._stopping.is_set():
+                return True
+            for job in jobs:
+                if job.live and self.store.requests.is_cancel_requested(job.id):
+                    # The others in the batch go on; this one is answered now and its image dropped.
+                    self._log(job.id, "Cancelled between denoising steps.", "WARN")
+                    self._answer(job, cancelled_completion())
+            return not any(job.live for job in jobs)
 
         started = time.perf_counter()
         try:
-            result = self.engine.generate(params, on_step=on_step, should_cancel=should_cancel)
+            results = engine.generate_batch([job.params for job in jobs], on_step=on_step, should_cancel=should_cancel)
         except GenerationCancelled:
-            if self.store.requests.is_cancel_requested(record.id):
-                self._log(record.id, "Cancelled between denoising steps.", "WARN")
-                return cancelled_completion()
-            raise _Interrupted() from None
+            if any(job.live for job in jobs):  # not everyone cancelled: the server is stopping
+                raise _Interrupted() from None
+            return
         except LayerDiffuseError as error:
-            return error_completion(error)
+            for job in jobs:
+                if job.live:
+                    self._answer(job, error_completion(error))
+            return
         inference_time = time.perf_counter() - started
-        timings = result.timings
+        timings = results[0].timings
         if self.metrics is not None:
             self.metrics.observe_generation(inference_time, timings)
-        self._log(record.id, f"Decoded in {timings.get('decoding', 0):.2f} s.")
-        if "safety_check" in timings:
-            flagged = bool(result.has_nsfw_concepts and result.has_nsfw_concepts[0])
+        for job, result in zip(jobs, results, strict=True):
+            if not job.live:  # cancelled during the run: already answered
+                continue
+            self._answer(job, self._output(job, result, inference_time))
+
+    def _output(self, job: _Job, result: GenerationResult, inference_time: float) -> Completion:
+        timings = result.timings
+        self._log(
+            job.id,
+            f"Decoded in {timings.get('decoding', 0):.2f} s (VAE {timings.get('vae_decode', 0):.2f} s, "
+            f"transparency {timings.get('transparent_decode', 0):.2f} s).",
+        )
+        if "safety_check" in timings and result.has_nsfw_concepts is not None:
+            flagged = bool(result.has_nsfw_concepts[0])
             verdict = "flagged, image made transparent" if flagged else "nothing flagged"
-            self._log(record.id, f"Safety check: {verdict} ({timings['safety_check']:.2f} s).")
+            self._log(job.id, f"Safety check: {verdict} ({timings['safety_check']:.2f} s).")
         image = result.images[0]
         stored = store_image(
             image,
             blobs=self.blobs,
             catalog=self.store.files,
             base_url=self.base_url,
-            key_id=record.key_id,
-            request_id=record.id,
+            key_id=job.record.key_id,
+            request_id=job.id,
         )
-        self._log(record.id, f"Uploaded {stored.file_name} ({stored.file_size} bytes).")
+        self._log(job.id, f"Uploaded {stored.file_name} ({stored.file_size} bytes).")
         output = build_output(stored, image.seed, result.has_nsfw_concepts)
-        return Completion(
-            200,
-            output.model_dump(mode="json", exclude_none=True),
-            metrics={"inference_time": round(inference_time, 4)},
-        )
+        metrics = {"inference_time": round(inference_time, 4)}
+        if result.batch_size > 1:
+            metrics["batch_size"] = result.batch_size
+        return Completion(200, output.model_dump(mode="json", exclude_none=True), metrics=metrics)
+
+    def _answer(self, job: _Job, completion: Completion) -> None:
+        job.answered = True
+        self._complete(job.id, completion)
+
+    def _complete(self, request_id: str, completion: Completion) -> None:
+        if completion.ok:
+            self._log(request_id, "Request completed.")
+        elif completion.error_type != "client_cancelled":
+            self._log(request_id, f"Request failed: {completion.error}", "ERROR")
+        self.store.requests.complete(request_id, completion, self.clock())
+        self._finished(request_id)
 
     def _log(self, request_id: str, message: str, level: str = "INFO", *, echo: bool = True) -> None:
         """A line of the request's own log (what clients see), also written to the process log."""
@@ -307,6 +371,27 @@ class GenerationWorker:
     def _finished(self, request_id: str) -> None:
         self.events.publish(request_id)
         self.on_completed(request_id)
+
+
+def parse_params(record: RequestRecord) -> GenerationParams:
+    """The request's input as engine parameters, with its seed fixed (drawn now when absent)."""
+    request = LayerDiffusionInput.model_validate(record.input)
+    return GenerationParams(**request.model_dump()).with_seed()
+
+
+@dataclass
+class _Job:
+    record: RequestRecord
+    params: GenerationParams
+    answered: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def live(self) -> bool:
+        return not self.answered
 
 
 class _Interrupted(Exception):
