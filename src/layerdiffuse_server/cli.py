@@ -195,6 +195,17 @@ def serve(
     decoder_passes: Annotated[int, typer.Option(help="Decoder test-time passes: 8 (best), 4, 2 or 1.")] = 8,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
+    memory_mode: Annotated[
+        str, typer.Option(help="default (fastest), low (decoder passes two at a time) or offload (CUDA).")
+    ] = "default",
+    vae_tiling: Annotated[bool, typer.Option(help="Decode the VAE in tiles (less memory, slight seams).")] = False,
+    channels_last: Annotated[bool, typer.Option(help="NHWC memory layout for UNet, VAE and decoder.")] = False,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile UNet and decoder (slow first call).")
+    ] = False,
+    warmup: Annotated[
+        bool | None, typer.Option("--warmup/--no-warmup", help="One short run before serving (default: on GPUs).")
+    ] = None,
     max_batch_size: Annotated[
         int | None, typer.Option(help="Queued compatible requests denoised as one batch (default 4; 1 = never).")
     ] = None,
@@ -227,8 +238,19 @@ def serve(
     try:
         settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
         configure_logging(settings.log_format, settings.log_level)
+        if memory_mode not in ("default", "low", "offload"):
+            raise ValueError(f"--memory-mode must be default, low or offload, not {memory_mode!r}")
         options = EngineOptions(
-            settings.model, base=base, layer_weights=layer_weights, decoder=decoder, decoder_passes=decoder_passes
+            settings.model,
+            base=base,
+            layer_weights=layer_weights,
+            decoder=decoder,
+            decoder_passes=decoder_passes,
+            memory_mode=memory_mode,
+            vae_tiling=vae_tiling,
+            channels_last=channels_last,
+            compile=compile,
+            warmup=warmup,
         )
         services = build_services(settings, options.loader(settings), model_name=settings.model)
         first_key = ensure_first_key(services.store)

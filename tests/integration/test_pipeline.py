@@ -10,10 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from layerdiffuse_server.engine.acceleration import RuntimeOptions, apply_runtime_options, warm_up
 from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline
 from layerdiffuse_server.engine.safety import SafetyChecker
 from layerdiffuse_server.errors import GenerationCancelled, InvalidInputError
 from layerdiffuse_server.schemas import GenerationParams
+from layerdiffuse_server.settings import Settings
 
 SMALL = {"width": 128, "height": 128, "num_inference_steps": 4}
 
@@ -147,3 +149,29 @@ def test_a_batch_refuses_requests_that_cannot_share_a_sampler_run(tiny_pipeline:
         tiny_pipeline.generate_batch(
             [GenerationParams(**SMALL), GenerationParams(**SMALL | {"num_inference_steps": 5})]
         )
+
+
+def test_runtime_options_that_promise_the_same_pixels_keep_them(
+    settings: Settings, tiny_pipeline: TransparentSDXLPipeline
+) -> None:
+    reference = tiny_pipeline.generate(prompt="a lamp", seed=4, **SMALL).images[0].rgba
+    lean = TransparentSDXLPipeline.from_preset(
+        "tiny", settings=settings, device="cpu", runtime=RuntimeOptions(memory_mode="low", channels_last=True)
+    )
+    assert lean.decoder.max_batch == 2
+    assert lean.sdxl.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert warm_up(lean, 64, 64, steps=1) > 0
+    pixels = lean.generate(prompt="a lamp", seed=4, **SMALL).images[0].rgba
+    difference = np.abs(pixels.astype(int) - reference.astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.005  # NHWC kernels sum in another order
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        apply_runtime_options(lean, RuntimeOptions(memory_mode="offload"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="model CPU offload needs a CUDA device")
+def test_offload_mode_gives_the_same_image_on_cuda(settings: Settings) -> None:
+    options = {"settings": settings, "device": "cuda", "dtype": "float16"}
+    resident = TransparentSDXLPipeline.from_preset("tiny", **options)
+    offloaded = TransparentSDXLPipeline.from_preset("tiny", runtime=RuntimeOptions(memory_mode="offload"), **options)
+    expected = resident.generate(prompt="a lamp", seed=4, **SMALL).images[0].rgba
+    assert np.array_equal(offloaded.generate(prompt="a lamp", seed=4, **SMALL).images[0].rgba, expected)

@@ -20,6 +20,7 @@ import torch
 from ..errors import GenerationCancelled, InvalidInputError
 from ..schemas import GenerationParams
 from ..settings import Settings
+from .acceleration import RuntimeOptions, apply_runtime_options
 from .attention_weights import AttentionWeights, merge_attention_weights
 from .decoder import TransparentDecoder
 from .devices import resolve_device, resolve_dtype, vae_dtype
@@ -123,6 +124,7 @@ class TransparentSDXLPipeline:
         decoder_passes: int = 8,
         decoder_max_batch: int = 8,
         safety_checker: bool = True,
+        runtime: RuntimeOptions | None = None,
     ) -> TransparentSDXLPipeline:
         """Load every model from weight references (local paths or hub files).
 
@@ -131,7 +133,9 @@ class TransparentSDXLPipeline:
             decoder_passes: test-time augmentation passes of the transparent decoder (8, 4, 2, 1).
             decoder_max_batch: passes per decoder forward call; lower it to bound memory.
             safety_checker: load the safety checker (requests can still turn it off).
+            runtime: memory mode, tiling, memory layout and compilation (:class:`RuntimeOptions`).
         """
+        runtime = runtime or RuntimeOptions()
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device, sources.cpu_dtype)
         # Resolve every file first: a missing one is reported before minutes of loading.
@@ -150,7 +154,8 @@ class TransparentSDXLPipeline:
         decode_dtype = vae_dtype(torch_dtype, torch_device, bool(sdxl.vae.config.force_upcast))
         if decode_dtype != sdxl.vae.dtype:
             sdxl.vae.to(dtype=decode_dtype)
-        sdxl.to(torch_device)
+        if runtime.memory_mode != "offload":  # offloaded models move in and out on their own
+            sdxl.to(torch_device)
         logger.info("Loading the transparent decoder from %s", decoder_path.name)
         transparent_decoder = TransparentDecoder.from_file(
             decoder_path, device=torch_device, dtype=torch_dtype, passes=decoder_passes, max_batch=decoder_max_batch
@@ -160,7 +165,9 @@ class TransparentSDXLPipeline:
             logger.info("Loading the safety checker from %s", checker_path)
             checker = SafetyChecker.from_folder(checker_path, device=torch_device, dtype=torch_dtype)
         logger.info("Models ready in %.1f s (%d attention weights merged)", time.perf_counter() - started, merged)
-        return cls(sdxl, transparent_decoder, checker, device=torch_device, dtype=torch_dtype)
+        pipeline = cls(sdxl, transparent_decoder, checker, device=torch_device, dtype=torch_dtype)
+        apply_runtime_options(pipeline, runtime)
+        return pipeline
 
     @staticmethod
     def _load_sdxl(base_path: Path, variant: str | None, dtype: torch.dtype) -> Any:

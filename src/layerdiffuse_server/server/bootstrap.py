@@ -27,13 +27,25 @@ class EngineOptions:
     layer_weights: str | None = None
     decoder: str | None = None
     decoder_passes: int = 8
+    memory_mode: str = "default"
+    vae_tiling: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    warmup: bool | None = None  # None: on accelerators, where the first call is slow, not on a CPU
     extra: dict[str, Any] = field(default_factory=dict)
 
     def loader(self, settings: Settings) -> Callable[[], Engine]:
         def load() -> Engine:
+            from ..engine.acceleration import RuntimeOptions, warm_up
             from ..engine.pipeline import TransparentSDXLPipeline
 
-            return TransparentSDXLPipeline.from_preset(
+            runtime = RuntimeOptions(
+                memory_mode=self.memory_mode,  # type: ignore[arg-type]
+                vae_tiling=self.vae_tiling,
+                channels_last=self.channels_last,
+                compile=self.compile,
+            )
+            pipeline = TransparentSDXLPipeline.from_preset(
                 self.model,
                 settings=settings,
                 device=settings.device,
@@ -42,8 +54,12 @@ class EngineOptions:
                 layer_weights=self.layer_weights,
                 decoder=self.decoder,
                 decoder_passes=self.decoder_passes,
+                runtime=runtime,
                 **self.extra,
             )
+            if self.warmup if self.warmup is not None else pipeline.device.type != "cpu":
+                warm_up(pipeline)
+            return pipeline
 
         return load
 

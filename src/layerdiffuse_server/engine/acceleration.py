@@ -1,0 +1,82 @@
+"""Speed and memory options of a loaded pipeline, each one measured by ``benchmarks/bench.py``.
+
+Every option here keeps the output identical to the default path except ``vae_tiling`` (tiles are
+blended at their seams) and ``compile`` (fused kernels round differently); the benchmark prints
+the pixel difference of each against the default.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+from ..schemas import GenerationParams
+
+if TYPE_CHECKING:
+    from .pipeline import TransparentSDXLPipeline
+
+logger = logging.getLogger(__name__)
+
+MemoryMode = Literal["default", "low", "offload"]
+
+#: Transparent-decoder passes per forward call, by memory mode. At 1024² on an H100 in fp16 each
+#: pass in flight costs about 0.8 GB: 8 → +6.5 GB (261 ms), 2 → +1.7 GB (660 ms), 1 → +0.9 GB.
+DECODER_BATCH = {"default": 8, "low": 2, "offload": 1}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a loaded pipeline runs.
+
+    Attributes:
+        memory_mode: ``default`` keeps every model on the accelerator and runs the eight decoder
+            passes as one batch; ``low`` runs them two at a time; ``offload`` also moves the text
+            encoders, UNet and VAE to the accelerator only while each runs (diffusers' model CPU
+            offload). All three give the same pixels.
+        vae_tiling: decode the SDXL VAE in tiles (less memory at large sizes; seams are blended,
+            so pixels differ slightly).
+        channels_last: NHWC memory layout for the convolution-heavy models.
+        compile: ``torch.compile`` the UNet and the transparent decoder (minutes of warm-up per
+            image size on first use; see the README's performance section).
+    """
+
+    memory_mode: MemoryMode = "default"
+    vae_tiling: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def decoder_max_batch(self) -> int:
+        return DECODER_BATCH[self.memory_mode]
+
+
+def apply_runtime_options(pipeline: TransparentSDXLPipeline, options: RuntimeOptions) -> None:
+    """Called once after loading; models that stay resident are already on the pipeline's device."""
+    sdxl = pipeline.sdxl
+    pipeline.decoder.max_batch = min(pipeline.decoder.max_batch, options.decoder_max_batch)
+    if options.memory_mode == "offload":
+        if pipeline.device.type != "cuda":
+            raise ValueError("memory_mode 'offload' needs a CUDA device")
+        sdxl.enable_model_cpu_offload(device=pipeline.device)
+    if options.vae_tiling:
+        sdxl.vae.enable_tiling()
+    if options.channels_last:
+        for model in (sdxl.unet, sdxl.vae, pipeline.decoder.network):
+            model.to(memory_format=torch.channels_last)
+    if options.compile:
+        sdxl.unet = torch.compile(sdxl.unet, fullgraph=False)
+        pipeline.decoder.network = torch.compile(pipeline.decoder.network, fullgraph=False)  # type: ignore[assignment]
+
+
+def warm_up(pipeline: TransparentSDXLPipeline, width: int = 1024, height: int = 1024, steps: int = 2) -> float:
+    """One short generation at the serving size: CUDA context, cuDNN algorithm choice, allocator
+    pools and compiled graphs are paid for here rather than by the first request. Returns seconds."""
+    started = time.perf_counter()
+    pipeline.generate(GenerationParams(prompt="warm-up", width=width, height=height, num_inference_steps=steps, seed=0))
+    seconds = time.perf_counter() - started
+    logger.info("warm-up at %dx%d took %.1f s", width, height, seconds)
+    return seconds
