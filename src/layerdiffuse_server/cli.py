@@ -196,7 +196,7 @@ def serve(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
     memory_mode: Annotated[
-        str, typer.Option(help="default (fastest), low (decoder passes two at a time) or offload (CUDA).")
+        str, typer.Option(help="GPU memory vs speed: fast, default, low or offload (see README).")
     ] = "default",
     vae_tiling: Annotated[bool, typer.Option(help="Decode the VAE in tiles (less memory, slight seams).")] = False,
     channels_last: Annotated[bool, typer.Option(help="NHWC memory layout for UNet, VAE and decoder.")] = False,
@@ -238,8 +238,8 @@ def serve(
     try:
         settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
         configure_logging(settings.log_format, settings.log_level)
-        if memory_mode not in ("default", "low", "offload"):
-            raise ValueError(f"--memory-mode must be default, low or offload, not {memory_mode!r}")
+        if memory_mode not in ("fast", "default", "low", "offload"):
+            raise ValueError(f"--memory-mode must be fast, default, low or offload, not {memory_mode!r}")
         options = EngineOptions(
             settings.model,
             base=base,

@@ -37,8 +37,10 @@ def chromium_executable() -> str:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Module-scoped: Playwright's sync API runs an event loop on this thread while it is open,
+    which would break tests that start their own with ``asyncio.run``."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_executable()

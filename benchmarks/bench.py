@@ -1,0 +1,568 @@
+#!/usr/bin/env python3
+"""What a transparent image costs over a plain SDXL image, and what the server adds, in one run.
+
+Everything is measured in this process on this device: the baseline is diffusers' own
+``StableDiffusionXLPipeline`` loaded from the same base weights and run with the same size, steps,
+guidance, dtype and sampler (an ordinary RGB image, PNG-encoded); ours is prompt → RGBA PNG bytes.
+
+    python benchmarks/bench.py --model tiny --size 256 --steps 8                  # CPU, about a minute
+    python benchmarks/bench.py --model sdxl-random --size 1024 --steps 20 --variants compile   # CUDA
+
+Prints a table and writes the same numbers as JSON (``--json``, default under benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from layerdiffuse_server import __version__
+from layerdiffuse_server.engine.acceleration import RuntimeOptions
+from layerdiffuse_server.engine.images import encode_png
+from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline
+from layerdiffuse_server.engine.presets import preset_sources, resolve_base
+from layerdiffuse_server.engine.schedulers import make_scheduler
+from layerdiffuse_server.engine.timing import StageTimer
+from layerdiffuse_server.schemas import GenerationParams
+from layerdiffuse_server.settings import Settings
+
+APP_ID = "fal-ai/layer-diffusion"
+PROMPT = "a glass teapot, studio light"
+NEGATIVE = "text, watermark"
+console = Console(width=max(Console().width, 150))
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def peak_memory(device: torch.device, into: dict[str, float]) -> Iterator[None]:
+    """Peak memory of the block above what was held before it: CUDA max allocated, else sampled RSS."""
+    if device.type == "cuda":
+        sync(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield
+        sync(device)
+        into["peak_extra_bytes"] = torch.cuda.max_memory_allocated(device) - before
+        into["peak_total_bytes"] = torch.cuda.max_memory_allocated(device)
+        return
+    before = rss_bytes()
+    peak = before
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.005):
+            peak = max(peak, rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield
+    finally:
+        done.set()
+        sampler.join()
+        into["peak_extra_bytes"] = max(peak, rss_bytes()) - before
+        into["peak_total_bytes"] = max(peak, rss_bytes())
+
+
+def timed_runs(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> tuple[list[float], Any]:
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    seconds = []
+    for _ in range(repeats):
+        sync(device)
+        started = time.perf_counter()
+        result = fn()
+        sync(device)
+        seconds.append(time.perf_counter() - started)
+    return seconds, result
+
+
+@dataclass
+class Row:
+    name: str
+    seconds: float | None = None
+    baseline: float | None = None  # what the ratio is against
+    note: str = ""
+    memory: float | None = None  # bytes
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        return self.seconds / self.baseline if self.seconds is not None and self.baseline else None
+
+
+# -- the two pipelines -----------------------------------------------------------------------
+
+
+def load_plain(model: str, settings: Settings, device: torch.device, dtype: torch.dtype) -> Any:
+    """diffusers' SDXL pipeline as a user would load it, from the same base weights."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from layerdiffuse_server.engine.pipeline import _detect_variant
+
+    base = resolve_base(preset_sources(model, settings.presets_dir))
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        base, dtype=dtype, variant=_detect_variant(base), add_watermarker=False
+    ).to(device)
+    pipe.scheduler = make_scheduler("dpmpp_2m_karras", pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def plain_png(pipe: Any, params: GenerationParams) -> bytes:
+    image = pipe(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        width=params.width,
+        height=params.height,
+        num_inference_steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(params.seed or 0),
+    ).images[0]
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def ours_png(pipeline: TransparentSDXLPipeline, params: GenerationParams) -> tuple[bytes, dict[str, float], np.ndarray]:
+    result = pipeline.generate(params)
+    started = time.perf_counter()
+    png = encode_png(result.images[0].rgba)
+    timings = dict(result.timings) | {"png_encode": time.perf_counter() - started}
+    return png, timings, result.images[0].rgba
+
+
+def median_timings(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {stage: statistics.median(run[stage] for run in runs) for stage in runs[0]}
+
+
+# -- phases ----------------------------------------------------------------------------------
+
+
+def engine_phase(args: argparse.Namespace, settings: Settings, report: dict[str, Any]) -> TransparentSDXLPipeline:
+    device_name = args.device
+    started = time.perf_counter()
+    ours = TransparentSDXLPipeline.from_preset(args.model, settings=settings, device=device_name, dtype=args.dtype)
+    report["load_seconds"] = {"ours": time.perf_counter() - started}
+    device, dtype = ours.device, ours.dtype
+    started = time.perf_counter()
+    plain = load_plain(args.model, settings, device, dtype)
+    report["load_seconds"]["plain"] = time.perf_counter() - started
+    params = GenerationParams(
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        width=args.width,
+        height=args.height,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=42,
+        enable_safety_checker=True,
+    )
+    rows: list[Row] = []
+
+    memory: dict[str, float] = {}
+    with peak_memory(device, memory):
+        plain_seconds, _ = timed_runs(functools.partial(plain_png, plain, params), device, args.repeats, args.warmup)
+    baseline = statistics.median(plain_seconds)
+    rows.append(Row("plain diffusers SDXL → RGB PNG (baseline)", baseline, baseline, memory=memory["peak_extra_bytes"]))
+    if "compile" in args.variants:
+        # A compiled ours is compared with a compiled plain pipeline as well, not only with eager.
+        plain.unet = torch.compile(plain.unet)
+        started = time.perf_counter()
+        plain_png(plain, params)
+        first_call = time.perf_counter() - started
+        seconds, _ = timed_runs(functools.partial(plain_png, plain, params), device, args.repeats, 0)
+        report["compiled_baseline_seconds"] = statistics.median(seconds)
+        rows.append(
+            Row(
+                "plain diffusers SDXL, UNet compiled",
+                report["compiled_baseline_seconds"],
+                baseline,
+                note=f"first call {first_call:.1f} s",
+            )
+        )
+    # The baseline's models leave the device so that ours is measured with the same room.
+    plain.to("cpu")
+    del plain
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    stage_runs: list[dict[str, float]] = []
+
+    def ours_once() -> tuple[bytes, dict[str, float], np.ndarray]:
+        out = ours_png(ours, params)
+        stage_runs.append(out[1])
+        return out
+
+    memory = {}
+    with peak_memory(device, memory):
+        ours_seconds, (png, _, reference_pixels) = timed_runs(ours_once, device, args.repeats, args.warmup)
+    ours_e2e = statistics.median(ours_seconds)
+    stages = median_timings(stage_runs[args.warmup :])
+    rows.append(
+        Row(
+            "ours end to end → RGBA PNG",
+            ours_e2e,
+            baseline,
+            memory=memory["peak_extra_bytes"],
+            extra={"png_bytes": len(png)},
+        )
+    )
+    per_step = stages["denoising"] / args.steps
+    rows += [
+        Row("  text encoding", stages["text_encoding"], baseline),
+        Row("  denoising", stages["denoising"], baseline, note=f"{per_step * 1000:.1f} ms/step"),
+        Row("  SDXL VAE decode", stages["vae_decode"], baseline),
+        Row(
+            f"  transparent decode ({ours.decoder.passes} passes, {ours.decoder.max_batch} per call)",
+            stages["transparent_decode"],
+            baseline,
+            note=f"{stages['transparent_decode'] / ours.decoder.passes * 1000:.1f} ms/pass",
+        ),
+        Row("  safety check", stages.get("safety_check"), baseline),
+        Row("  PNG encode", stages["png_encode"], baseline),
+    ]
+    report["ours_stages"] = stages
+
+    rows += decoder_rows(ours, params, device, args, baseline)
+    rows += variant_rows(
+        args, settings, ours, params, reference_pixels, ours_e2e, report.get("compiled_baseline_seconds")
+    )
+    report["direct_seconds"] = ours_e2e
+    report["rows"] = rows
+    return ours
+
+
+def decoder_rows(
+    ours: TransparentSDXLPipeline,
+    params: GenerationParams,
+    device: torch.device,
+    args: argparse.Namespace,
+    baseline: float,
+) -> list[Row]:
+    """The transparent decode alone, by number of test-time passes and passes per forward call."""
+    latents = ours.denoise(params, [42], ours.encode_prompts([PROMPT], [NEGATIVE], params.guidance_scale))
+    rows = []
+    default_passes, default_batch = ours.decoder.passes, ours.decoder.max_batch
+    for passes, max_batch in [(8, 8), (8, 4), (8, 2), (8, 1), (4, 4), (2, 2), (1, 1)]:
+        if passes not in args.passes:
+            continue
+        ours.decoder.passes, ours.decoder.max_batch = passes, max_batch
+        timings: dict[str, float] = {}
+        memory: dict[str, float] = {}
+
+        def decode() -> None:
+            ours.decoder.decode(latents, ours.sdxl.vae, StageTimer(timings, device))  # noqa: B023
+
+        with peak_memory(device, memory):
+            timed_runs(decode, device, args.repeats, 1)
+        transparent = timings["transparent_decode"] / (args.repeats + 1)
+        rows.append(
+            Row(
+                f"transparent decode: {passes} passes, {max_batch} per call",
+                transparent,
+                baseline,
+                note=f"{transparent / passes * 1000:.1f} ms/pass",
+                memory=memory["peak_extra_bytes"],
+            )
+        )
+    ours.decoder.passes, ours.decoder.max_batch = default_passes, default_batch
+    return rows
+
+
+def variant_rows(
+    args: argparse.Namespace,
+    settings: Settings,
+    ours: TransparentSDXLPipeline,
+    params: GenerationParams,
+    reference: np.ndarray,
+    ours_e2e: float,
+    compiled_baseline: float | None,
+) -> list[Row]:
+    """Each runtime option on a freshly loaded pipeline, against ours in its default mode."""
+    rows = []
+    for variant in args.variants:
+        options = {
+            "low": RuntimeOptions(memory_mode="low"),
+            "offload": RuntimeOptions(memory_mode="offload"),
+            "vae_tiling": RuntimeOptions(vae_tiling=True),
+            "channels_last": RuntimeOptions(channels_last=True),
+            "compile": RuntimeOptions(compile=True),
+        }[variant]
+        pipeline = TransparentSDXLPipeline.from_preset(
+            args.model,
+            settings=settings,
+            device=str(ours.device),
+            dtype=str(ours.dtype).removeprefix("torch."),
+            runtime=options,
+        )
+        first_started = time.perf_counter()
+        _, _, pixels = ours_png(pipeline, params)  # the first call pays for compilation
+        first_call = time.perf_counter() - first_started
+        memory: dict[str, float] = {}
+        with peak_memory(pipeline.device, memory):
+            seconds, _ = timed_runs(lambda p=pipeline: ours_png(p, params), pipeline.device, args.repeats, 0)
+        difference = np.abs(pixels.astype(int) - reference.astype(int))
+        median = statistics.median(seconds)
+        versus_plain = (
+            f"; {median / compiled_baseline:.2f}× compiled plain" if variant == "compile" and compiled_baseline else ""
+        )
+        rows.append(
+            Row(
+                f"ours, {variant}",
+                median,
+                ours_e2e,
+                note=f"vs ours default{versus_plain}; max pixel Δ {difference.max()}, "
+                f"{100 * (difference > 0).mean():.3f}% differ; first call {first_call:.1f} s",
+                memory=memory["peak_extra_bytes"],
+            )
+        )
+        del pipeline
+        if ours.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def server_phase(
+    args: argparse.Namespace, settings: Settings, ours: TransparentSDXLPipeline, direct: float
+) -> list[Row]:
+    """The same engine behind the API, called with the official Python client over HTTPS."""
+    import uvicorn
+
+    from layerdiffuse_server.api import create_app
+    from layerdiffuse_server.auth import issue_key
+    from layerdiffuse_server.server.bootstrap import build_services
+    from layerdiffuse_server.server.tls import local_tls
+
+    data_dir = Path(tempfile.mkdtemp(prefix="layerdiffuse-bench-"))
+    port = free_port()
+    server_settings = settings.model_copy(
+        update={"data_dir": data_dir, "port": port, "tls_port": port, "public_url": f"https://127.0.0.1:{port}"}
+    )
+    services = build_services(server_settings, lambda: ours, model_name=args.model)
+    key = issue_key(services.store.keys, "benchmark").value
+    tls = local_tls(data_dir / "tls", [])
+    config = uvicorn.Config(
+        create_app(services),
+        host="127.0.0.1",
+        port=port,
+        ssl_certfile=str(tls.cert),
+        ssl_keyfile=str(tls.key),
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started or not (services.worker and services.worker.ready):
+        time.sleep(0.05)
+
+    os.environ |= {
+        "FAL_RUN_HOST": f"127.0.0.1:{port}/run",
+        "FAL_QUEUE_RUN_HOST": f"127.0.0.1:{port}/queue",
+        "SSL_CERT_FILE": str(tls.ca),
+    }
+    import fal_client  # reads the hosts above when imported
+
+    client = fal_client.SyncClient(key=key)
+    arguments = {
+        "prompt": PROMPT,
+        "seed": 42,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "width": args.width,
+        "height": args.height,
+    }
+    rows = []
+    try:
+        run_seconds, _ = timed_runs(lambda: client.run(APP_ID, arguments=arguments), ours.device, args.repeats, 1)
+        subscribe_seconds, _ = timed_runs(
+            lambda: client.subscribe(APP_ID, arguments=arguments), ours.device, args.repeats, 0
+        )
+        for name, seconds in (
+            ("fal_client.run (sync)", run_seconds),
+            ("fal_client.subscribe (queue)", subscribe_seconds),
+        ):
+            latency = statistics.median(seconds)
+            rows.append(
+                Row(f"server: {name}", latency, direct, note=f"+{(latency - direct) * 1000:.0f} ms vs direct call")
+            )
+
+        total = args.clients * args.requests_per_client
+        assert services.worker is not None
+        for batch in sorted({1, args.max_batch_size}):
+            services.worker.max_batch_size = batch
+
+            def one_client() -> None:
+                for index in range(args.requests_per_client):
+                    client.subscribe(APP_ID, arguments=arguments | {"seed": index})
+
+            threads = [threading.Thread(target=one_client) for _ in range(args.clients)]
+            started = time.perf_counter()
+            for worker in threads:
+                worker.start()
+            for worker in threads:
+                worker.join()
+            wall = time.perf_counter() - started
+            rows.append(
+                Row(
+                    f"server: {args.clients} clients × {args.requests_per_client}, batches of ≤{batch}",
+                    wall / total,
+                    direct,
+                    note=f"{total / wall:.2f} images/s (direct calls one after another: {1 / direct:.2f})",
+                )
+            )
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    return rows
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {model}, {torch.get_num_threads()} threads"
+
+
+def print_table(rows: list[Row], title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("measurement")
+    table.add_column("time", justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_column("peak memory +", justify="right")
+    table.add_column("note")
+    for row in rows:
+        table.add_row(
+            row.name,
+            f"{row.seconds * 1000:.0f} ms" if row.seconds is not None else "–",
+            f"{row.ratio:.2f}×" if row.ratio is not None and not row.name.startswith("plain") else "",
+            f"{row.memory / 2**30:.2f} GB" if row.memory is not None else "",
+            row.note,
+        )
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="preset: tiny (CPU-sized), sdxl-random, sdxl")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--size", type=int, default=1024, help="width and height")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=8.0)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the median is shown)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    parser.add_argument("--passes", default="8,4,2,1", help="decoder pass counts to time alone")
+    parser.add_argument("--variants", default="", help="comma list: low, offload, vae_tiling, channels_last, compile")
+    parser.add_argument("--no-server", action="store_true", help="skip the server measurements")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent fal_client users for throughput")
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--max-batch-size", type=int, default=4, help="server batching compared against 1")
+    parser.add_argument("--json", type=Path, help="where to write the results (default benchmarks/results/…)")
+    args = parser.parse_args(argv)
+    args.width = args.height = args.size
+    args.passes = {int(value) for value in args.passes.split(",") if value}
+    args.variants = [value for value in args.variants.split(",") if value]
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    settings = Settings()
+    report: dict[str, Any] = {}
+    ours = engine_phase(args, settings, report)
+    rows: list[Row] = report.pop("rows")
+    if not args.no_server:
+        rows += server_phase(args, settings, ours, report["direct_seconds"])
+
+    device = device_description(ours.device)
+    title = (
+        f"{args.model} · {args.width}×{args.height} · {args.steps} steps · CFG {args.guidance:g} · "
+        f"{str(ours.dtype).removeprefix('torch.')} · {device}"
+    )
+    print_table(rows, title)
+    import diffusers
+
+    results = {
+        "device": device,
+        "model": args.model,
+        "dtype": str(ours.dtype).removeprefix("torch."),
+        "width": args.width,
+        "height": args.height,
+        "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "repeats": args.repeats,
+        "versions": {
+            "layerdiffuse-server": __version__,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+        },
+        **report,
+        "rows": [
+            {"name": row.name.strip(), "seconds": row.seconds, "ratio": row.ratio, "peak_extra_bytes": row.memory,
+             "note": row.note, **row.extra}
+            for row in rows
+        ],
+    }  # fmt: skip
+    slug = f"{ours.device.type}-{args.model}-{args.width}x{args.height}-{args.steps}steps"
+    path = args.json or Path(__file__).parent / "results" / f"{slug}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    console.print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The benchmark script keeps working: a tiny run prints every measurement and writes them as JSON.
+
+No timing is asserted here (speed is the benchmark's business, not the tests'); what is checked
+is that each measurement exists and is a positive time, so a broken phase cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from layerdiffuse_server.settings import Settings
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "bench.py"
+
+
+@pytest.mark.slow
+def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Path, tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("FAL_")}
+    env |= {"LAYERDIFFUSE_HOME": str(settings.home), "HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable, str(SCRIPT), "--model", "tiny", "--device", "cpu", "--size", "64", "--steps", "2",
+        "--repeats", "1", "--warmup", "0", "--passes", "8,1", "--variants", "low",
+        "--clients", "2", "--requests-per-client", "1", "--max-batch-size", "2", "--json", str(output),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "plain diffusers SDXL" in done.stdout and "transparent decode (8 passes" in done.stdout
+
+    results = json.loads(output.read_text())
+    assert results["model"] == "tiny" and results["width"] == 64 and results["device"].startswith("CPU")
+    names = [row["name"] for row in results["rows"]]
+    expected = [
+        "plain diffusers SDXL → RGB PNG (baseline)",
+        "ours end to end → RGBA PNG",
+        "text encoding",
+        "denoising",
+        "SDXL VAE decode",
+        "transparent decode (8 passes, 1 per call)",
+        "safety check",
+        "PNG encode",
+        "transparent decode: 8 passes, 8 per call",
+        "transparent decode: 8 passes, 4 per call",
+        "transparent decode: 8 passes, 2 per call",
+        "transparent decode: 8 passes, 1 per call",
+        "transparent decode: 1 passes, 1 per call",
+        "ours, low",
+        "server: fal_client.run (sync)",
+        "server: fal_client.subscribe (queue)",
+        "server: 2 clients × 1, batches of ≤1",
+        "server: 2 clients × 1, batches of ≤2",
+    ]
+    assert names == expected
+    assert all(row["seconds"] > 0 for row in results["rows"])
+    assert results["rows"][1]["png_bytes"] > 0 and results["rows"][1]["ratio"] > 0
+    assert "max pixel Δ 0," in results["rows"][13]["note"]  # the low-memory mode keeps every pixel
