@@ -50,13 +50,14 @@ def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Pa
         "transparent decode: 8 passes, 2 per call",
         "transparent decode: 8 passes, 1 per call",
         "transparent decode: 1 passes, 1 per call",
-        "ours, low",
         "server: fal_client.run (sync)",
         "server: fal_client.subscribe (queue)",
         "server: 2 clients × 1, batches of ≤1",
         "server: 2 clients × 1, batches of ≤2",
+        "ours, low",
     ]
     assert names == expected
     assert all(row["seconds"] > 0 for row in results["rows"])
     assert results["rows"][1]["png_bytes"] > 0 and results["rows"][1]["ratio"] > 0
-    assert "max pixel Δ 0," in results["rows"][13]["note"]  # the low-memory mode keeps every pixel
+    assert len(results["rows"][0]["samples"]) == 1 and results["baseline"] == results["rows"][0]["seconds"]
+    assert "max pixel Δ 0," in results["rows"][-1]["note"]  # the low-memory mode keeps every pixel

@@ -189,7 +189,7 @@ async def wait_until_completed(
     services: Services, request_id: str, request: Request | None = None
 ) -> RequestRecord | None:
     """Block (asynchronously) until the request completes; cancel it if the HTTP client goes away."""
-    async with services.events.watch(request_id) as changed:
+    async with services.events.watch(request_id, logs=False) as changed:
         while True:
             record = await anyio.to_thread.run_sync(services.store.requests.get, request_id)
             if record is None or record.state is RequestState.COMPLETED:

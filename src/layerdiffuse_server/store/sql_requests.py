@@ -63,6 +63,15 @@ def _completion_values(completion: Completion, now: float) -> dict[str, Any]:
     }
 
 
+def _claimed_values(worker_id: str, now: float) -> dict[str, Any]:
+    return {
+        "state": RequestState.RUNNING.value,
+        "started_at": now,
+        "worker_id": worker_id,
+        "attempts": requests.c.attempts + 1,
+    }
+
+
 class SqlRequestQueue:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -148,12 +157,7 @@ class SqlRequestQueue:
         statement = (
             update(requests)
             .where(requests.c.seq == candidate, requests.c.state == RequestState.QUEUED.value)
-            .values(
-                state=RequestState.RUNNING.value,
-                started_at=now,
-                worker_id=worker_id,
-                attempts=requests.c.attempts + 1,
-            )
+            .values(**_claimed_values(worker_id, now))
             .returning(*requests.c)
         )
         with self._engine.begin() as connection:
@@ -181,12 +185,7 @@ class SqlRequestQueue:
         statement = (
             update(requests)
             .where(requests.c.id.in_(request_ids), requests.c.state == RequestState.QUEUED.value)
-            .values(
-                state=RequestState.RUNNING.value,
-                started_at=now,
-                worker_id=worker_id,
-                attempts=requests.c.attempts + 1,
-            )
+            .values(**_claimed_values(worker_id, now))
             .returning(*requests.c)
         )
         with self._engine.begin() as connection:

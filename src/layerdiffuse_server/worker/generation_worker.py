@@ -2,7 +2,9 @@
 
 GPU work is blocking, so it runs on its own thread, off the event loop; the API learns about
 progress through the store (logs, state) and :class:`RequestEvents` wake-ups. Cancellation is
-cooperative: the engine polls the store between denoising steps.
+cooperative: the engine polls the store between denoising steps. When the queue holds several
+requests that can share a sampler run, the worker claims them together and denoises them as one
+batch (``max_batch_size``); each still gets its own seed, image, logs and result.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .outputs import build_output, store_image
 logger = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
+HEARTBEAT_SECONDS = 10.0
 # How far down the queue the worker looks for requests to batch with the one it claimed.
 BATCH_WINDOW = 32
 INTERNAL_ERROR = Completion(
@@ -40,7 +43,6 @@ INTERNAL_ERROR = Completion(
     error="Internal error while generating the image",
     error_type="runner_server_error",
 )
-HEARTBEAT_SECONDS = 10.0
 
 
 class Engine(Protocol):
@@ -364,7 +366,7 @@ class GenerationWorker:
     def _log(self, request_id: str, message: str, level: str = "INFO", *, echo: bool = True) -> None:
         """A line of the request's own log (what clients see), also written to the process log."""
         self.store.requests.append_log(request_id, message, level, self.clock())
-        self.events.publish(request_id)
+        self.events.publish(request_id, log_only=True)
         python_level = logging.getLevelNamesMapping().get("WARNING" if level == "WARN" else level, logging.INFO)
         logger.log(python_level if echo else logging.DEBUG, message, extra={"request_id": request_id})
 
