@@ -66,6 +66,9 @@ def test_generate_shows_progress_then_a_transparent_image_to_inspect_and_downloa
     expect(page.get_by_text("Nothing yet")).to_be_visible()
 
     fill_small_request(page, "a red apple on a table")
+    # bounds and samplers come from the server's OpenAPI schema
+    expect(page.locator("#scheduler option")).to_have_count(6)
+    expect(page.get_by_label("Sampler")).to_have_value("dpmpp_2m_karras")
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#status")).to_have_text("Done: seed 7.", timeout=120_000)
 

@@ -179,7 +179,7 @@ async def cancel(request_id: str, services: ServicesDep, key: KeyDep) -> JSONRes
     if outcome is CancelOutcome.NOT_FOUND:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
     if outcome is CancelOutcome.CANCELLED:
-        services.request_finished(request_id)
+        await anyio.to_thread.run_sync(services.request_finished, request_id)
     else:
         services.events.publish(request_id)
     return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)

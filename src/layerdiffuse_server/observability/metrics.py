@@ -20,7 +20,7 @@ from ..store.contracts import Priority, RequestRecord, Store, WorkerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# A worker that has not reported for this long is counted as gone.
+# A worker that has not reported for this long is counted as silent (died or hung).
 WORKER_SILENCE_SECONDS = 60.0
 
 # Queue waits range from nothing to many minutes; inference and decode from tens of
@@ -61,7 +61,7 @@ class Metrics:
         )
         self.inference = Histogram(
             "layerdiffuse_inference_seconds",
-            "Engine time per request: text encoding, denoising, decoding and safety check",
+            "Engine time per request (a batch's time for each of its requests)",
             buckets=GENERATION_BUCKETS,
             registry=self.registry,
         )
@@ -127,13 +127,13 @@ class StoreCollector(Collector):
         running.add_metric([], len(self.store.requests.running()))
         yield running
         workers = GaugeMetricFamily(
-            "layerdiffuse_workers", "Workers by state (gone: no heartbeat for a minute)", labels=["state"]
+            "layerdiffuse_workers", "Workers by state (silent: no heartbeat for a minute)", labels=["state"]
         )
-        counts = dict.fromkeys([*(state.value for state in WorkerState), "gone"], 0)
+        counts = dict.fromkeys([*(state.value for state in WorkerState), "silent"], 0)
         now = self.clock()
         for worker in self.store.workers.all():
             alive = now - worker.heartbeat_at <= WORKER_SILENCE_SECONDS
-            state = worker.state.value if alive or worker.state is WorkerState.STOPPED else "gone"
+            state = worker.state.value if alive or worker.state is WorkerState.STOPPED else "silent"
             counts[state] += 1
         for state, count in counts.items():
             workers.add_metric([state], count)

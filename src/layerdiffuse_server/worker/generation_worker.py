@@ -316,12 +316,11 @@ class GenerationWorker:
                     self._answer(job, error_completion(error))
             return
         inference_time = time.perf_counter() - started
-        timings = results[0].timings
-        if self.metrics is not None:
-            self.metrics.observe_generation(inference_time, timings)
         for job, result in zip(jobs, results, strict=True):
             if not job.live:  # cancelled during the run: already answered
                 continue
+            if self.metrics is not None:
+                self.metrics.observe_generation(inference_time, result.timings)
             self._answer(job, self._output(job, result, inference_time))
 
     def _output(self, job: _Job, result: GenerationResult, inference_time: float) -> Completion:
