@@ -126,6 +126,7 @@ def test_generate_shows_progress_then_a_transparent_image_to_inspect_and_downloa
     page.keyboard.press("ArrowRight")
     expect(code).to_contain_text(f"curl -X POST {playground_server.http_url}/run/fal-ai/layer-diffusion")
     assert playground_key not in code.text_content()  # snippets read the key from the environment
+    assert "scheduler" not in code.text_content() and "guidance_scale" not in code.text_content()  # defaults
 
     expect(page.locator("#gallery li")).to_have_count(1)
 

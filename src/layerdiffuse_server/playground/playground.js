@@ -82,7 +82,12 @@ async function saveKey(event) {
 // -- the form ------------------------------------------------------------------------------
 
 function defaultOf(element) {
-  return element.type === "checkbox" ? element.defaultChecked : element.defaultValue;
+  if (element.type === "checkbox") return element.defaultChecked;
+  if (element.tagName === "SELECT") {
+    const selected = [...element.options].find((option) => option.defaultSelected) || element.options[0];
+    return selected ? selected.value : "";
+  }
+  return element.defaultValue;
 }
 
 function valueOf(element) {
