@@ -35,11 +35,11 @@ class RuntimeOptions:
     """How a loaded pipeline runs.
 
     Attributes:
-        memory_mode: every mode keeps the models on the accelerator and differs in how many
-            decoder passes run per forward call: ``fast`` 8, ``default`` 4, ``low`` 2;
-            ``offload`` runs one at a time and also moves the text encoders, UNet and VAE to the
-            accelerator only while each runs (diffusers' model CPU offload). All give the same
-            pixels. On a CPU the passes always run one at a time: batching them is slower there.
+        memory_mode: how many decoder passes run per forward call: ``fast`` 8, ``default`` 4,
+            ``low`` 2, all with every model resident on the accelerator; ``offload`` runs them one
+            at a time and also moves the text encoders, UNet and VAE to the accelerator only while
+            each runs (diffusers' model CPU offload). All give the same pixels. On a CPU the passes
+            always run one at a time: batching them is slower there.
         vae_tiling: decode the SDXL VAE in tiles (less memory at large sizes; seams are blended,
             so pixels differ slightly).
         channels_last: NHWC memory layout for the convolution-heavy models.
