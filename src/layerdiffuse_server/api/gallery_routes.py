@@ -3,7 +3,6 @@ whose id was lost. Not part of fal's protocol (fal keeps request history in its 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from ..store.contracts import RequestRecord
-from .payloads import request_urls
+from .payloads import request_urls, utc_stamp
 from .services import KeyDep, ServicesDep
 
 router = APIRouter(tags=["requests"])
@@ -35,19 +34,13 @@ class RequestList(BaseModel):
     requests: list[RequestSummary]
 
 
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def summary(record: RequestRecord, queue_base: str) -> RequestSummary:
     succeeded = record.status_code == 200
     return RequestSummary(
         request_id=record.id,
         status=record.state.value,
-        created_at=_iso(record.created_at) or "",
-        completed_at=_iso(record.completed_at),
+        created_at=utc_stamp(record.created_at, "seconds"),
+        completed_at=utc_stamp(record.completed_at, "seconds") if record.completed_at is not None else None,
         input=record.input,
         status_code=record.status_code,
         output=record.response if succeeded else None,

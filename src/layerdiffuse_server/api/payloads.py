@@ -36,9 +36,13 @@ def request_urls(fal_base: str, request_id: str) -> dict[str, str]:
     return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
 
 
+def utc_stamp(timestamp: float, timespec: str = "milliseconds") -> str:
+    """ISO 8601 in UTC with a ``Z``, as fal writes its timestamps."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
 def log_json(entry: LogEntry) -> dict[str, str]:
-    stamp = datetime.fromtimestamp(entry.timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return {"message": entry.message, "level": entry.level, "source": "USER", "timestamp": stamp}
+    return {"message": entry.message, "level": entry.level, "source": "USER", "timestamp": utc_stamp(entry.timestamp)}
 
 
 def status_document(
