@@ -13,8 +13,8 @@ from datetime import datetime
 from rich.console import Console
 from rich.table import Table
 
-from ..store.contracts import Priority, Store, WorkerState
-from .metrics import WORKER_SILENCE_SECONDS, outcome
+from ..store.contracts import Priority, Store
+from .metrics import observed_state, outcome
 
 RECENT_SECONDS = 3600.0
 
@@ -67,7 +67,6 @@ def collect_status(store: Store, now: float | None = None) -> StatusReport:
     ]
     workers = []
     for worker in store.workers.all():
-        silent = now - worker.heartbeat_at > WORKER_SILENCE_SECONDS and worker.state is not WorkerState.STOPPED
         workers.append(
             WorkerReport(
                 id=worker.id,
@@ -75,7 +74,7 @@ def collect_status(store: Store, now: float | None = None) -> StatusReport:
                 pid=worker.pid,
                 model=worker.model,
                 device=worker.device,
-                state="silent" if silent else worker.state.value,
+                state=observed_state(worker, now),
                 current_request=worker.current_request,
                 requests_done=worker.requests_done,
                 error=worker.error,
