@@ -130,14 +130,8 @@ class Row:
 
 def load_plain(model: str, settings: Settings, device: torch.device, dtype: torch.dtype) -> Any:
     """diffusers' SDXL pipeline as a user would load it, from the same base weights."""
-    from diffusers import StableDiffusionXLPipeline
-
-    from layerdiffuse_server.engine.pipeline import _detect_variant
-
-    base = resolve_base(preset_sources(model, settings.presets_dir))
-    pipe = StableDiffusionXLPipeline.from_pretrained(
-        base, dtype=dtype, variant=_detect_variant(base), add_watermarker=False
-    ).to(device)
+    sources = preset_sources(model, settings.presets_dir)
+    pipe = TransparentSDXLPipeline.load_sdxl(resolve_base(sources), sources.base_variant, dtype).to(device)
     pipe.scheduler = make_scheduler("dpmpp_2m_karras", pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe

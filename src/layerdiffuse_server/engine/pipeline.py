@@ -148,7 +148,7 @@ class TransparentSDXLPipeline:
 
         started = time.perf_counter()
         logger.info("Loading SDXL from %s (%s)", base_path, str(torch_dtype).removeprefix("torch."))
-        sdxl = cls._load_sdxl(base_path, sources.base_variant, torch_dtype)
+        sdxl = cls.load_sdxl(base_path, sources.base_variant, torch_dtype)
         logger.info("Merging LayerDiffuse attention weights from %s", layer_path.name)
         merged = merge_attention_weights(sdxl.unet, AttentionWeights.load(layer_path), layer_strength)
         decode_dtype = vae_dtype(torch_dtype, torch_device, bool(sdxl.vae.config.force_upcast))
@@ -170,7 +170,9 @@ class TransparentSDXLPipeline:
         return pipeline
 
     @staticmethod
-    def _load_sdxl(base_path: Path, variant: str | None, dtype: torch.dtype) -> Any:
+    def load_sdxl(base_path: Path, variant: str | None, dtype: torch.dtype) -> Any:
+        """diffusers' own SDXL pipeline from a diffusers folder (variant detected) or a single file;
+        also what the benchmark uses as its plain baseline, so both load the base the same way."""
         from diffusers import StableDiffusionXLPipeline
 
         if base_path.is_file():
