@@ -1,16 +1,19 @@
 """Durable state of the service: the request queue, API keys, stored files, webhook deliveries and
 worker heartbeats.
 
-The API layer and the worker speak only to the contracts in :mod:`.contracts`; :func:`open_store`
-builds the SQL implementation (SQLite embedded, any SQLAlchemy URL later) behind them.
+Everything else speaks only to the contracts in :mod:`.contracts` (through the request manager for
+requests); :func:`open_store` builds the SQL implementation (SQLite or PostgreSQL) behind them.
 """
 
 from .contracts import (
     ApiKey,
     CancelOutcome,
+    Completion,
     FileRecord,
     LogEntry,
     NewRequest,
+    Notice,
+    NoticeKind,
     RequestRecord,
     RequestState,
     Store,
@@ -23,9 +26,12 @@ from .database import open_store
 __all__ = [
     "ApiKey",
     "CancelOutcome",
+    "Completion",
     "FileRecord",
     "LogEntry",
     "NewRequest",
+    "Notice",
+    "NoticeKind",
     "RequestRecord",
     "RequestState",
     "Store",

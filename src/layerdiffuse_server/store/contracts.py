@@ -1,8 +1,14 @@
-"""What the API and the worker need from durable storage, independent of the database behind it.
+"""What the service needs from durable storage, independent of the database behind it.
 
 A request moves IN_QUEUE → IN_PROGRESS → COMPLETED, exactly the three states fal's clients know;
 a failed or cancelled request is COMPLETED with an error, stored as data (status code + body), so
 its result can be served again after a restart exactly as it was the first time.
+
+A running request is held under a lease: a random token given at the claim and an expiry that the
+worker's heartbeat pushes forward. Only the holder of the current token may log to the request,
+complete it or hand it back, so a worker that was given up for dead cannot overwrite the outcome
+of the worker that took its request over. The store builds no outcomes itself: the completions it
+records for timeouts, cancels and lost workers are handed in by the request manager.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class NewRequest:
     priority: Priority = Priority.normal
     webhook_url: str | None = None
     start_deadline: float | None = None  # unix time; after it a still-queued request times out
+    batch_key: str | None = None  # requests with equal keys may share one denoising run; None: never
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,21 @@ class RequestRecord:
     error_type: str | None
     metrics: dict[str, Any] | None
     worker_id: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+    batch_key: str | None = None
+    batch_size: int | None = None  # how many requests the current (or last) run claimed together
+    lost_runs: int = 0  # runs alone that ended with their worker lost: what the attempt limit counts
+    solo: bool = False  # its worker was lost while it ran in a batch: it runs alone next time
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    """What :meth:`RequestQueue.reclaim_expired` did with requests whose worker stopped renewing its lease."""
+
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # lost while running alone too often
+    cancelled: list[str] = field(default_factory=list)  # a cancel was waiting for the lost worker
 
 
 @dataclass(frozen=True)
@@ -123,6 +145,10 @@ class WorkerState(StrEnum):
     STOPPED = "stopped"
 
 
+#: A worker that has not reported for this long is counted as silent (died or hung).
+WORKER_SILENCE_SECONDS = 60.0
+
+
 @dataclass(frozen=True)
 class WorkerStatus:
     """A worker as it last reported itself; ``heartbeat_at`` tells whether it is still alive."""
@@ -138,6 +164,15 @@ class WorkerStatus:
     error: str | None
     started_at: float
     heartbeat_at: float
+    #: The process namespace it runs in (boot id and pid namespace): a process of the same scope can
+    #: tell from the pid whether it still runs. None where that cannot be known.
+    scope: str | None = None
+
+    def observed_state(self, now: float) -> str:
+        """Its own state, or ``silent`` when its heartbeat stopped without it saying it stopped."""
+        if now - self.heartbeat_at > WORKER_SILENCE_SECONDS and self.state is not WorkerState.STOPPED:
+            return "silent"
+        return self.state.value
 
 
 @dataclass(frozen=True)
@@ -150,23 +185,74 @@ class WebhookDelivery:
 
 
 class RequestQueue(Protocol):
-    """The queue. Every state change is one atomic statement, so two workers never run one request."""
+    """The queue. Every state change is one atomic statement or transaction, so two workers never
+    run one request and no change is half made."""
 
-    def create(self, request: NewRequest, now: float, *, completion: Completion | None = None) -> RequestRecord: ...
+    def create(
+        self,
+        request: NewRequest,
+        now: float,
+        *,
+        completion: Completion | None = None,
+        max_queued: int | None = None,
+    ) -> RequestRecord:
+        """Store a new request (already completed when ``completion`` is given); with ``max_queued``,
+        raise :class:`~layerdiffuse_server.errors.QueueFullError` instead when that many are queued,
+        counted and inserted atomically."""
+        ...
+
     def get(self, request_id: str) -> RequestRecord | None: ...
     def queue_position(self, record: RequestRecord) -> int: ...
     def queue_depth(self) -> dict[Priority, int]: ...
     def running(self) -> list[RequestRecord]: ...
     def completed_since(self, since: float) -> dict[tuple[int, str | None], int]: ...
-    def claim_next(self, worker_id: str, now: float) -> RequestRecord | None: ...
-    def queued(self, now: float, limit: int) -> list[RequestRecord]: ...
-    def claim(self, request_ids: list[str], worker_id: str, now: float) -> list[RequestRecord]: ...
-    def complete(self, request_id: str, completion: Completion, now: float) -> bool: ...
-    def request_cancel(self, request_id: str, now: float) -> CancelOutcome: ...
-    def is_cancel_requested(self, request_id: str) -> bool: ...
-    def requeue_interrupted(self, max_attempts: int, now: float) -> tuple[list[str], list[str]]: ...
-    def expire_start_deadlines(self, now: float) -> list[str]: ...
-    def append_log(self, request_id: str, message: str, level: str, now: float) -> None: ...
+
+    def claim(
+        self, worker_id: str, now: float, *, lease_seconds: float, max_batch: int, window: int
+    ) -> list[RequestRecord]:
+        """Lease the head of the queue and up to ``max_batch - 1`` queued requests of the same
+        priority and batch key among the next ``window``, all in one transaction; [] when idle."""
+        ...
+
+    def renew(self, worker_id: str, now: float, lease_seconds: float) -> set[str]:
+        """Extend the leases ``worker_id`` holds; the ids it still holds (a lost one was reclaimed)."""
+        ...
+
+    def complete(self, request_id: str, completion: Completion, now: float, *, lease_token: str | None = None) -> bool:
+        """Record the outcome once and publish the files it names; False when it had completed already
+        or, with ``lease_token``, when that lease is no longer the request's."""
+        ...
+
+    def release(self, request_id: str, lease_token: str, now: float, cancelled: Completion) -> bool:
+        """Hand a leased request back to the queue without counting a lost run (a graceful stop);
+        completed with ``cancelled`` instead when a cancel is waiting. False when the lease was lost."""
+        ...
+
+    def request_cancel(self, request_id: str, now: float, cancelled: Completion) -> CancelOutcome:
+        """A queued request, or one whose lease expired, completes with ``cancelled`` now; a running
+        one is flagged for its worker."""
+        ...
+
+    def cancel_requested(self, request_ids: list[str]) -> set[str]: ...
+
+    def expire_leases(self, worker_ids: list[str], now: float) -> list[str]:
+        """End the leases of workers known to be dead now, rather than when they run out."""
+        ...
+
+    def reclaim_expired(self, now: float, *, max_lost_runs: int, lost: Completion, cancelled: Completion) -> Reclaimed:
+        """Take back requests whose lease expired (their worker is gone): requeue them, or complete
+        them with ``lost`` after ``max_lost_runs`` runs alone were lost, or with ``cancelled`` when a
+        cancel waited. Rows another process is reclaiming are skipped, not waited for."""
+        ...
+
+    def expire_start_deadlines(self, now: float, timed_out: Completion) -> list[str]: ...
+
+    def append_log(
+        self, request_id: str, message: str, level: str, now: float, *, lease_token: str | None = None
+    ) -> bool:
+        """Add a line to the request's log; with ``lease_token``, only while that lease holds."""
+        ...
+
     def logs(self, request_id: str, after_seq: int = 0) -> list[LogEntry]: ...
     def recent_for_key(self, key_id: str, limit: int) -> list[RequestRecord]: ...
     def delete_completed_before(self, cutoff: float) -> list[str]: ...
@@ -174,6 +260,10 @@ class RequestQueue(Protocol):
 
 class KeyRing(Protocol):
     def add(self, key: ApiKey) -> None: ...
+    def add_first(self, key: ApiKey) -> bool:
+        """Add ``key`` only if no active key exists, atomically (nodes starting together make one)."""
+        ...
+
     def get(self, key_id: str) -> ApiKey | None: ...
     def all(self) -> list[ApiKey]: ...
     def revoke(self, key_id: str, now: float) -> bool: ...
@@ -181,6 +271,10 @@ class KeyRing(Protocol):
 
 
 class FileCatalog(Protocol):
+    """Which files exist. An output is added unready, with an expiry, before its bytes are written,
+    and published by the completion of its request: if the worker dies in between, retention finds
+    the expired row and deletes the orphaned bytes."""
+
     def add(self, record: FileRecord) -> None: ...
     def get(self, file_id: str) -> FileRecord | None: ...
     def mark_ready(self, file_id: str, size: int) -> bool: ...
@@ -202,6 +296,35 @@ class WorkerRegistry(Protocol):
     def forget_silent_since(self, cutoff: float) -> int: ...
 
 
+class NoticeKind(StrEnum):
+    """What changed about a request; listeners pick the kinds they wait for."""
+
+    QUEUED = "queued"  # new work to claim (submitted, or handed back)
+    STARTED = "started"
+    COMPLETED = "completed"
+    CANCEL = "cancel"  # a cancel was requested while a worker runs it
+    LOG = "log"
+    RESYNC = "resync"  # notices may have been missed (a reconnect): everyone re-reads
+
+
+@dataclass(frozen=True)
+class Notice:
+    kind: NoticeKind
+    request_id: str = ""
+
+
+class ChangeFeed(Protocol):
+    """Notices of committed changes, to every process that shares the store (or only this one,
+    where the database cannot tell others: then waiters fall back to polling)."""
+
+    #: Whether notices reach other processes; if not, waiters poll the store more often.
+    shared: bool
+
+    def subscribe(self, listener: Callable[[Notice], None]) -> Callable[[], None]:
+        """Call ``listener`` (on any thread) for each notice from now on; returns the unsubscribe."""
+        ...
+
+
 @dataclass(frozen=True)
 class Store:
     """Everything durable, bundled so it is passed around as one thing."""
@@ -211,10 +334,7 @@ class Store:
     files: FileCatalog
     webhooks: WebhookOutbox
     workers: WorkerRegistry
-    url: str
+    notices: ChangeFeed
+    url: str  # shown to operators, without password
     check_writable: Callable[[], None] = field(default=lambda: None, repr=False)
-
-    def close(self) -> None:
-        closer = getattr(self.requests, "close", None)
-        if closer is not None:
-            closer()
+    close: Callable[[], None] = field(default=lambda: None, repr=False)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
 
 from .contracts import ApiKey
 from .rows import from_row
 from .tables import api_keys
+
+#: Serialises first-key creation on PostgreSQL: nodes starting together on an empty database make one.
+FIRST_KEY_LOCK = 0x6C646B79  # "ldky"
+
+
+def _active_count(connection: Connection) -> int:
+    return int(connection.execute(select(func.count()).where(api_keys.c.revoked_at.is_(None))).scalar_one())
 
 
 class SqlKeyRing:
@@ -18,6 +25,15 @@ class SqlKeyRing:
     def add(self, key: ApiKey) -> None:
         with self._engine.begin() as connection:
             connection.execute(insert(api_keys).values(**asdict(key)))
+
+    def add_first(self, key: ApiKey) -> bool:
+        with self._engine.begin() as connection:  # SQLite: BEGIN IMMEDIATE already serialises
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FIRST_KEY_LOCK})
+            if _active_count(connection):
+                return False
+            connection.execute(insert(api_keys).values(**asdict(key)))
+        return True
 
     def get(self, key_id: str) -> ApiKey | None:
         with self._engine.connect() as connection:
@@ -39,4 +55,4 @@ class SqlKeyRing:
 
     def count_active(self) -> int:
         with self._engine.connect() as connection:
-            return int(connection.execute(select(func.count()).where(api_keys.c.revoked_at.is_(None))).scalar_one())
+            return _active_count(connection)

@@ -1,58 +1,51 @@
-"""The request queue on SQL: claims are single UPDATE … RETURNING statements (SKIP LOCKED on PostgreSQL)."""
+"""The request queue on SQL (SQLite and PostgreSQL): claims lock with ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL (SQLite serialises writers with ``BEGIN IMMEDIATE``), leases fence every worker write."""
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Float, String, and_, delete, func, insert, literal, or_, select, text, update
 
+from ..errors import QueueFullError
 from .contracts import (
     CancelOutcome,
     Completion,
     LogEntry,
     NewRequest,
+    Notice,
+    NoticeKind,
     Priority,
+    Reclaimed,
     RequestRecord,
     RequestState,
 )
+from .rows import from_row
 from .sql_webhooks import enqueue_delivery
-from .tables import request_logs, requests, webhook_deliveries
+from .tables import files, request_logs, requests, webhook_deliveries
+from .transactions import Transactions
 
-CANCELLED_RESPONSE = {"detail": "Request was cancelled", "error_type": "client_cancelled"}
+QUEUED, RUNNING, COMPLETED = RequestState.QUEUED.value, RequestState.RUNNING.value, RequestState.COMPLETED.value
 
-
-def cancelled_completion() -> Completion:
-    return Completion(499, CANCELLED_RESPONSE, error="Request was cancelled", error_type="client_cancelled")
+#: Serialises admissions on PostgreSQL, so the queue limit is counted and kept atomically.
+ADMISSION_LOCK = 0x6C647175  # "ldqu"
 
 
 def _record(row: Any) -> RequestRecord:
-    return RequestRecord(
-        id=row.id,
-        seq=row.seq,
-        app_id=row.app_id,
-        key_id=row.key_id,
+    return replace(
+        from_row(RequestRecord, row),
         state=RequestState(row.state),
         priority=Priority(row.priority),
-        input=row.input,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        completed_at=row.completed_at,
-        start_deadline=row.start_deadline,
-        attempts=row.attempts,
         cancel_requested=bool(row.cancel_requested),
-        webhook_url=row.webhook_url,
-        status_code=row.status_code,
-        response=row.response,
-        error=row.error,
-        error_type=row.error_type,
-        metrics=row.metrics,
-        worker_id=row.worker_id,
+        solo=bool(row.solo),
     )
 
 
 def _completion_values(completion: Completion, now: float) -> dict[str, Any]:
     return {
-        "state": RequestState.COMPLETED.value,
+        "state": COMPLETED,
         "completed_at": now,
         "status_code": completion.status_code,
         "response": completion.response,
@@ -60,31 +53,73 @@ def _completion_values(completion: Completion, now: float) -> dict[str, Any]:
         "error_type": completion.error_type,
         "metrics": completion.metrics,
         "worker_id": None,
+        "lease_token": None,
+        "lease_expires_at": None,
     }
 
 
-def _claimed_values(worker_id: str, now: float) -> dict[str, Any]:
-    return {
-        "state": RequestState.RUNNING.value,
-        "started_at": now,
-        "worker_id": worker_id,
-        "attempts": requests.c.attempts + 1,
-    }
+_REQUEUED_VALUES: dict[str, Any] = {
+    "state": QUEUED,
+    "worker_id": None,
+    "started_at": None,
+    "lease_token": None,
+    "lease_expires_at": None,
+}
 
 
 class SqlRequestQueue:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, transactions: Transactions) -> None:
         self._engine = engine
+        self._transaction = transactions
+        self._postgres = engine.dialect.name == "postgresql"
 
-    def close(self) -> None:
-        self._engine.dispose()
+    # -- completing, inside a transaction ------------------------------------------------------
 
-    def create(self, request: NewRequest, now: float, *, completion: Completion | None = None) -> RequestRecord:
+    def _complete_in(
+        self,
+        connection: Connection,
+        notices: list[Notice],
+        request_id: str,
+        completion: Completion,
+        now: float,
+        condition: Any = None,
+    ) -> bool:
+        """Complete one request (if ``condition`` holds), publish its files, queue its webhook."""
+        where = [requests.c.id == request_id, requests.c.state != COMPLETED]
+        if condition is not None:
+            where.append(condition)
+        row = connection.execute(
+            update(requests)
+            .where(*where)
+            .values(**_completion_values(completion, now))
+            .returning(requests.c.webhook_url)
+        ).first()
+        if row is None:
+            return False
+        if completion.file_ids:
+            connection.execute(
+                update(files).where(files.c.id.in_(completion.file_ids)).values(ready=True, expires_at=None)
+            )
+        if row.webhook_url:
+            enqueue_delivery(connection, request_id, row.webhook_url, now)
+        notices.append(Notice(NoticeKind.COMPLETED, request_id))
+        return True
+
+    # -- admission and reading -----------------------------------------------------------------
+
+    def create(
+        self,
+        request: NewRequest,
+        now: float,
+        *,
+        completion: Completion | None = None,
+        max_queued: int | None = None,
+    ) -> RequestRecord:
         values: dict[str, Any] = {
             "id": request.id,
             "app_id": request.app_id,
             "key_id": request.key_id,
-            "state": RequestState.QUEUED.value,
+            "state": QUEUED,
             "priority": int(request.priority),
             "input": request.input,
             "created_at": now,
@@ -92,13 +127,26 @@ class SqlRequestQueue:
             "attempts": 0,
             "cancel_requested": False,
             "webhook_url": request.webhook_url,
+            "batch_key": request.batch_key,
+            "lost_runs": 0,
+            "solo": False,
         }
         if completion is not None:
             values.update(_completion_values(completion, now))
-        with self._engine.begin() as connection:
+        with self._transaction() as (connection, notices):
+            if completion is None and max_queued is not None:
+                if self._postgres:
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADMISSION_LOCK})
+                depth = connection.execute(select(func.count()).where(requests.c.state == QUEUED)).scalar_one()
+                if depth >= max_queued:
+                    raise QueueFullError(f"the queue holds {depth} requests, the limit of this server; retry later")
             row = connection.execute(insert(requests).values(**values).returning(*requests.c)).one()
-            if completion is not None and request.webhook_url:
-                enqueue_delivery(connection, request.id, request.webhook_url, now)
+            if completion is not None:
+                if request.webhook_url:
+                    enqueue_delivery(connection, request.id, request.webhook_url, now)
+                notices.append(Notice(NoticeKind.COMPLETED, request.id))
+            else:
+                notices.append(Notice(NoticeKind.QUEUED, request.id))
         return _record(row)
 
     def get(self, request_id: str) -> RequestRecord | None:
@@ -109,7 +157,7 @@ class SqlRequestQueue:
     def queue_position(self, record: RequestRecord) -> int:
         """How many queued requests run before this one (0 = next)."""
         ahead = and_(
-            requests.c.state == RequestState.QUEUED.value,
+            requests.c.state == QUEUED,
             or_(
                 requests.c.priority < int(record.priority),
                 and_(requests.c.priority == int(record.priority), requests.c.seq < record.seq),
@@ -120,190 +168,206 @@ class SqlRequestQueue:
 
     def queue_depth(self) -> dict[Priority, int]:
         query = (
-            select(requests.c.priority, func.count())
-            .where(requests.c.state == RequestState.QUEUED.value)
-            .group_by(requests.c.priority)
+            select(requests.c.priority, func.count()).where(requests.c.state == QUEUED).group_by(requests.c.priority)
         )
         with self._engine.connect() as connection:
             counts = {Priority(priority): int(count) for priority, count in connection.execute(query)}
         return {priority: counts.get(priority, 0) for priority in Priority}
 
     def running(self) -> list[RequestRecord]:
-        query = select(requests).where(requests.c.state == RequestState.RUNNING.value).order_by(requests.c.started_at)
+        query = select(requests).where(requests.c.state == RUNNING).order_by(requests.c.started_at)
         with self._engine.connect() as connection:
             return [_record(row) for row in connection.execute(query)]
 
     def completed_since(self, since: float) -> dict[tuple[int, str | None], int]:
         query = (
             select(requests.c.status_code, requests.c.error_type, func.count())
-            .where(requests.c.state == RequestState.COMPLETED.value, requests.c.completed_at >= since)
+            .where(requests.c.state == COMPLETED, requests.c.completed_at >= since)
             .group_by(requests.c.status_code, requests.c.error_type)
         )
         with self._engine.connect() as connection:
             return {(int(code), error_type): int(count) for code, error_type, count in connection.execute(query)}
 
-    def claim_next(self, worker_id: str, now: float) -> RequestRecord | None:
-        candidate = (
-            select(requests.c.seq)
+    # -- leases --------------------------------------------------------------------------------
+
+    def claim(
+        self, worker_id: str, now: float, *, lease_seconds: float, max_batch: int, window: int
+    ) -> list[RequestRecord]:
+        candidates = (
+            select(requests.c.id, requests.c.priority, requests.c.batch_key, requests.c.solo)
             .where(
-                requests.c.state == RequestState.QUEUED.value,
+                requests.c.state == QUEUED,
                 or_(requests.c.start_deadline.is_(None), requests.c.start_deadline > now),
             )
             .order_by(requests.c.priority, requests.c.seq)
-            .limit(1)
+            .limit(window)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
         )
+        with self._transaction() as (connection, notices):
+            rows = connection.execute(candidates).all()
+            if not rows:
+                return []
+            head = rows[0]
+            chosen = [head.id]
+            if max_batch > 1 and head.batch_key is not None and not head.solo:
+                for row in rows[1:]:
+                    if len(chosen) == max_batch:
+                        break
+                    if row.priority == head.priority and row.batch_key == head.batch_key and not row.solo:
+                        chosen.append(row.id)
+            claimed = connection.execute(
+                update(requests)
+                .where(requests.c.id.in_(chosen), requests.c.state == QUEUED)
+                .values(
+                    state=RUNNING,
+                    started_at=now,
+                    worker_id=worker_id,
+                    lease_token=secrets.token_hex(16),
+                    lease_expires_at=now + lease_seconds,
+                    attempts=requests.c.attempts + 1,
+                    batch_size=len(chosen),
+                )
+                .returning(*requests.c)
+            ).all()
+            notices.extend(Notice(NoticeKind.STARTED, row.id) for row in claimed)
+        order = {request_id: index for index, request_id in enumerate(chosen)}
+        return sorted((_record(row) for row in claimed), key=lambda record: order[record.id])
+
+    def renew(self, worker_id: str, now: float, lease_seconds: float) -> set[str]:
         statement = (
             update(requests)
-            .where(requests.c.seq == candidate, requests.c.state == RequestState.QUEUED.value)
-            .values(**_claimed_values(worker_id, now))
-            .returning(*requests.c)
+            .where(requests.c.worker_id == worker_id, requests.c.state == RUNNING)
+            .values(lease_expires_at=now + lease_seconds)
+            .returning(requests.c.id)
         )
         with self._engine.begin() as connection:
-            row = connection.execute(statement).first()
-        return _record(row) if row else None
+            return set(connection.execute(statement).scalars())
 
-    def queued(self, now: float, limit: int) -> list[RequestRecord]:
-        """The next ``limit`` requests in claim order (priority, then arrival), without claiming them."""
-        query = (
-            select(requests)
-            .where(
-                requests.c.state == RequestState.QUEUED.value,
-                or_(requests.c.start_deadline.is_(None), requests.c.start_deadline > now),
-            )
-            .order_by(requests.c.priority, requests.c.seq)
-            .limit(limit)
-        )
-        with self._engine.connect() as connection:
-            return [_record(row) for row in connection.execute(query)]
+    def complete(self, request_id: str, completion: Completion, now: float, *, lease_token: str | None = None) -> bool:
+        condition = None
+        if lease_token is not None:
+            condition = and_(requests.c.state == RUNNING, requests.c.lease_token == lease_token)
+        with self._transaction() as (connection, notices):
+            return self._complete_in(connection, notices, request_id, completion, now, condition)
 
-    def claim(self, request_ids: list[str], worker_id: str, now: float) -> list[RequestRecord]:
-        """Claim exactly these requests, those of them still queued (another worker may have won some)."""
-        if not request_ids:
-            return []
-        statement = (
-            update(requests)
-            .where(requests.c.id.in_(request_ids), requests.c.state == RequestState.QUEUED.value)
-            .values(**_claimed_values(worker_id, now))
-            .returning(*requests.c)
-        )
-        with self._engine.begin() as connection:
-            rows = connection.execute(statement).all()
-        order = {request_id: index for index, request_id in enumerate(request_ids)}
-        return sorted((_record(row) for row in rows), key=lambda record: order[record.id])
-
-    def complete(self, request_id: str, completion: Completion, now: float) -> bool:
-        """Record the outcome once; False when the request had already completed (e.g. cancelled)."""
-        statement = (
-            update(requests)
-            .where(requests.c.id == request_id, requests.c.state != RequestState.COMPLETED.value)
-            .values(**_completion_values(completion, now))
-            .returning(requests.c.webhook_url)
-        )
-        with self._engine.begin() as connection:
-            row = connection.execute(statement).first()
+    def release(self, request_id: str, lease_token: str, now: float, cancelled: Completion) -> bool:
+        held = and_(requests.c.id == request_id, requests.c.state == RUNNING, requests.c.lease_token == lease_token)
+        with self._transaction() as (connection, notices):
+            row = connection.execute(select(requests.c.cancel_requested).where(held).with_for_update()).first()
             if row is None:
                 return False
-            if row.webhook_url:
-                enqueue_delivery(connection, request_id, row.webhook_url, now)
+            if row.cancel_requested:
+                return self._complete_in(connection, notices, request_id, cancelled, now)
+            connection.execute(update(requests).where(held).values(**_REQUEUED_VALUES))
+            notices.append(Notice(NoticeKind.QUEUED, request_id))
         return True
 
-    def request_cancel(self, request_id: str, now: float) -> CancelOutcome:
-        with self._engine.begin() as connection:
+    def request_cancel(self, request_id: str, now: float, cancelled: Completion) -> CancelOutcome:
+        with self._transaction() as (connection, notices):
             row = connection.execute(
-                select(requests.c.state, requests.c.webhook_url).where(requests.c.id == request_id)
+                select(requests.c.state, requests.c.lease_expires_at)
+                .where(requests.c.id == request_id)
+                .with_for_update()
             ).first()
             if row is None:
                 return CancelOutcome.NOT_FOUND
-            if row.state == RequestState.COMPLETED.value:
+            if row.state == COMPLETED:
                 return CancelOutcome.ALREADY_COMPLETED
-            if row.state == RequestState.QUEUED.value:
-                connection.execute(
-                    update(requests)
-                    .where(requests.c.id == request_id)
-                    .values(cancel_requested=True, **_completion_values(cancelled_completion(), now))
-                )
-                if row.webhook_url:
-                    enqueue_delivery(connection, request_id, row.webhook_url, now)
-                return CancelOutcome.CANCELLED
             connection.execute(update(requests).where(requests.c.id == request_id).values(cancel_requested=True))
+            worker_gone = row.state == RUNNING and (row.lease_expires_at is None or row.lease_expires_at < now)
+            if row.state == QUEUED or worker_gone:
+                self._complete_in(connection, notices, request_id, cancelled, now)
+                return CancelOutcome.CANCELLED
+            notices.append(Notice(NoticeKind.CANCEL, request_id))
             return CancelOutcome.REQUESTED
 
-    def is_cancel_requested(self, request_id: str) -> bool:
+    def cancel_requested(self, request_ids: list[str]) -> set[str]:
+        if not request_ids:
+            return set()
+        query = select(requests.c.id).where(requests.c.id.in_(request_ids), requests.c.cancel_requested.is_(True))
         with self._engine.connect() as connection:
-            value = connection.execute(select(requests.c.cancel_requested).where(requests.c.id == request_id)).scalar()
-        return bool(value)
+            return set(connection.execute(query).scalars())
 
-    def requeue_interrupted(self, max_attempts: int, now: float) -> tuple[list[str], list[str]]:
-        """Put requests whose worker died back in the queue; give up on those that already ran ``max_attempts`` times.
-
-        Returns (requeued ids, failed ids). Only for a single-worker store: every IN_PROGRESS row is
-        orphaned when the one worker (re)starts.
-        """
-        with self._engine.begin() as connection:
-            rows = connection.execute(
-                select(requests.c.id, requests.c.attempts, requests.c.webhook_url).where(
-                    requests.c.state == RequestState.RUNNING.value
-                )
-            ).all()
-            requeued, failed = [], []
-            for row in rows:
-                if row.attempts >= max_attempts:
-                    completion = Completion(
-                        500,
-                        {
-                            "detail": f"The server stopped while running this request {row.attempts} times; "
-                            "it is not run again.",
-                            "error_type": "runner_disconnected",
-                        },
-                        error="Runner disconnected",
-                        error_type="runner_disconnected",
-                    )
-                    connection.execute(
-                        update(requests).where(requests.c.id == row.id).values(**_completion_values(completion, now))
-                    )
-                    if row.webhook_url:
-                        enqueue_delivery(connection, row.id, row.webhook_url, now)
-                    failed.append(row.id)
-                else:
-                    connection.execute(
-                        update(requests)
-                        .where(requests.c.id == row.id)
-                        .values(state=RequestState.QUEUED.value, worker_id=None, started_at=None)
-                    )
-                    requeued.append(row.id)
-        return requeued, failed
-
-    def expire_start_deadlines(self, now: float) -> list[str]:
-        completion = Completion(
-            504,
-            {"detail": "Request timed out before it started", "error_type": "request_timeout"},
-            error="Request timed out",
-            error_type="request_timeout",
-        )
+    def expire_leases(self, worker_ids: list[str], now: float) -> list[str]:
+        if not worker_ids:
+            return []
         statement = (
             update(requests)
-            .where(
-                requests.c.state == RequestState.QUEUED.value,
-                requests.c.start_deadline.is_not(None),
-                requests.c.start_deadline <= now,
-            )
-            .values(**_completion_values(completion, now))
-            .returning(requests.c.id, requests.c.webhook_url)
+            .where(requests.c.worker_id.in_(worker_ids), requests.c.state == RUNNING)
+            .values(lease_expires_at=now - 1)
+            .returning(requests.c.id)
         )
         with self._engine.begin() as connection:
-            rows = connection.execute(statement).all()
-            for row in rows:
-                if row.webhook_url:
-                    enqueue_delivery(connection, row.id, row.webhook_url, now)
-        return [row.id for row in rows]
+            return list(connection.execute(statement).scalars())
 
-    def append_log(self, request_id: str, message: str, level: str, now: float) -> None:
-        with self._engine.begin() as connection:
-            connection.execute(
-                insert(request_logs).values(request_id=request_id, message=message, level=level, timestamp=now)
-            )
+    def reclaim_expired(self, now: float, *, max_lost_runs: int, lost: Completion, cancelled: Completion) -> Reclaimed:
+        expired = (
+            select(requests.c.id, requests.c.batch_size, requests.c.lost_runs, requests.c.cancel_requested)
+            .where(requests.c.state == RUNNING, requests.c.lease_expires_at < now)
+            .order_by(requests.c.seq)
+            .with_for_update(skip_locked=True)
+        )
+        result = Reclaimed()
+        with self._transaction() as (connection, notices):
+            for row in connection.execute(expired).all():
+                if row.cancel_requested:
+                    self._complete_in(connection, notices, row.id, cancelled, now)
+                    result.cancelled.append(row.id)
+                    continue
+                alone = (row.batch_size or 1) <= 1
+                lost_runs = row.lost_runs + 1 if alone else row.lost_runs
+                if lost_runs >= max_lost_runs:
+                    connection.execute(update(requests).where(requests.c.id == row.id).values(lost_runs=lost_runs))
+                    self._complete_in(connection, notices, row.id, lost, now)
+                    result.failed.append(row.id)
+                    continue
+                # A batch's crash is not laid on each of its requests: they run alone next time, so
+                # only a request that takes its worker down on its own uses up its runs.
+                connection.execute(
+                    update(requests)
+                    .where(requests.c.id == row.id)
+                    .values(**_REQUEUED_VALUES, lost_runs=lost_runs, solo=True)
+                )
+                notices.append(Notice(NoticeKind.QUEUED, row.id))
+                result.requeued.append(row.id)
+        return result
+
+    def expire_start_deadlines(self, now: float, timed_out: Completion) -> list[str]:
+        due = (
+            select(requests.c.id)
+            .where(requests.c.state == QUEUED, requests.c.start_deadline.is_not(None), requests.c.start_deadline <= now)
+            .with_for_update(skip_locked=True)
+        )
+        expired = []
+        with self._transaction() as (connection, notices):
+            for request_id in connection.execute(due).scalars().all():
+                if self._complete_in(connection, notices, request_id, timed_out, now):
+                    expired.append(request_id)
+        return expired
+
+    # -- logs and history ----------------------------------------------------------------------
+
+    def append_log(
+        self, request_id: str, message: str, level: str, now: float, *, lease_token: str | None = None
+    ) -> bool:
+        with self._transaction() as (connection, notices):
+            if lease_token is None:
+                connection.execute(
+                    insert(request_logs).values(request_id=request_id, message=message, level=level, timestamp=now)
+                )
+            else:
+                holder = select(
+                    requests.c.id, literal(message, String), literal(level, String), literal(now, Float)
+                ).where(requests.c.id == request_id, requests.c.state == RUNNING, requests.c.lease_token == lease_token)
+                inserted = connection.execute(
+                    insert(request_logs)
+                    .from_select(["request_id", "message", "level", "timestamp"], holder)
+                    .returning(request_logs.c.seq)
+                ).first()
+                if inserted is None:
+                    return False
+            notices.append(Notice(NoticeKind.LOG, request_id))
+        return True
 
     def logs(self, request_id: str, after_seq: int = 0) -> list[LogEntry]:
         query = (
@@ -320,7 +384,7 @@ class SqlRequestQueue:
             return [_record(row) for row in connection.execute(query)]
 
     def delete_completed_before(self, cutoff: float) -> list[str]:
-        condition = and_(requests.c.state == RequestState.COMPLETED.value, requests.c.completed_at < cutoff)
+        condition = and_(requests.c.state == COMPLETED, requests.c.completed_at < cutoff)
         with self._engine.begin() as connection:
             ids = list(connection.execute(select(requests.c.id).where(condition)).scalars())
             if ids:

@@ -1,4 +1,6 @@
-"""The schema, as SQLAlchemy Core tables: one definition for SQLite and PostgreSQL.
+"""The schema at the newest migration, as SQLAlchemy Core tables: what the queries are written
+against, for SQLite and PostgreSQL alike. The schema itself is made and changed only by the
+migrations (``migrations/versions``); a test checks that they arrive at exactly these tables.
 
 Times are unix seconds (floats): comparable in SQL on every dialect and free of time-zone loss.
 """
@@ -19,15 +21,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 2  # 2 added the workers table
-
 metadata = MetaData()
-
-schema_info = Table(
-    "schema_info",
-    metadata,
-    Column("version", Integer, primary_key=True),
-)
 
 requests = Table(
     "requests",
@@ -52,8 +46,15 @@ requests = Table(
     Column("error", Text),
     Column("error_type", String(64)),
     Column("metrics", JSON),
+    Column("lease_token", String(64)),
+    Column("lease_expires_at", Float),
+    Column("batch_key", String(200)),
+    Column("batch_size", Integer),
+    Column("lost_runs", Integer, nullable=False, default=0),
+    Column("solo", Boolean, nullable=False, default=False),
 )
 Index("requests_queue", requests.c.state, requests.c.priority, requests.c.seq)
+Index("requests_leases", requests.c.state, requests.c.lease_expires_at)
 Index("requests_key", requests.c.key_id, requests.c.seq)
 Index("requests_completed", requests.c.state, requests.c.completed_at)
 
@@ -125,4 +126,5 @@ workers = Table(
     Column("error", Text),
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
+    Column("scope", String(200)),
 )
