@@ -1,71 +1,69 @@
-"""Where file bytes live. The local backend writes atomically, so a crash never leaves half a file."""
+"""The blob-store contract: bytes of stored files (outputs and uploads) by id.
+
+A backend hands out bytes, streams and URLs, never local paths, so routes and workers work the same
+on a local directory and on S3-compatible object storage. File ids are unguessable: file URLs are
+capabilities, served without a key like fal's CDN URLs.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import secrets
-import tempfile
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
+from ..errors import LayerDiffuseError
 
-def new_file_id() -> str:
-    """An unguessable id: file URLs are capabilities, served without a key like fal's CDN URLs."""
-    return secrets.token_urlsafe(18)
-
-
-def file_url(base_url: str, file_id: str, file_name: str) -> str:
-    return f"{base_url}/files/{file_id}/{file_name}"
-
+CHUNK_BYTES = 256 * 1024
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
+class StorageError(LayerDiffuseError):
+    """The file store cannot be used."""
+
+    status_code = 503
+    error_type = "internal_error"
+
+
+def new_file_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def is_file_id(value: str) -> bool:
+    return bool(_SAFE_ID.match(value))
+
+
+def file_url(base_url: str, file_id: str, file_name: str) -> str:
+    """The stable URL of a file: the API serves it (or redirects to the object store) forever."""
+    return f"{base_url}/files/{file_id}/{file_name}"
+
+
+@dataclass
+class BlobReader:
+    """An open stored file: its size, and its bytes in chunks (read lazily, closed after the last)."""
+
+    size: int
+    chunks: Iterator[bytes]
+
+
 class BlobStore(Protocol):
-    def put(self, file_id: str, data: bytes) -> None: ...
-    def path(self, file_id: str) -> Path | None: ...
+    #: Where the bytes live, for operators (``file:///…``, ``s3://bucket/prefix``); never a secret.
+    location: str
+
+    def put(self, file_id: str, data: bytes, content_type: str) -> None:
+        """Store the file whole: readers see all of it or nothing."""
+        ...
+
+    def open(self, file_id: str) -> BlobReader | None: ...
+
+    def presigned_url(self, file_id: str, *, file_name: str, content_type: str, expires_seconds: int) -> str | None:
+        """A short-lived URL that serves the file without us, or None where the backend has none."""
+        ...
+
     def delete(self, file_id: str) -> None: ...
-    def writable(self) -> bool: ...
 
-
-class LocalBlobStore:
-    """Files under one directory, sharded by the first two characters of their id."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    def _location(self, file_id: str) -> Path:
-        if not _SAFE_ID.match(file_id):
-            raise ValueError(f"invalid file id {file_id!r}")
-        return self.root / file_id[:2] / file_id
-
-    def put(self, file_id: str, data: bytes) -> None:
-        target = self._location(file_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(data)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-
-    def path(self, file_id: str) -> Path | None:
-        try:
-            location = self._location(file_id)
-        except ValueError:
-            return None
-        return location if location.is_file() else None
-
-    def delete(self, file_id: str) -> None:
-        with contextlib.suppress(ValueError):
-            self._location(file_id).unlink(missing_ok=True)
-
-    def writable(self) -> bool:
-        return os.access(self.root, os.W_OK)
+    def check_writable(self) -> None:
+        """Raise :class:`StorageError` saying why new files cannot be stored now."""
+        ...
