@@ -1,10 +1,16 @@
-"""One worker thread per GPU: claim → run the engine → store the image → complete, with live logs.
+"""One worker per GPU: claim → run the engine → store the image → complete, with live logs.
 
-GPU work is blocking, so it runs on its own thread, off the event loop; the API learns about
-progress through the store (logs, state) and :class:`RequestEvents` wake-ups. Cancellation is
-cooperative: the engine polls the store between denoising steps. When the queue holds several
-requests that can share a sampler run, the worker claims them together and denoises them as one
-batch (``max_batch_size``); each still gets its own seed, image, logs and result.
+GPU work is blocking, so it runs on a thread of its own, off any event loop. Everything about a
+request's life goes through the :class:`~layerdiffuse_server.lifecycle.RequestManager`: what the
+worker claims it holds under a lease that its heartbeat renews, and every log line and completion
+it writes is fenced by that lease, so a worker that was given up for dead (stalled, cut off from
+the database) cannot overwrite the work of the one that took over. Cancellation is cooperative:
+the engine asks between denoising steps. When the queue holds several requests that can share a
+sampler run, the worker claims them together and denoises them as one batch (``max_batch_size``);
+each still gets its own seed, image, logs and result.
+
+A graceful stop claims nothing more, gives the batch in hand ``grace_seconds`` to finish, then
+interrupts it between steps and hands its requests back to the queue without counting an attempt.
 """
 
 from __future__ import annotations
@@ -16,33 +22,28 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
-from ..engine.pipeline import GenerationResult, batch_key
-from ..errors import GenerationCancelled, LayerDiffuseError, validation_details
-from ..events import RequestEvents
+from ..errors import GenerationCancelled, LayerDiffuseError
 from ..files import BlobStore
+from ..lifecycle import RequestManager, outcomes
+from ..lifecycle.local_processes import process_scope
 from ..observability import Metrics, request_id_context
 from ..schemas import GenerationParams, LayerDiffusionInput
-from ..store.contracts import Completion, RequestRecord, Store, WorkerState, WorkerStatus
-from ..store.sql_requests import cancelled_completion
-from .outputs import build_output, store_image
+from ..store.contracts import Completion, Notice, NoticeKind, RequestRecord, WorkerState, WorkerStatus
+from .outputs import StoredOutput, build_output, discard, store_image
+
+if TYPE_CHECKING:
+    from ..engine.pipeline import GenerationResult
 
 logger = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
-HEARTBEAT_SECONDS = 10.0
-# How far down the queue the worker looks for requests to batch with the one it claimed.
-BATCH_WINDOW = 32
-INTERNAL_ERROR = Completion(
-    500,
-    {"detail": "Internal error while generating the image", "error_type": "runner_server_error"},
-    error="Internal error while generating the image",
-    error_type="runner_server_error",
-)
+#: Cancel flags are read from the store at most this often while a batch runs (and at once on a notice).
+CANCEL_CHECK_SECONDS = 0.5
 
 
 class Engine(Protocol):
@@ -58,51 +59,52 @@ class Engine(Protocol):
     ) -> list[GenerationResult]: ...
 
 
-def validation_completion(error: ValidationError) -> Completion:
-    """fal's 422 body: a list of ``{loc, msg, type}`` with ``loc`` starting at ``body``."""
-    details = validation_details(error.errors(include_url=False), location="body")
-    return Completion(422, {"detail": details}, error="Invalid input", error_type="validation_error")
+@dataclass
+class _Job:
+    lease: RequestRecord
+    params: GenerationParams
+    claimed_at: float = field(default_factory=time.monotonic)
+    answered: bool = False  # completed (by us, or elsewhere: cancel, lost lease)
+    outputs: list[StoredOutput] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.lease.id
+
+    @property
+    def live(self) -> bool:
+        return not self.answered
 
 
-def error_completion(error: LayerDiffuseError) -> Completion:
-    return Completion(
-        error.status_code,
-        {"detail": error.message, "error_type": error.error_type},
-        error=error.message,
-        error_type=error.error_type,
-    )
+class _Interrupted(Exception):
+    """The worker is stopping mid-batch; its requests go back to the queue."""
 
 
 class GenerationWorker:
     def __init__(
         self,
-        store: Store,
+        manager: RequestManager,
         blobs: BlobStore,
         load_engine: Callable[[], Engine],
         *,
-        events: RequestEvents,
         base_url: str,
         model_name: str,
-        max_attempts: int = 2,
-        on_completed: Callable[[str], None] | None = None,
         metrics: Metrics | None = None,
         device: str = "auto",
         max_batch_size: int = 1,
-        clock: Callable[[], float] = time.time,
+        grace_seconds: float = 20.0,
     ) -> None:
-        self.store = store
+        self.manager = manager
+        self.store = manager.store
         self.blobs = blobs
-        self.events = events
         self.base_url = base_url
         self.model_name = model_name
-        self.max_attempts = max_attempts
-        self.on_completed = on_completed or (lambda request_id: None)
         self.metrics = metrics
         self.device = device
         self.max_batch_size = max_batch_size
-        self.clock = clock
+        self.grace_seconds = grace_seconds
         self.worker_id = f"worker-{uuid.uuid4().hex[:8]}"
-        self.started_at = clock()
+        self.started_at = manager.clock()
         self.requests_done = 0
         self.engine: Engine | None = None
         self.load_error: BaseException | None = None
@@ -110,9 +112,15 @@ class GenerationWorker:
         self.current_request: str | None = None
         self._load_engine = load_engine
         self._wakeup = threading.Event()
-        self._stopping = threading.Event()
+        self._cancel_hint = threading.Event()
+        self._stopping = threading.Event()  # claim nothing more
+        self._interrupting = threading.Event()  # stop the batch in hand between steps
+        self._heart_stops = threading.Event()  # the last beat: the worker thread is gone
+        #: When the last heartbeat's renewal began, and what it still held then.
+        self._held: tuple[float, set[str]] = (float("-inf"), set())
         self._thread: threading.Thread | None = None
         self._heartbeat_thread: threading.Thread | None = None
+        self._unsubscribe: Callable[[], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -121,37 +129,53 @@ class GenerationWorker:
         return self.engine is not None
 
     def start(self) -> None:
-        requeued, failed = self.store.requests.requeue_interrupted(self.max_attempts, self.clock())
-        for request_id in requeued:
-            self._log(request_id, "The server stopped while this request was running; it runs again.", "WARN")
-        for request_id in failed:
-            self.on_completed(request_id)
-        if requeued or failed:
-            logger.warning("recovered interrupted requests: %d requeued, %d failed", len(requeued), len(failed))
+        self._unsubscribe = self.manager.subscribe(self._heard)
         self.report()
         self._thread = threading.Thread(target=self._run, name="generation-worker", daemon=True)
         self._thread.start()
         self._heartbeat_thread = threading.Thread(target=self._beat, name="worker-heartbeat", daemon=True)
         self._heartbeat_thread.start()
 
+    def _heard(self, notice: Notice) -> None:
+        if notice.kind in (NoticeKind.QUEUED, NoticeKind.RESYNC):
+            self._wakeup.set()
+        if notice.kind in (NoticeKind.CANCEL, NoticeKind.RESYNC):
+            self._cancel_hint.set()
+
     def wake(self) -> None:
         self._wakeup.set()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish the request in hand (or let its cancel land), then stop; queued requests stay queued."""
+    def begin_stop(self) -> None:
+        """Claim nothing more; the batch in hand goes on (see :meth:`stop`)."""
         self._stopping.set()
         self._wakeup.set()
+
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop within ``grace_seconds`` (default: the worker's own): the batch in hand finishes if it
+        can, else it is interrupted and handed back; queued requests stay queued."""
+        self.begin_stop()
+        grace = self.grace_seconds if grace_seconds is None else grace_seconds
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(grace)
+            if self._thread.is_alive():
+                self._interrupting.set()
+                self._thread.join(60)  # the engine stops at its next step; a decode takes seconds at most
+        self._heart_stops.set()
         if self._heartbeat_thread is not None:
-            self._heartbeat_thread.join(timeout)
+            self._heartbeat_thread.join(5)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         self.report()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopping.is_set() and (self._thread is None or not self._thread.is_alive())
 
     @property
     def state(self) -> WorkerState:
         if self.load_error is not None:
             return WorkerState.FAILED
-        if self._stopping.is_set() and (self._thread is None or not self._thread.is_alive()):
+        if self.stopped:
             return WorkerState.STOPPED
         if self.engine is None:
             return WorkerState.LOADING
@@ -173,23 +197,33 @@ class GenerationWorker:
                     requests_done=self.requests_done,
                     error=str(self.load_error) if self.load_error is not None else None,
                     started_at=self.started_at,
-                    heartbeat_at=self.clock(),
+                    heartbeat_at=self.manager.clock(),
+                    scope=process_scope(),
                 )
             )
         except Exception:  # a missed heartbeat is not worth a request; the next one retries
             logger.warning("could not write the worker heartbeat", exc_info=True)
 
     def _beat(self) -> None:
-        while not self._stopping.wait(HEARTBEAT_SECONDS):
+        """Heartbeat: the status row and the leases, a few times per lease period, until the worker
+        thread is gone (through a stop's grace period too: the batch in hand keeps its leases)."""
+        interval = max(0.1, self.manager.lease_seconds / 3)
+        while not self._heart_stops.is_set():
+            try:
+                began = time.monotonic()
+                self._held = (began, self.manager.renew(self.worker_id))
+            except Exception:
+                logger.warning("could not renew the leases of %s", self.worker_id, exc_info=True)
             self.report()
+            self._heart_stops.wait(interval)
 
     def _run(self) -> None:
         started = time.perf_counter()
         try:
             self.engine = self._load_engine()
-        except BaseException as error:  # the server stays up to report it; requests wait in the queue
+        except BaseException as error:  # the process stays up to report it; requests wait for another worker
             self.load_error = error
-            logger.exception("loading the model failed; requests stay queued")
+            logger.exception("loading the model failed; this worker takes no requests")
             self.report()
             return
         self.load_seconds = time.perf_counter() - started
@@ -198,76 +232,53 @@ class GenerationWorker:
         logger.info("model %r ready on %s in %.1f s", self.model_name, self.engine.device, self.load_seconds)
         self.report()
         while not self._stopping.is_set():
-            if not self.run_once():
+            try:
+                ran = self.run_once()
+            except Exception:  # the store is away: wait, then try again
+                logger.warning("could not claim work", exc_info=True)
+                ran = False
+            if not ran:
                 self._wakeup.wait(IDLE_POLL_SECONDS)
                 self._wakeup.clear()
 
-    # -- one request --------------------------------------------------------------------------
+    # -- one batch ----------------------------------------------------------------------------
 
     def run_once(self) -> bool:
         """Run the next queued request, with compatible ones behind it as one batch; True when one ran."""
-        for request_id in self.store.requests.expire_start_deadlines(self.clock()):
-            self._finished(request_id)
-        head = self.store.requests.claim_next(self.worker_id, self.clock())
-        if head is None:
+        leases = self.manager.claim(self.worker_id, self.max_batch_size)
+        if not leases:
             return False
         jobs: list[_Job] = []
-        for record in [head, *self._claim_companions(head)]:
-            self.events.publish(record.id)
+        for lease in leases:
             if self.metrics is not None:
-                self.metrics.observe_started(record)
-            attempt = f" (attempt {record.attempts})" if record.attempts > 1 else ""
-            self._log(record.id, f"Request started{attempt} on worker {self.worker_id}.")
+                self.metrics.observe_started(lease)
+            attempt = f" (attempt {lease.attempts})" if lease.attempts > 1 else ""
+            self._log_lease(lease, f"Request started{attempt} on worker {self.worker_id}.")
             try:
-                jobs.append(_Job(record, parse_params(record)))
-            except ValidationError as error:
-                self._complete(record.id, validation_completion(error))
+                jobs.append(_Job(lease, parse_params(lease)))
+            except ValidationError as error:  # stored by an older release that checked less
+                self.manager.complete(lease, outcomes.invalid_input(error))
         if not jobs:
             return True
-        self.current_request = jobs[0].record.id
+        self.current_request = jobs[0].id
         self.report()
-        with request_id_context(jobs[0].record.id):
+        with request_id_context(jobs[0].id):
             try:
                 self._run_jobs(jobs)
             except _Interrupted:
                 for job in jobs:
-                    if job.live:
-                        self._log(job.id, "The server is stopping; this request runs again when it restarts.", "WARN")
+                    if job.live and self.manager.release(job.lease):
+                        logger.warning("worker stopping: %s goes back to the queue", job.id)
             except Exception:
                 logger.exception("generation failed for %s", ", ".join(job.id for job in jobs))
                 for job in jobs:
                     if job.live:
-                        self._answer(job, INTERNAL_ERROR)
+                        self._answer(job, outcomes.internal_error())
             finally:
                 self.current_request = None
                 self.requests_done += len(jobs)
                 self.report()
         return True
-
-    def _claim_companions(self, head: RequestRecord) -> list[RequestRecord]:
-        """Queued requests that can share the head's sampler run (same size, steps, sampler, guidance).
-
-        Only a window of the queue is looked at, so batching never reaches far past requests that
-        were submitted earlier; they wait at most one batch longer.
-        """
-        if self.max_batch_size <= 1:
-            return []
-        try:
-            key = batch_key(parse_params(head))
-        except ValidationError:
-            return []
-        wanted = []
-        for record in self.store.requests.queued(self.clock(), BATCH_WINDOW):
-            if record.priority != head.priority:
-                continue
-            try:
-                if batch_key(parse_params(record)) == key:
-                    wanted.append(record.id)
-            except ValidationError:
-                continue
-            if len(wanted) == self.max_batch_size - 1:
-                break
-        return self.store.requests.claim(wanted, self.worker_id, self.clock())
 
     def _run_jobs(self, jobs: list[_Job]) -> None:
         assert self.engine is not None
@@ -275,13 +286,13 @@ class GenerationWorker:
         for job in jobs:
             params = job.params
             self._log(
-                job.id,
+                job,
                 f"Model {self.model_name!r} on {engine.device} ({str(engine.dtype).removeprefix('torch.')}), "
                 f"loaded in {self.load_seconds or 0:.1f} s at startup.",
             )
             batched = f", batched with {len(jobs) - 1} other request(s)" if len(jobs) > 1 else ""
             self._log(
-                job.id,
+                job,
                 f"Generating {params.width}x{params.height}, {params.num_inference_steps} steps, "
                 f"guidance {params.guidance_scale:g}, seed {params.seed}{batched}.",
             )
@@ -289,111 +300,112 @@ class GenerationWorker:
         def on_step(step: int, total: int) -> None:
             for job in jobs:
                 if job.live:
-                    self._log(job.id, f"Denoising step {step}/{total}", echo=False)
+                    self._log(job, f"Denoising step {step}/{total}", echo=False)
                     if step == total:
-                        self._log(job.id, "Decoding the transparent image.")
+                        self._log(job, "Decoding the transparent image.")
+
+        last_check = [float("-inf")]
 
         def should_cancel() -> bool:
-            if self._stopping.is_set():
+            if self._interrupting.is_set():
                 return True
-            for job in jobs:
-                if job.live and self.store.requests.is_cancel_requested(job.id):
-                    # The others in the batch go on; this one is answered now and its image dropped.
-                    self._log(job.id, "Cancelled between denoising steps.", "WARN")
-                    self._answer(job, cancelled_completion())
+            self._drop_lost(jobs)
+            due = time.monotonic() - last_check[0] >= CANCEL_CHECK_SECONDS
+            if self._cancel_hint.is_set() or due:
+                self._cancel_hint.clear()
+                last_check[0] = time.monotonic()
+                cancelled = self.manager.cancel_requested([job.lease for job in jobs if job.live])
+                for job in jobs:
+                    if job.id in cancelled:
+                        # The others in the batch go on; this one is answered now and its image dropped.
+                        self._log(job, "Cancelled between denoising steps.", "WARN")
+                        self._answer(job, outcomes.cancelled())
             return not any(job.live for job in jobs)
 
         started = time.perf_counter()
         try:
             results = engine.generate_batch([job.params for job in jobs], on_step=on_step, should_cancel=should_cancel)
         except GenerationCancelled:
-            if any(job.live for job in jobs):  # not everyone cancelled: the server is stopping
+            if any(job.live for job in jobs):  # not everyone was cancelled: the worker is stopping
                 raise _Interrupted() from None
             return
         except LayerDiffuseError as error:
             for job in jobs:
                 if job.live:
-                    self._answer(job, error_completion(error))
+                    self._answer(job, outcomes.failed(error))
             return
         inference_time = time.perf_counter() - started
         for job, result in zip(jobs, results, strict=True):
-            if not job.live:  # cancelled during the run: already answered
+            if not job.live:  # cancelled or lost during the run: already answered
                 continue
             if self.metrics is not None:
                 self.metrics.observe_generation(inference_time, result.timings)
             self._answer(job, self._output(job, result, inference_time))
 
+    def _drop_lost(self, jobs: list[_Job]) -> None:
+        """Jobs whose lease a heartbeat after their claim no longer held were taken over: stop working on them."""
+        renewed_at, held = self._held
+        for job in jobs:
+            if job.live and job.claimed_at < renewed_at and job.id not in held:
+                job.answered = True
+                logger.warning("lost the lease of %s (taken over by another worker); dropping it", job.id)
+
     def _output(self, job: _Job, result: GenerationResult, inference_time: float) -> Completion:
         timings = result.timings
         self._log(
-            job.id,
+            job,
             f"Decoded in {timings.get('decoding', 0):.2f} s (VAE {timings.get('vae_decode', 0):.2f} s, "
             f"transparency {timings.get('transparent_decode', 0):.2f} s).",
         )
         if "safety_check" in timings and result.has_nsfw_concepts is not None:
             flagged = bool(result.has_nsfw_concepts[0])
             verdict = "flagged, image made transparent" if flagged else "nothing flagged"
-            self._log(job.id, f"Safety check: {verdict} ({timings['safety_check']:.2f} s).")
+            self._log(job, f"Safety check: {verdict} ({timings['safety_check']:.2f} s).")
         image = result.images[0]
         stored = store_image(
             image,
             blobs=self.blobs,
             catalog=self.store.files,
             base_url=self.base_url,
-            key_id=job.record.key_id,
+            key_id=job.lease.key_id,
             request_id=job.id,
         )
-        self._log(job.id, f"Uploaded {stored.file_name} ({stored.file_size} bytes).")
-        output = build_output(stored, image.seed, result.has_nsfw_concepts)
+        job.outputs.append(stored)
+        self._log(job, f"Uploaded {stored.image.file_name} ({stored.image.file_size} bytes).")
+        output = build_output(stored.image, image.seed, result.has_nsfw_concepts)
         metrics = {"inference_time": round(inference_time, 4)}
         if result.batch_size > 1:
             metrics["batch_size"] = result.batch_size
-        return Completion(200, output.model_dump(mode="json", exclude_none=True), metrics=metrics)
+        return outcomes.succeeded(
+            output.model_dump(mode="json", exclude_none=True), metrics=metrics, file_ids=[stored.file_id]
+        )
 
     def _answer(self, job: _Job, completion: Completion) -> None:
         job.answered = True
-        self._complete(job.id, completion)
-
-    def _complete(self, request_id: str, completion: Completion) -> None:
         if completion.ok:
-            self._log(request_id, "Request completed.")
+            self._log(job, "Request completed.")
         elif completion.error_type != "client_cancelled":
-            self._log(request_id, f"Request failed: {completion.error}", "ERROR")
-        self.store.requests.complete(request_id, completion, self.clock())
-        self._finished(request_id)
+            self._log(job, f"Request failed: {completion.error}", "ERROR")
+        if not self.manager.complete(job.lease, completion):
+            # Completed meanwhile (a cancel, or another worker that took the request over): its
+            # outcome stands, ours is dropped with the files it made.
+            for output in job.outputs:
+                discard(output, blobs=self.blobs, catalog=self.store.files)
+            logger.warning("%s was no longer ours to complete; its result was discarded", job.id)
 
-    def _log(self, request_id: str, message: str, level: str = "INFO", *, echo: bool = True) -> None:
+    def _log(self, job: _Job, message: str, level: str = "INFO", *, echo: bool = True) -> None:
+        if not self._log_lease(job.lease, message, level, echo=echo) and job.live:
+            job.answered = True  # the lease is gone: nothing we do for it counts any more
+            logger.warning("lost the lease of %s; dropping it", job.id)
+
+    def _log_lease(self, lease: RequestRecord, message: str, level: str = "INFO", *, echo: bool = True) -> bool:
         """A line of the request's own log (what clients see), also written to the process log."""
-        self.store.requests.append_log(request_id, message, level, self.clock())
-        self.events.publish(request_id, log_only=True)
         python_level = logging.getLevelNamesMapping().get("WARNING" if level == "WARN" else level, logging.INFO)
-        logger.log(python_level if echo else logging.DEBUG, message, extra={"request_id": request_id})
-
-    def _finished(self, request_id: str) -> None:
-        self.events.publish(request_id)
-        self.on_completed(request_id)
+        logger.log(python_level if echo else logging.DEBUG, message, extra={"request_id": lease.id})
+        return self.manager.log(lease, message, level)
 
 
 def parse_params(record: RequestRecord) -> GenerationParams:
     """The request's input as engine parameters, with its seed fixed (drawn now when absent)."""
     request = LayerDiffusionInput.model_validate(record.input)
     return GenerationParams(**request.model_dump()).with_seed()
-
-
-@dataclass
-class _Job:
-    record: RequestRecord
-    params: GenerationParams
-    answered: bool = False
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def live(self) -> bool:
-        return not self.answered
-
-
-class _Interrupted(Exception):
-    """The server is shutting down mid-request; the request is re-run after the restart."""
