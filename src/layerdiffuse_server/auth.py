@@ -34,14 +34,26 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def issue_key(keys: KeyRing, name: str, *, admin: bool = False) -> IssuedKey:
+def _new_key(name: str, admin: bool) -> IssuedKey:
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     record = ApiKey(
         id=key_id, name=name, admin=admin, created_at=time.time(), revoked_at=None, secret_hash=hash_secret(secret)
     )
-    keys.add(record)
     return IssuedKey(record, f"{key_id}:{secret}")
+
+
+def issue_key(keys: KeyRing, name: str, *, admin: bool = False) -> IssuedKey:
+    issued = _new_key(name, admin)
+    keys.add(issued.key)
+    return issued
+
+
+def ensure_first_key(keys: KeyRing) -> IssuedKey | None:
+    """On a store with no usable key, an admin key (shown once); None when keys exist. Atomic, so
+    API nodes that start together on an empty database create one key between them."""
+    issued = _new_key("admin (created on first start)", True)
+    return issued if keys.add_first(issued.key) else None
 
 
 def authenticate(keys: KeyRing, authorization: str | None) -> ApiKey:

@@ -2,7 +2,9 @@
 
 The outbox row is written in the transaction that completes the request and is leased while a
 delivery is in flight, so neither a crash nor a restart loses or duplicates a webhook beyond the
-at-least-once that fal promises (receivers de-duplicate on ``request_id``).
+at-least-once that fal promises (receivers de-duplicate on ``request_id``). Whatever goes wrong
+with one delivery is recorded as its failed attempt: no URL, answer or bug in one delivery can stop
+the loop that serves every other key's webhooks.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import anyio
 import httpx
 
 from ..errors import InvalidInputError
-from ..signing import SigningKey
+from ..signing import SigningKeys
 from ..store.contracts import RequestRecord, Store, WebhookDelivery
-from .targets import check_webhook_url
+from .targets import IPNetwork, resolve_webhook_target
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +47,9 @@ class WebhookDeliverer:
     def __init__(
         self,
         store: Store,
-        signer: SigningKey,
+        signer: SigningKeys,
         *,
-        allowed_networks: list[Any],
+        allowed_networks: list[IPNetwork],
         max_attempts: int,
         retry_seconds: float,
         timeout_seconds: float,
@@ -79,9 +81,15 @@ class WebhookDeliverer:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         lease = self.timeout_seconds * 2 + 5
-        async with httpx.AsyncClient(transport=self._transport, timeout=self.timeout_seconds) as client:
+        async with httpx.AsyncClient(
+            transport=self._transport, timeout=self.timeout_seconds, follow_redirects=False, trust_env=False
+        ) as client:
             while True:
-                due = await anyio.to_thread.run_sync(self.store.webhooks.claim_due, self.clock(), lease, 16)
+                try:
+                    due = await anyio.to_thread.run_sync(self.store.webhooks.claim_due, self.clock(), lease, 16)
+                except Exception:  # the database is away: try again at the next poll
+                    logger.warning("could not read the webhook outbox", exc_info=True)
+                    due = []
                 if due:
                     await asyncio.gather(*(self.deliver(client, delivery) for delivery in due))
                     continue
@@ -90,6 +98,15 @@ class WebhookDeliverer:
                     await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
 
     async def deliver(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> None:
+        """One attempt; never raises (a failure is recorded on the delivery, a store error leaves it leased)."""
+        try:
+            await self._attempt(client, delivery)
+        except Exception as failure:
+            logger.exception("webhook delivery %s failed unexpectedly", delivery.id)
+            with contextlib.suppress(Exception):
+                await self._record_failure(delivery, f"{type(failure).__name__}: {failure}")
+
+    async def _attempt(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> None:
         record = await anyio.to_thread.run_sync(self.store.requests.get, delivery.request_id)
         if record is None:
             return
@@ -97,14 +114,21 @@ class WebhookDeliverer:
         headers = {"Content-Type": "application/json", "User-Agent": "layerdiffuse-server webhooks"}
         headers |= self.signer.webhook_headers(record.id, record.key_id, int(self.clock()), body)
         try:
-            await anyio.to_thread.run_sync(check_webhook_url, delivery.url, self.allowed_networks)
-            response = await client.post(delivery.url, content=body, headers=headers)
-            error = None if response.is_success else f"HTTP {response.status_code}"
+            target = await anyio.to_thread.run_sync(resolve_webhook_target, delivery.url, self.allowed_networks)
         except InvalidInputError as refused:
             await anyio.to_thread.run_sync(self.store.webhooks.mark_failed_attempt, delivery.id, str(refused), None)
             self.on_attempt("dropped")
             logger.warning("webhook for %s dropped: %s", record.id, refused)
             return
+        headers["Host"] = target.host_header
+        try:
+            response = await client.post(
+                target.connect_url,
+                content=body,
+                headers=headers,
+                extensions={"sni_hostname": target.server_name},
+            )
+            error = None if response.is_success else f"HTTP {response.status_code}"
         except httpx.HTTPError as failure:
             error = f"{type(failure).__name__}: {failure}"
         if error is None:
@@ -112,12 +136,15 @@ class WebhookDeliverer:
             self.on_attempt("delivered")
             logger.info("webhook for %s delivered (attempt %d)", record.id, delivery.attempts)
             return
+        await self._record_failure(delivery, error)
+
+    async def _record_failure(self, delivery: WebhookDelivery, error: str) -> None:
         retry_at = self.clock() + self.retry_delay(delivery.attempts) if delivery.attempts < self.max_attempts else None
         await anyio.to_thread.run_sync(self.store.webhooks.mark_failed_attempt, delivery.id, error, retry_at)
         self.on_attempt("retrying" if retry_at else "dropped")
         logger.warning(
             "webhook for %s failed (attempt %d/%d): %s%s",
-            record.id,
+            delivery.request_id,
             delivery.attempts,
             self.max_attempts,
             error,

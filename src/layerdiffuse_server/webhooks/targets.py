@@ -1,47 +1,129 @@
-"""Which webhook URLs we will call: http(s) only, and no private, loopback or link-local address
-unless the operator allowed that network — otherwise any API key could make the server probe the
-network it sits in. Checked at submit and again at each delivery (DNS may change in between)."""
+"""Which webhook URLs we call, and at which address.
+
+Any API key names a webhook URL, so without a guard the server would probe the network it sits in
+on the key holder's behalf. The rules:
+
+- the URL is parsed by httpx, the library that sends the request, so what is checked is what is
+  sent (``http://01.1.1.1/`` is refused here, not at delivery);
+- http(s) only, a host, a valid port, no credentials (they would be sent as Basic auth);
+- the host is resolved and only public addresses are used, plus networks the operator allowed;
+  an IPv6 address that carries an IPv4 one (NAT64, IPv4-mapped, 6to4, Teredo) is judged by the
+  IPv4 address it reaches;
+- the delivery connects to the address that was checked (the Host header and TLS server name stay
+  those of the URL), at every attempt, so a DNS answer that changes between check and connect
+  (DNS rebinding) cannot redirect it. Redirects are not followed.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
 from collections.abc import Sequence
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+
+import httpx
 
 from ..errors import InvalidInputError
 
 MAX_URL_LENGTH = 2048
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-def parse_networks(specs: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+_NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def parse_networks(specs: Sequence[str]) -> list[IPNetwork]:
     return [ipaddress.ip_network(spec, strict=False) for spec in specs]
 
 
-def check_webhook_url(url: str, allowed_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
-    """The URL if we may deliver to it, else :class:`InvalidInputError` (field ``fal_webhook``)."""
+def _refuse(reason: str) -> InvalidInputError:
+    return InvalidInputError(f"webhook URL refused: {reason}", field="fal_webhook", location="query")
 
-    def refuse(reason: str) -> InvalidInputError:
-        return InvalidInputError(f"webhook URL refused: {reason}", field="fal_webhook", location="query")
 
+def reached_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address delivers to, where it embeds one."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if any(address in prefix for prefix in _NAT64_PREFIXES):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
+
+
+def is_permitted(address: IPAddress, allowed_networks: Sequence[IPNetwork]) -> bool:
+    if any(address in network for network in allowed_networks):
+        return True
+    embedded = reached_ipv4(address)
+    if embedded is not None:
+        return is_permitted(embedded, allowed_networks)
+    return address.is_global
+
+
+def normalize_webhook_url(url: str) -> httpx.URL:
+    """The URL as httpx will send it, or the reason it will not be called."""
     if len(url) > MAX_URL_LENGTH:
-        raise refuse(f"longer than {MAX_URL_LENGTH} characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise refuse("it must be an absolute http:// or https:// URL")
+        raise _refuse(f"longer than {MAX_URL_LENGTH} characters")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except (OSError, ValueError) as error:
-        raise refuse(f"cannot resolve {parts.hostname!r} ({error})") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if address.is_global:
-            continue
-        if any(address in network for network in allowed_networks):
-            continue
-        raise refuse(
-            f"{parts.hostname} resolves to the non-public address {address}; "
-            "the operator can allow it with --webhook-allow-network"
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError) as error:
+        raise _refuse(f"not a valid URL ({error})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+        raise _refuse("it must be an absolute http:// or https:// URL")
+    if parsed.userinfo:
+        raise _refuse("credentials in the URL are not sent; authenticate the webhook by its signature")
+    if port is not None and not 0 < port < 65536:
+        raise _refuse(f"port {port} is out of range")
+    if parsed.fragment:
+        parsed = parsed.copy_with(fragment=None)
+    return parsed
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """A checked URL and the address to connect to for it."""
+
+    url: httpx.URL
+    address: IPAddress
+
+    @property
+    def connect_url(self) -> httpx.URL:
+        return self.url.copy_with(host=str(self.address))
+
+    @property
+    def host_header(self) -> str:
+        return self.url.netloc.decode("ascii")
+
+    @property
+    def server_name(self) -> str:
+        return self.url.raw_host.decode("ascii")
+
+
+def resolve_webhook_target(url: str, allowed_networks: Sequence[IPNetwork]) -> WebhookTarget:
+    """Parse, resolve and check ``url``; blocking (DNS), so call it off the event loop."""
+    parsed = normalize_webhook_url(url)
+    host = parsed.raw_host.decode("ascii")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise _refuse(f"cannot resolve {host!r} ({error})") from None
+    addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
+    permitted = [address for address in addresses if is_permitted(address, allowed_networks)]
+    if not permitted:
+        shown = ", ".join(str(address) for address in addresses)
+        raise _refuse(
+            f"{host} resolves to the non-public address {shown}; the operator can allow it with --webhook-allow-network"
         )
-    return url
+    return WebhookTarget(parsed, permitted[0])
+
+
+def check_webhook_url(url: str, allowed_networks: Sequence[IPNetwork]) -> str:
+    """The normalised URL if we may deliver to it now, else :class:`InvalidInputError` (field ``fal_webhook``)."""
+    return str(resolve_webhook_target(url, allowed_networks).url)
