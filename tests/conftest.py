@@ -1,7 +1,13 @@
-"""Shared fixtures: the tiny preset is written once per test session and loaded once."""
+"""Shared fixtures: the tiny preset is written once per test session and loaded once; a real
+PostgreSQL server is started once per session for the tests that ask for one.
+
+Services that the machine lacks skip their tests with the reason, unless
+``LAYERDIFFUSE_REQUIRE_SERVICES=1`` (set by CI), where a missing service fails the run instead.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +15,8 @@ import pytest
 import torch
 
 from layerdiffuse_server.settings import Settings
+
+from .support import postgres, radosgw
 
 KEYS_DIR = Path(__file__).parent / "fixtures" / "keys"
 
@@ -46,3 +54,61 @@ def tiny_pipeline(settings: Settings, tiny_folder: Path) -> Iterator[object]:
 def _seed_torch() -> None:
     """Tests that draw random tensors without their own generator still draw the same ones."""
     torch.manual_seed(0)
+
+
+def service_unavailable(reason: str) -> None:
+    """Skip (or, where CI requires every service, fail) a test whose service cannot run here."""
+    if os.environ.get("LAYERDIFFUSE_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason} (LAYERDIFFUSE_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[postgres.PostgresServer]:
+    reason = postgres.available()
+    if reason:
+        service_unavailable(reason)
+    with postgres.PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind the store supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+@pytest.fixture(scope="session")
+def rados_gateway() -> Iterator[radosgw.RadosGateway]:
+    """A real S3 server (Ceph's radosgw), started once per session."""
+    reason = radosgw.available()
+    if reason:
+        service_unavailable(reason)
+    with radosgw.RadosGateway() as gateway:
+        yield gateway
+
+
+def s3_environment(gateway: radosgw.RadosGateway) -> dict[str, str]:
+    """The standard AWS variables that point boto3 (and so the service) at the gateway."""
+    return {
+        "AWS_ENDPOINT_URL": gateway.endpoint_url,
+        "AWS_ACCESS_KEY_ID": gateway.access_key,
+        "AWS_SECRET_ACCESS_KEY": gateway.secret_key,
+        "AWS_REGION": gateway.region,
+    }
+
+
+@pytest.fixture
+def s3_bucket(rados_gateway: radosgw.RadosGateway, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket; the AWS environment of this test points at the gateway. Its name."""
+    import uuid
+
+    import boto3
+
+    for name, value in s3_environment(rados_gateway).items():
+        monkeypatch.setenv(name, value)
+    bucket = f"layerdiffuse-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return bucket

@@ -172,97 +172,76 @@ def download(
         console.print(f"{name}: [bold]{path}[/]")
 
 
-@app.command()
-def serve(
-    model: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Plain HTTP port (default 8080).")] = None,
-    tls_port: Annotated[int | None, typer.Option(help="HTTPS port for fal_client (default 8443); 0 = off.")] = None,
-    tls_name: Annotated[
-        list[str] | None, typer.Option(help="Extra host name for the local CA's certificate (repeatable).")
-    ] = None,
-    public_url: Annotated[str | None, typer.Option(help="Base URL clients reach this server at (file URLs).")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Database, files and keys (default ~/.local/share/...).")
-    ] = None,
-    webhook_allow_network: Annotated[
-        list[str] | None, typer.Option(help="Private network webhooks may target, e.g. 127.0.0.1/32 (repeatable).")
-    ] = None,
-    retention_hours: Annotated[float | None, typer.Option(help="Delete completed requests after (0 = keep).")] = None,
-    base: Annotated[str | None, typer.Option(help="SDXL base: hub repo id, diffusers folder or .safetensors.")] = None,
-    layer_weights: Annotated[str | None, typer.Option(help="LayerDiffuse attention weights (either format).")] = None,
-    decoder: Annotated[str | None, typer.Option(help="Transparent VAE decoder file.")] = None,
-    decoder_passes: Annotated[int, typer.Option(help="Decoder test-time passes: 8 (best), 4, 2 or 1.")] = 8,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
-    memory_mode: Annotated[
-        str, typer.Option(help="GPU memory vs speed: fast, default, low or offload (see README).")
-    ] = "default",
-    vae_tiling: Annotated[bool, typer.Option(help="Decode the VAE in tiles (less memory, slight seams).")] = False,
-    channels_last: Annotated[bool, typer.Option(help="NHWC memory layout for UNet, VAE and decoder.")] = False,
-    compile: Annotated[
-        bool, typer.Option("--compile", help="torch.compile UNet and decoder (slow first call).")
-    ] = False,
-    warmup: Annotated[
-        bool | None, typer.Option("--warmup/--no-warmup", help="One short run before serving (default: on GPUs).")
-    ] = None,
-    max_batch_size: Annotated[
-        int | None, typer.Option(help="Queued compatible requests denoised as one batch (default 4; 1 = never).")
-    ] = None,
-    log_format: Annotated[str | None, typer.Option(help="Process logs: text (default) or json.")] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug, info (default), warning or error.")] = None,
-) -> None:
-    """Run the fal-compatible API (queue, storage, webhooks) with an in-process worker and SQLite."""
+# -- options shared by the server roles ----------------------------------------------------------
+
+HostOption = Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")]
+PortOption = Annotated[int | None, typer.Option(help="Plain HTTP port (default 8080).")]
+TlsPortOption = Annotated[int | None, typer.Option(help="HTTPS port for fal_client (default 8443); 0 = off.")]
+TlsNameOption = Annotated[
+    list[str] | None, typer.Option(help="Extra host name for the local CA's certificate (repeatable).")
+]
+PublicUrlOption = Annotated[str | None, typer.Option(help="Base URL clients reach the API at (file URLs).")]
+DataDirOption = Annotated[Path | None, typer.Option(help="Database, files and keys (default ~/.local/share/...).")]
+DatabaseOption = Annotated[
+    str | None, typer.Option(help="sqlite:///path or postgresql://user:password@host:port/db (default: data dir).")
+]
+StorageOption = Annotated[
+    str | None, typer.Option(help="file:///path or s3://bucket/prefix for file bytes (default: data dir).")
+]
+WebhookNetworkOption = Annotated[
+    list[str] | None, typer.Option(help="Private network webhooks may target, e.g. 127.0.0.1/32 (repeatable).")
+]
+RetentionOption = Annotated[float | None, typer.Option(help="Delete completed requests after (0 = keep).")]
+ModelOption = Annotated[str | None, typer.Option(help=PRESET_HELP)]
+BaseOption = Annotated[str | None, typer.Option(help="SDXL base: hub repo id, diffusers folder or .safetensors.")]
+LayerWeightsOption = Annotated[str | None, typer.Option(help="LayerDiffuse attention weights (either format).")]
+DecoderOption = Annotated[str | None, typer.Option(help="Transparent VAE decoder file.")]
+PassesOption = Annotated[int, typer.Option(help="Decoder test-time passes: 8 (best), 4, 2 or 1.")]
+DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOption = Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")]
+MemoryModeOption = Annotated[str, typer.Option(help="GPU memory vs speed: fast, default, low or offload (see README).")]
+TilingOption = Annotated[bool, typer.Option(help="Decode the VAE in tiles (less memory, slight seams).")]
+ChannelsLastOption = Annotated[bool, typer.Option(help="NHWC memory layout for UNet, VAE and decoder.")]
+CompileOption = Annotated[bool, typer.Option("--compile", help="torch.compile UNet and decoder (slow first call).")]
+WarmupOption = Annotated[
+    bool | None, typer.Option("--warmup/--no-warmup", help="One short run before serving (default: on GPUs).")
+]
+BatchOption = Annotated[
+    int | None, typer.Option(help="Queued compatible requests denoised as one batch (default 4; 1 = never).")
+]
+LogFormatOption = Annotated[str | None, typer.Option(help="Process logs: text (default) or json.")]
+LogLevelOption = Annotated[str | None, typer.Option(help="debug, info (default), warning or error.")]
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with the flags that were given on top."""
+    return Settings(**{name: value for name, value in overrides.items() if value not in (None, [])})
+
+
+def _tls(settings: Settings) -> Any:
+    from .server.tls import TlsFiles, local_tls
+
+    if not settings.tls_port:
+        return None
+    if settings.tls_cert and settings.tls_key:
+        return TlsFiles(settings.tls_cert, settings.tls_key, None)
+    return local_tls(settings.data_dir / "tls", settings.tls_names)
+
+
+def _serve_api(settings: Settings, services: Any, role: str) -> None:
+    """Start the HTTP listeners of an embedded server or API node, with the banner."""
     from .api import create_app
+    from .api.app import begin_drain
+    from .auth import ensure_first_key
     from .server.banner import print_banner
-    from .server.bootstrap import EngineOptions, build_services, ensure_first_key
     from .server.serve import serve_app
-    from .server.tls import local_tls
 
-    overrides = {
-        "model": model,
-        "host": host,
-        "port": port,
-        "tls_port": tls_port,
-        "tls_names": tls_name or None,
-        "public_url": public_url,
-        "data_dir": data_dir,
-        "webhook_allowed_networks": webhook_allow_network or None,
-        "retention_hours": retention_hours,
-        "device": device,
-        "dtype": dtype,
-        "log_format": log_format,
-        "log_level": log_level,
-        "max_batch_size": max_batch_size,
-    }
     try:
-        settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
-        configure_logging(settings.log_format, settings.log_level)
-        if memory_mode not in ("fast", "default", "low", "offload"):
-            raise ValueError(f"--memory-mode must be fast, default, low or offload, not {memory_mode!r}")
-        options = EngineOptions(
-            settings.model,
-            base=base,
-            layer_weights=layer_weights,
-            decoder=decoder,
-            decoder_passes=decoder_passes,
-            memory_mode=memory_mode,
-            vae_tiling=vae_tiling,
-            channels_last=channels_last,
-            compile=compile,
-            warmup=warmup,
-        )
-        services = build_services(settings, options.loader(settings), model_name=settings.model)
-        first_key = ensure_first_key(services.store)
-        if settings.tls_port and settings.tls_cert and settings.tls_key:
-            from .server.tls import TlsFiles
-
-            tls = TlsFiles(settings.tls_cert, settings.tls_key, None)
-        else:
-            tls = local_tls(settings.data_dir / "tls", settings.tls_names) if settings.tls_port else None
+        first_key = ensure_first_key(services.store.keys)
+        tls = _tls(settings)
     except (LayerDiffuseError, ValueError) as error:
         raise _fail(str(error)) from None
-    print_banner(settings, tls, first_key)
+    print_banner(settings, tls, first_key, role=role)
     serve_app(
         create_app(services),
         host=settings.host,
@@ -270,6 +249,162 @@ def serve(
         tls=tls,
         tls_port=settings.tls_port,
         log_level=settings.log_level,
+        grace_seconds=settings.shutdown_grace_seconds,
+        on_stop=lambda: begin_drain(services),
+    )
+
+
+@app.command()
+def serve(
+    model: ModelOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    tls_port: TlsPortOption = None,
+    tls_name: TlsNameOption = None,
+    public_url: PublicUrlOption = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseOption = None,
+    storage_url: StorageOption = None,
+    webhook_allow_network: WebhookNetworkOption = None,
+    retention_hours: RetentionOption = None,
+    base: BaseOption = None,
+    layer_weights: LayerWeightsOption = None,
+    decoder: DecoderOption = None,
+    decoder_passes: PassesOption = 8,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    memory_mode: MemoryModeOption = "default",
+    vae_tiling: TilingOption = False,
+    channels_last: ChannelsLastOption = False,
+    compile: CompileOption = False,
+    warmup: WarmupOption = None,
+    max_batch_size: BatchOption = None,
+    log_format: LogFormatOption = None,
+    log_level: LogLevelOption = None,
+) -> None:
+    """Run everything in one process: the fal-compatible API and a worker, on SQLite and local files."""
+    from .server.bootstrap import build_services
+    from .server.engine_options import EngineOptions
+
+    try:
+        settings = _settings(
+            model=model, host=host, port=port, tls_port=tls_port, tls_names=tls_name, public_url=public_url,
+            data_dir=data_dir, database_url=database_url, storage_url=storage_url,
+            webhook_allowed_networks=webhook_allow_network, retention_hours=retention_hours, device=device,
+            dtype=dtype, log_format=log_format, log_level=log_level, max_batch_size=max_batch_size,
+        )  # fmt: skip
+        configure_logging(settings.log_format, settings.log_level)
+        options = EngineOptions(
+            settings.model, base=base, layer_weights=layer_weights, decoder=decoder, decoder_passes=decoder_passes,
+            memory_mode=memory_mode, vae_tiling=vae_tiling, channels_last=channels_last, compile=compile,
+            warmup=warmup,
+        )  # fmt: skip
+        services = build_services(settings, options.loader(settings), model_name=settings.model)
+    except (LayerDiffuseError, ValueError) as error:
+        raise _fail(str(error)) from None
+    _serve_api(settings, services, "serve")
+
+
+@app.command()
+def api(
+    host: HostOption = None,
+    port: PortOption = None,
+    tls_port: TlsPortOption = None,
+    tls_name: TlsNameOption = None,
+    public_url: PublicUrlOption = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseOption = None,
+    storage_url: StorageOption = None,
+    signing_key_file: Annotated[
+        Path | None, typer.Option(help="The ed25519 key (PEM) every API node shares (see `signing-key new`).")
+    ] = None,
+    webhook_allow_network: WebhookNetworkOption = None,
+    retention_hours: RetentionOption = None,
+    log_format: LogFormatOption = None,
+    log_level: LogLevelOption = None,
+) -> None:
+    """Run an API node: the fal-compatible API with no worker (and no torch); workers run apart."""
+    from .server.bootstrap import build_services
+
+    try:
+        settings = _settings(
+            host=host, port=port, tls_port=tls_port, tls_names=tls_name, public_url=public_url, data_dir=data_dir,
+            database_url=database_url, storage_url=storage_url, signing_key_file=signing_key_file,
+            webhook_allowed_networks=webhook_allow_network, retention_hours=retention_hours,
+            log_format=log_format, log_level=log_level,
+        )  # fmt: skip
+        configure_logging(settings.log_format, settings.log_level)
+        services = build_services(settings, role="api")
+    except (LayerDiffuseError, ValueError) as error:
+        raise _fail(str(error)) from None
+    _serve_api(settings, services, "api")
+
+
+@app.command()
+def worker(
+    model: ModelOption = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address of the health and metrics port (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Health and metrics port (default 9090; 0 = none).")] = None,
+    public_url: PublicUrlOption = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseOption = None,
+    storage_url: StorageOption = None,
+    retention_hours: RetentionOption = None,
+    base: BaseOption = None,
+    layer_weights: LayerWeightsOption = None,
+    decoder: DecoderOption = None,
+    decoder_passes: PassesOption = 8,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    memory_mode: MemoryModeOption = "default",
+    vae_tiling: TilingOption = False,
+    channels_last: ChannelsLastOption = False,
+    compile: CompileOption = False,
+    warmup: WarmupOption = None,
+    max_batch_size: BatchOption = None,
+    log_format: LogFormatOption = None,
+    log_level: LogLevelOption = None,
+) -> None:
+    """Run a GPU worker: claim requests from the shared store, generate, store the images."""
+    from .server.engine_options import EngineOptions
+    from .server.worker_node import run_worker
+
+    try:
+        settings = _settings(
+            model=model, host=host, worker_port=port, public_url=public_url, data_dir=data_dir,
+            database_url=database_url, storage_url=storage_url, retention_hours=retention_hours, device=device,
+            dtype=dtype, log_format=log_format, log_level=log_level, max_batch_size=max_batch_size,
+        )  # fmt: skip
+        configure_logging(settings.log_format, settings.log_level)
+        options = EngineOptions(
+            settings.model, base=base, layer_weights=layer_weights, decoder=decoder, decoder_passes=decoder_passes,
+            memory_mode=memory_mode, vae_tiling=vae_tiling, channels_last=channels_last, compile=compile,
+            warmup=warmup,
+        )  # fmt: skip
+        if settings.public_url is None:
+            logging.getLogger(__name__).warning(
+                "no --public-url: image URLs will point at %s; set it to the API's address", settings.base_url
+            )
+        run_worker(settings, options)
+    except (LayerDiffuseError, ValueError) as error:
+        raise _fail(str(error)) from None
+
+
+@app.command("signing-key")
+def signing_key(
+    path: Annotated[Path, typer.Argument(help="Where to write the new private key (PEM, mode 0600).")],
+) -> None:
+    """Create the ed25519 key that signs webhooks and upload tokens; give the same file to every API node."""
+    from .signing import generate_key_file, key_id
+
+    try:
+        key = generate_key_file(path)
+    except LayerDiffuseError as error:
+        raise _fail(str(error)) from None
+    console.print(
+        f"wrote [bold]{path}[/] (key id {key_id(key.public_key())}); set LAYERDIFFUSE_SIGNING_KEY_FILE={path}"
     )
 
 
@@ -277,17 +412,14 @@ keys_app = typer.Typer(help="Create, list and revoke API keys (stored hashed in 
 app.add_typer(keys_app, name="keys")
 
 
-def _open_store(data_dir: Path | None) -> Any:
+def _open_store(data_dir: Path | None, database_url: str | None) -> Any:
     from .store import open_store
 
-    settings = Settings(**({"data_dir": data_dir} if data_dir else {}))
+    settings = _settings(data_dir=data_dir, database_url=database_url)
     try:
         return open_store(settings.store_url)
     except LayerDiffuseError as error:
         raise _fail(str(error)) from None
-
-
-DataDirOption = Annotated[Path | None, typer.Option(help="The server's data directory.")]
 
 
 @keys_app.command("create")
@@ -295,25 +427,26 @@ def keys_create(
     name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "default",
     admin: Annotated[bool, typer.Option(help="May read every key's requests.")] = False,
     data_dir: DataDirOption = None,
+    database_url: DatabaseOption = None,
 ) -> None:
     """Create a key and print it (the only time it is shown)."""
     from .auth import issue_key
 
-    store = _open_store(data_dir)
+    store = _open_store(data_dir, database_url)
     issued = issue_key(store.keys, name, admin=admin)
     console.print(f"created key [bold]{issued.key.id}[/] ({name}{', admin' if admin else ''}); it is shown once:")
     typer.echo(issued.value)
 
 
 @keys_app.command("list")
-def keys_list(data_dir: DataDirOption = None) -> None:
+def keys_list(data_dir: DataDirOption = None, database_url: DatabaseOption = None) -> None:
     """List keys (ids and names; secrets are not stored)."""
     from datetime import datetime
 
     from rich.table import Table
 
     table = Table("id", "name", "admin", "created", "revoked")
-    for key in _open_store(data_dir).keys.all():
+    for key in _open_store(data_dir, database_url).keys.all():
         created = datetime.fromtimestamp(key.created_at).isoformat(timespec="seconds")
         revoked = datetime.fromtimestamp(key.revoked_at).isoformat(timespec="seconds") if key.revoked_at else ""
         table.add_row(key.id, key.name, "yes" if key.admin else "", created, revoked)
@@ -322,12 +455,14 @@ def keys_list(data_dir: DataDirOption = None) -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(
-    key_id: Annotated[str, typer.Argument(help="The key id (the part before ':').")], data_dir: DataDirOption = None
+    key_id: Annotated[str, typer.Argument(help="The key id (the part before ':').")],
+    data_dir: DataDirOption = None,
+    database_url: DatabaseOption = None,
 ) -> None:
     """Revoke a key: requests and uploads with it are refused from now on."""
     import time
 
-    if not _open_store(data_dir).keys.revoke(key_id.split(":")[0], time.time()):
+    if not _open_store(data_dir, database_url).keys.revoke(key_id.split(":")[0], time.time()):
         raise _fail(f"no active key with id {key_id!r}")
     console.print(f"revoked key [bold]{key_id.split(':')[0]}[/]")
 
@@ -335,6 +470,7 @@ def keys_revoke(
 @app.command()
 def status(
     data_dir: DataDirOption = None,
+    database_url: DatabaseOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Show the queue, running requests, workers and the last hour's outcomes, read from the server's store."""
@@ -343,7 +479,7 @@ def status(
 
     from .observability.status import collect_status, render_status
 
-    report = collect_status(_open_store(data_dir))
+    report = collect_status(_open_store(data_dir, database_url))
     if as_json:
         typer.echo(json.dumps(asdict(report), indent=2))
     else:

@@ -1,7 +1,10 @@
 """One exception tree for the whole product.
 
-    LayerDiffuseError                  base; carries an HTTP status and a fal error type
+    LayerDiffuseError                  base; carries an HTTP status, a fal error type, response headers
     ├── InvalidInputError              a request the engine cannot run as given (422)
+    ├── QueueFullError                 the queue is at its limit (429, with Retry-After)
+    ├── ServiceUnavailableError        nothing can run the request now (503)
+    ├── StoreError                     the database cannot be used (503)
     ├── WeightsError                   something wrong with model files (503)
     │   ├── MissingWeightsError        a file is neither on disk nor downloadable
     │   └── WeightFormatError          a file is there but its keys or shapes are wrong
@@ -13,7 +16,8 @@ written for the person who has to act on them.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, ClassVar
 
 
 class LayerDiffuseError(Exception):
@@ -21,6 +25,7 @@ class LayerDiffuseError(Exception):
 
     status_code: int = 500
     error_type: str = "internal_error"
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
@@ -40,6 +45,29 @@ class InvalidInputError(LayerDiffuseError):
         super().__init__(message)
         self.field = field
         self.location = location  # "body", "query" or "header": the first element of fal's ``loc``
+
+
+class QueueFullError(LayerDiffuseError):
+    """The queue is full; try again later."""
+
+    status_code = 429
+    error_type = "rate_limited"
+    #: Clients that honour it come back once a few requests have had time to finish.
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "10"}
+
+
+class ServiceUnavailableError(LayerDiffuseError):
+    """Nothing can run this request now."""
+
+    status_code = 503
+    error_type = "runner_scheduling_failure"
+
+
+class StoreError(LayerDiffuseError):
+    """The database cannot be used."""
+
+    status_code = 503
+    error_type = "internal_error"
 
 
 class WeightsError(LayerDiffuseError):
@@ -73,7 +101,23 @@ def validation_details(errors: list[dict[str, Any]], *, location: str | None = N
     for problem in errors:
         loc = [location, *problem["loc"]] if location else list(problem["loc"])
         detail = {"loc": loc, "msg": problem["msg"], "type": problem["type"]}
-        if isinstance(problem.get("input"), str | int | float | bool | None):
+        if is_plain_json_scalar(problem.get("input")):
             detail["input"] = problem["input"]
         details.append(detail)
     return details
+
+
+def is_plain_json_scalar(value: Any) -> bool:
+    """True for a value every JSON encoder writes and every reader reads back: no NaN or infinity,
+    no string with a lone surrogate (which has no UTF-8 form)."""
+    if value is None or isinstance(value, bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    return False

@@ -2,7 +2,8 @@
 
 Defaults are those of the hosted ``fal-ai/layer-diffusion`` endpoint; ``width``, ``height``
 and ``scheduler`` (and ``num_images`` in the library and CLI) are extensions whose defaults keep
-the hosted behaviour.
+the hosted behaviour. Validation is strict, as fal's schema is: ``0`` is not a boolean and ``"20"``
+is not an integer.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def random_seed() -> int:
 class LayerDiffusionInput(BaseModel):
     """The input of the ``fal-ai/layer-diffusion`` endpoint: one transparent image."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS, description="The prompt to generate from.")
     negative_prompt: str = Field(
@@ -63,6 +64,14 @@ class LayerDiffusionInput(BaseModel):
     def with_seed(self) -> Self:
         """This input with its seed fixed, so the run can be reported and repeated."""
         return self if self.seed is not None else self.model_copy(update={"seed": random_seed()})
+
+
+def batch_key(params: LayerDiffusionInput) -> str:
+    """What requests must share to be denoised in one batch: one sampler run, one latent shape.
+
+    Stored with each queued request, so a worker picks a batch in SQL without reading inputs.
+    """
+    return f"{params.width}x{params.height}:{params.num_inference_steps}:{params.scheduler}:{params.guidance_scale!r}"
 
 
 class GenerationParams(LayerDiffusionInput):

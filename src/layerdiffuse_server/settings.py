@@ -43,7 +43,28 @@ class Settings(BaseSettings):
         description="The server's database, stored files, signing key and TLS files.",
     )
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL of the request store; default: SQLite in the data directory."
+        default=None,
+        description="The store: sqlite:///path or postgresql://user:password@host:port/db; "
+        "default: SQLite in the data directory.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Where file bytes live: file:///path or s3://bucket/prefix (endpoint, region and "
+        "credentials from the AWS environment, e.g. AWS_ENDPOINT_URL); default: the data directory's files/.",
+    )
+    file_delivery: Literal["stream", "redirect"] = Field(
+        default="stream",
+        description="How /files/ URLs answer: stream the bytes through the API, or redirect to a "
+        "short-lived presigned URL of the object store (less API traffic; clients must reach the store).",
+    )
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="ed25519 private key (PEM) that signs webhooks, upload tokens and upload URLs; the same "
+        "file on every API node. Default (embedded server only): created in the data directory.",
+    )
+    signing_previous_key_files: list[Path] = Field(
+        default_factory=list,
+        description="Earlier keys (private or public PEM), still published and accepted during a rotation.",
     )
     host: str = Field(default="127.0.0.1", description="Address the HTTP and HTTPS listeners bind to.")
     port: int = Field(default=8080, ge=1, le=65535, description="Plain HTTP port.")
@@ -62,6 +83,9 @@ class Settings(BaseSettings):
         default=168.0, ge=0, description="Completed requests and their files are deleted after this; 0 keeps them."
     )
     max_upload_bytes: int = Field(default=50 * 2**20, ge=1, description="Largest accepted upload.")
+    max_upload_pixels: int = Field(
+        default=8192 * 8192, ge=1, description="Largest accepted image upload, in pixels (width × height)."
+    )
     max_queue_length: int = Field(default=1000, ge=1, description="Submissions beyond this many queued get 429.")
     max_batch_size: int = Field(
         default=4,
@@ -70,7 +94,24 @@ class Settings(BaseSettings):
         description="Queued requests of the same size, steps, sampler and guidance denoised together (1 = never).",
     )
     max_attempts: int = Field(
-        default=2, ge=1, description="Runs of a request interrupted by a server stop before it is marked failed."
+        default=2,
+        ge=1,
+        description="Runs of a request that may end with its worker lost while running it alone before it "
+        "fails with runner_disconnected (losses in a batch and graceful stops do not count).",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A worker silent for this long is taken for lost, and its requests run elsewhere.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        description="On SIGTERM: time for the running batch, sync runs and status streams to finish; "
+        "then the batch goes back to the queue and waiting answers end.",
+    )
+    worker_port: int = Field(
+        default=9090, ge=0, le=65535, description="Health and metrics port of `layerdiffuse worker` (0 = none)."
     )
     webhook_allowed_networks: list[str] = Field(
         default_factory=list,
@@ -94,6 +135,10 @@ class Settings(BaseSettings):
     @property
     def store_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'layerdiffuse.db'}"
+
+    @property
+    def blob_url(self) -> str:
+        return self.storage_url or (self.data_dir / "files").as_uri()
 
     @property
     def base_url(self) -> str:

@@ -8,12 +8,13 @@ import time
 import httpx
 import pytest
 
+from ..support.images import png_bytes
 from .conftest import ServerProcess, run_js
 
 pytestmark = pytest.mark.conformance
 
 SMALL = {"prompt": "a paper lantern", "width": 64, "height": 64, "num_inference_steps": 3}
-PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(200))
+PNG_BYTES = png_bytes()
 
 
 def test_run_returns_data_and_request_id(node: str, server: ServerProcess, api_key: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from layerdiffuse_server.signing import verify_signature
 
+from ..support.images import png_bytes
 from .conftest import ServerProcess, WebhookSink, python_client_env, run_python
 
 pytestmark = pytest.mark.conformance
@@ -93,7 +94,7 @@ def test_uploads_through_the_hard_coded_storage_hosts(
     server: ServerProcess, api_key: str, connect_proxy: str, tmp_path: Path
 ) -> None:
     image = tmp_path / "input.png"
-    image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    image.write_bytes(png_bytes((32, 32)))
     outcome = run_python("uploads", {"file": str(image)}, python_client_env(server, api_key, via_proxy=connect_proxy))
     assert outcome["ok"], outcome
     assert outcome["same_bytes"] == {"upload": True, "upload_file": True, "fallback": True}

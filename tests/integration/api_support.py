@@ -19,7 +19,12 @@ APP = "/fal-ai/layer-diffusion"
 
 
 def server_settings(settings: Settings, tmp_path: Path, **changes: object) -> Settings:
-    values = {"data_dir": tmp_path / "data", "public_url": "http://testserver", "webhook_allowed_networks": []}
+    values = {
+        "data_dir": tmp_path / "data",
+        "public_url": "http://testserver",
+        "webhook_allowed_networks": [],
+        "shutdown_grace_seconds": 2.0,
+    }
     return settings.model_copy(update=values | changes)
 
 

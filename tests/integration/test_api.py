@@ -15,10 +15,11 @@ from PIL import Image
 
 from layerdiffuse_server.api import Services, create_app
 from layerdiffuse_server.auth import issue_key
-from layerdiffuse_server.retention import sweep
+from layerdiffuse_server.lifecycle.retention import sweep
 from layerdiffuse_server.server.bootstrap import build_services
 from layerdiffuse_server.settings import Settings
 
+from ..support.images import png_bytes
 from .api_support import APP, SMALL, server_settings, wait_completed
 
 
@@ -149,7 +150,7 @@ def test_start_timeout_expires_a_request_that_waited_too_long(idle_client: TestC
     submitted = idle_client.post(f"/queue{APP}", json=SMALL, headers={"X-Fal-Request-Timeout": "1.5"}).json()
     time.sleep(1.6)
     services: Services = idle_client.app.state.services  # type: ignore[attr-defined]
-    services.store.requests.expire_start_deadlines(time.time())
+    services.manager.expire_deadlines()
     result = idle_client.get(f"/queue{APP}/requests/{submitted['request_id']}")
     assert result.status_code == 504 and result.headers["x-fal-request-timeout-type"] == "user"
     assert result.json()["error_type"] == "request_timeout"
@@ -192,7 +193,7 @@ def test_webhook_targets_on_private_networks_are_refused(idle_client: TestClient
 
 
 def test_storage_initiate_and_put_is_single_use_and_checked(idle_client: TestClient) -> None:
-    data = b"\x89PNG\r\n\x1a\n" + bytes(range(64))  # sniffed by signature only
+    data = png_bytes()
     initiate = idle_client.post(
         "/rest/storage/upload/initiate", json={"file_name": "../../a b.png", "content_type": "image/png"}
     )
@@ -219,12 +220,14 @@ def test_storage_token_upload_and_size_limit(settings: Settings, tmp_path: Path)
         key = issue_key(limited.store.keys, "tests").value
         token = client.post("/rest/storage/auth/token", headers={"Authorization": f"Key {key}"}).json()
         assert token["token_type"] == "Bearer" and token["expires_at"].endswith("+00:00")
-        bearer = {"Authorization": f"Bearer {token['token']}", "Content-Type": "text/plain"}
-        uploaded = client.post("/cdn/files/upload", content=b"hello", headers=bearer | {"X-Fal-File-Name": "a.txt"})
-        assert uploaded.status_code == 200 and uploaded.json()["access_url"].endswith("/a.txt")
+        bearer = {"Authorization": f"Bearer {token['token']}", "Content-Type": "image/png"}
+        small = png_bytes((1, 1))
+        assert len(small) <= 100
+        uploaded = client.post("/cdn/files/upload", content=small, headers=bearer | {"X-Fal-File-Name": "a.png"})
+        assert uploaded.status_code == 200 and uploaded.json()["access_url"].endswith("/a.png")
         assert client.post("/cdn/files/upload", content=b"x" * 101, headers=bearer).status_code == 413
-        forged = {"Authorization": "Bearer " + token["token"][:-4] + "AAAA", "Content-Type": "text/plain"}
-        assert client.post("/cdn/files/upload", content=b"hello", headers=forged).status_code == 401
+        forged = {"Authorization": "Bearer " + token["token"][:-4] + "AAAA", "Content-Type": "image/png"}
+        assert client.post("/cdn/files/upload", content=small, headers=forged).status_code == 401
 
 
 def test_openapi_documents_the_endpoint_schema(idle_client: TestClient) -> None:
@@ -243,8 +246,9 @@ def test_retention_deletes_old_requests_with_their_files(client: TestClient, ser
     output = client.post(f"/run{APP}", json=SMALL).json()
     file_path = output["image"]["url"].removeprefix("http://testserver")
     assert client.get(file_path).status_code == 200
-    assert sweep(services, now=time.time() + 3600) == (0, 0)  # well inside the retention period
-    requests_deleted, files_deleted = sweep(services, now=time.time() + 200 * 3600)
+    hours = services.settings.retention_hours
+    assert sweep(services.store, services.blobs, hours, now=time.time() + 3600) == (0, 0)  # inside retention
+    requests_deleted, files_deleted = sweep(services.store, services.blobs, hours, now=time.time() + 200 * 3600)
     assert requests_deleted >= 1 and files_deleted >= 1
     assert client.get(file_path).status_code == 404
 
@@ -257,7 +261,7 @@ def test_a_model_that_fails_to_load_is_reported_not_waited_for(settings: Setting
     with TestClient(create_app(broken)) as client:
         client.headers["Authorization"] = f"Key {issue_key(broken.store.keys, 'tests').value}"
         deadline = time.monotonic() + 10
-        while broken.worker is not None and broken.worker.load_error is None:
+        while broken.local_worker is not None and broken.local_worker.load_error is None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         ready = client.get("/readyz")

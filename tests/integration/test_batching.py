@@ -36,13 +36,11 @@ def queue_only(settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient,
 
 def hand_worker(services: Services, pipeline: object, max_batch_size: int) -> GenerationWorker:
     worker = GenerationWorker(
-        services.store,
+        services.manager,
         services.blobs,
         lambda: pipeline,  # type: ignore[arg-type, return-value]
-        events=services.events,
         base_url=services.base_url,
         model_name="tiny",
-        on_completed=services.request_finished,
         max_batch_size=max_batch_size,
     )
     worker.engine = pipeline  # type: ignore[assignment]

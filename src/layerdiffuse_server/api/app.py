@@ -1,22 +1,32 @@
-"""``create_app(services)``: the FastAPI application and the background tasks that live with it."""
+"""``create_app(services)``: the FastAPI application and the background work that lives with it
+(webhook delivery, housekeeping, and in the embedded mode the worker)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
+import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from .. import __version__
-from ..retention import run_retention
+from ..schemas import LayerDiffusionInput
+from ..store.contracts import Notice, NoticeKind
 from . import gallery_routes, operations_routes, playground_routes, queue_routes, run_routes, storage_routes
 from .access_log import AccessLog
 from .errors import install_error_handlers
 from .hosts import FalHostRouting
+from .security_headers import SecurityHeaders
 from .services import APP_ID, Services, ServicesDep
+
+logger = logging.getLogger(__name__)
 
 DESCRIPTION = f"""Self-hosted **{APP_ID}**: SDXL + LayerDiffuse, prompt → transparent RGBA PNG.
 
@@ -27,24 +37,69 @@ The run and queue routes are also reachable under fal's host names (`Host: fal.r
 """
 
 
+def begin_drain(services: Services) -> None:
+    """The first moment of a graceful stop: waiting answers get ``shutdown_grace_seconds``, and this
+    process's worker claims nothing more (its batch in hand goes on)."""
+    if services.draining.started:
+        return
+    grace = services.settings.shutdown_grace_seconds
+    logger.info("stopping: waiting answers and the running batch get %.0f s", grace)
+    services.draining.begin(grace)
+    services.events.wake_all()
+    if services.local_worker is not None:
+        services.local_worker.begin_stop()
+
+
+async def _housekeeping(services: Services) -> None:
+    while True:
+        await anyio.to_thread.run_sync(services.housekeeper.tick)
+        await asyncio.sleep(services.housekeeper.interval)
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
     services.events.bind(asyncio.get_running_loop())
-    tasks = []
-    if services.worker is not None:
-        services.worker.start()
-    if services.deliverer is not None:
-        tasks.append(asyncio.create_task(services.deliverer.run(), name="webhooks"))
-    tasks.append(asyncio.create_task(run_retention(services), name="retention"))
+    tasks = [asyncio.create_task(_housekeeping(services), name="housekeeping")]
+    unsubscribe = None
+    deliverer = services.deliverer
+    if deliverer is not None:
+
+        def completed(notice: Notice) -> None:
+            if notice.kind in (NoticeKind.COMPLETED, NoticeKind.RESYNC):
+                deliverer.wake()
+
+        unsubscribe = services.manager.subscribe(completed)
+        tasks.append(asyncio.create_task(deliverer.run(), name="webhooks"))
+    if services.local_worker is not None:
+        services.local_worker.start()
     try:
         yield
     finally:
+        begin_drain(services)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if services.worker is not None:
-            await asyncio.to_thread(services.worker.stop)
+        if unsubscribe is not None:
+            unsubscribe()
+        if services.local_worker is not None:
+            await anyio.to_thread.run_sync(services.local_worker.stop, services.draining.timeout(float("inf")))
+        services.events.close()
+
+
+#: Bodies that routes read themselves (strictly, see :mod:`.bodies`), so FastAPI does not see them.
+SELF_READ_BODIES: tuple[type[BaseModel], ...] = (LayerDiffusionInput, storage_routes.InitiateUpload)
+
+
+def _openapi_with_body_schemas(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the schemas of the bodies the routes refer to by ``$ref``."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in SELF_READ_BODIES:
+            schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        app.openapi_schema = document
+    return app.openapi_schema
 
 
 def create_app(services: Services) -> FastAPI:
@@ -55,6 +110,7 @@ def create_app(services: Services) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.services = services
+    app.openapi = lambda: _openapi_with_body_schemas(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.include_router(run_routes.router)
     app.include_router(queue_routes.router)
@@ -65,7 +121,7 @@ def create_app(services: Services) -> FastAPI:
 
     @app.get("/.well-known/jwks.json", tags=["webhooks"], summary="Public keys that sign webhooks")
     async def jwks(services: ServicesDep) -> JSONResponse:
-        return JSONResponse(services.signing_key.jwks(), headers={"Cache-Control": "public, max-age=3600"})
+        return JSONResponse(services.signing_keys.jwks(), headers={"Cache-Control": "public, max-age=3600"})
 
     app.add_middleware(FalHostRouting, app_owners=(APP_ID.split("/")[0],))
     app.add_middleware(
@@ -75,5 +131,6 @@ def create_app(services: Services) -> FastAPI:
         allow_headers=["*"],
         expose_headers=["x-fal-request-id", "x-fal-error-type"],
     )
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(AccessLog)
     return app

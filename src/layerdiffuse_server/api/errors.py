@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,6 +16,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InvalidInputError, LayerDiffuseError, validation_details
+from ..lifecycle.outcomes import error_body
+
+logger = logging.getLogger(__name__)
 
 ERROR_TYPES_BY_STATUS = {
     400: "bad_request",
@@ -30,11 +34,9 @@ ERROR_TYPES_BY_STATUS = {
 
 
 def fal_error(status_code: int, detail: Any, error_type: str | None = None, **headers: str) -> JSONResponse:
-    body: dict[str, Any] = {"detail": detail}
     if error_type:
-        body["error_type"] = error_type
         headers = {"X-Fal-Error-Type": error_type, **headers}
-    return JSONResponse(body, status_code=status_code, headers=headers)
+    return JSONResponse(error_body(detail, error_type), status_code=status_code, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -45,7 +47,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LayerDiffuseError)
     async def _ours(_request: Request, error: LayerDiffuseError) -> JSONResponse:
-        return fal_error(error.status_code, error.message, error.error_type)
+        return fal_error(error.status_code, error.message, error.error_type, **error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -59,3 +61,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
         error_type = ERROR_TYPES_BY_STATUS.get(error.status_code)
         return fal_error(error.status_code, error.detail, error_type, **(error.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+        logger.error("unhandled error", exc_info=error)
+        return fal_error(500, "Internal server error", "internal_error")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from ..store.contracts import RequestRecord
-from .payloads import request_urls, utc_stamp
+from .payloads import error_responses, request_urls, utc_stamp
 from .services import KeyDep, ServicesDep
 
 router = APIRouter(tags=["requests"])
@@ -49,10 +49,15 @@ def summary(record: RequestRecord, queue_base: str) -> RequestSummary:
     )
 
 
-@router.get("/api/requests", summary="This key's recent requests, newest first", response_model=RequestList)
+@router.get(
+    "/api/requests",
+    summary="This key's recent requests, newest first",
+    response_model=RequestList,
+    responses=error_responses(401, 422),
+)
 async def recent_requests(
     request: Request, services: ServicesDep, key: KeyDep, limit: Annotated[int, Query(ge=1, le=200)] = 24
 ) -> RequestList:
-    records = await anyio.to_thread.run_sync(services.store.requests.recent_for_key, key.id, limit)
+    records = await anyio.to_thread.run_sync(services.manager.recent, key.id, limit)
     queue_base = f"{str(request.base_url).rstrip('/')}/queue"
     return RequestList(requests=[summary(record, queue_base) for record in records])

@@ -17,24 +17,33 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Ready for work: the model is loaded and the store is writable")
+@router.get(
+    "/readyz",
+    summary="Ready for work: the store and file store are writable (and this process's model loaded)",
+    responses={503: {"description": "Not ready; `problems` says why"}},
+)
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """503 until the model has loaded (or forever, with the reason, if it failed to)."""
-    worker = services.worker
+    """503 while something this process needs is missing: the database or the file store, and in the
+    embedded mode the model (until it has loaded, or for good, with the reason, if it failed to).
+    An API node without a worker is ready without a model: requests wait for workers in the queue."""
+    worker = services.local_worker
+    names = ["database", "files"]
     problems: dict[str, str] = {}
-    if worker is None:
-        problems["model"] = "this process runs no worker"
-    elif worker.load_error is not None:
-        problems["model"] = f"failed to load: {worker.load_error}"
-    elif not worker.ready:
-        problems["model"] = "loading"
-    try:
-        await anyio.to_thread.run_sync(services.store.check_writable)
-    except Exception as error:
-        problems["database"] = f"not writable: {error}"
-    if not await anyio.to_thread.run_sync(services.blobs.writable):
-        problems["files"] = "the file store is not writable"
-    checks = {name: name not in problems for name in ("model", "database", "files")}
+    if worker is not None:
+        names.insert(0, "model")
+        if worker.load_error is not None:
+            problems["model"] = f"failed to load: {worker.load_error}"
+        elif not worker.ready:
+            problems["model"] = "loading"
+    if services.draining.started:
+        problems["shutdown"] = "this process is stopping"
+        names.append("shutdown")
+    for name, check in (("database", services.store.check_writable), ("files", services.blobs.check_writable)):
+        try:
+            await anyio.to_thread.run_sync(check)
+        except Exception as error:
+            problems[name] = f"not writable: {error}"
+    checks = {name: name not in problems for name in names}
     body: dict[str, object] = {"status": "not ready" if problems else "ready", "checks": checks}
     if problems:
         body["problems"] = problems

@@ -1,34 +1,97 @@
-"""Reading request bodies and writing fal's queue documents (submit, status, log entries)."""
+"""fal's queue documents (submit, status, log entries, cancel) and error bodies, as pydantic models
+that the OpenAPI document publishes, plus the functions that write them."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import Request
+from pydantic import BaseModel, Field
 
-from ..errors import InvalidInputError
 from ..store.contracts import LogEntry, RequestRecord, RequestState
 from .services import APP_ID
 
-MAX_BODY_BYTES = 1 * 2**20
+QueueState = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
 
 
-async def read_json_object(request: Request) -> dict[str, Any]:
-    """The JSON object in the body; an empty body is ``{}`` (the JS client sends none without input)."""
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise InvalidInputError(f"request body larger than {MAX_BODY_BYTES} bytes")
-    if not body.strip():
-        return {}
-    try:
-        value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InvalidInputError(f"the body is not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise InvalidInputError("the body must be a JSON object with the endpoint's input fields")
-    return value
+class ErrorBody(BaseModel):
+    """Every error but input validation: fal's request-error shape."""
+
+    detail: str
+    error_type: str | None = None
+
+
+class ValidationProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+
+
+class ValidationErrorBody(BaseModel):
+    """422: what is wrong with which field (``loc`` starts at ``body``, ``query`` or ``header``)."""
+
+    detail: list[ValidationProblem]
+
+
+class LogLine(BaseModel):
+    message: str
+    level: str
+    source: Literal["USER"] = "USER"
+    timestamp: str = Field(description="ISO 8601, UTC")
+
+
+class RequestUrls(BaseModel):
+    request_id: str
+    response_url: str
+    status_url: str
+    cancel_url: str
+
+
+class Submitted(RequestUrls):
+    status: QueueState
+    queue_position: int
+    gateway_request_id: str
+
+
+class QueueStatus(RequestUrls):
+    """202 while queued or running, 200 once completed (then ``error`` tells a failure)."""
+
+    status: QueueState
+    logs: list[LogLine] | None = Field(description="Present (null without ?logs=1): fal_client needs the key")
+    queue_position: int | None = Field(default=None, description="Requests ahead of this one (IN_QUEUE only)")
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+class CancelAnswer(BaseModel):
+    status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"]
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for fal-format errors with these status codes."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        model = ValidationErrorBody if code == 422 else ErrorBody
+        documented[code] = {"model": model, "description": _ERROR_DESCRIPTIONS.get(code, "Error")}
+    return documented
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Bad request",
+    401: "Missing or invalid API key",
+    403: "Forbidden",
+    404: "Not found (or another key's)",
+    413: "Body too large",
+    415: "Content type not accepted",
+    422: "Invalid input",
+    429: "Queue full (see Retry-After)",
+    499: "Cancelled",
+    500: "Failed while running",
+    503: "Unavailable (model not loaded, store unreachable, shutting down)",
+    504: "Timed out before it started",
+}
 
 
 def request_urls(fal_base: str, request_id: str) -> dict[str, str]:

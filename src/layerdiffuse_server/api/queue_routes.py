@@ -11,23 +11,30 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..events import wait_for_change
+from ..lifecycle import wait_for_change
+from ..schemas import LayerDiffusionOutput
 from ..store.contracts import ApiKey, CancelOutcome, RequestRecord, RequestState
-from .admission import admit, validate_input
+from .admission import admit
+from .bodies import read_json_object
 from .errors import fal_error
-from .payloads import read_json_object, request_urls, status_document, wants_logs
+from .payloads import (
+    CancelAnswer,
+    QueueStatus,
+    Submitted,
+    error_responses,
+    request_urls,
+    status_document,
+    wants_logs,
+)
 from .services import APP_ID, KeyDep, Services, ServicesDep
 
 router = APIRouter(prefix=f"/queue/{APP_ID}", tags=["queue"])
-
-#: Status streams and sync runs re-read the store this often even without a wake-up, so queue
-#: positions move and changes made by other processes are seen.
-POLL_SECONDS = 0.5
 
 INPUT_SCHEMA = {"$ref": "#/components/schemas/LayerDiffusionInput"}
 SUBMIT_DOC = {
     "requestBody": {"content": {"application/json": {"schema": INPUT_SCHEMA}}, "required": False},
 }
+LogsQuery = Annotated[str | None, Query(description="1/true to include log lines (0/false without)")]
 
 
 def fal_base(request: Request) -> str:
@@ -44,12 +51,8 @@ def result_response(record: RequestRecord) -> JSONResponse:
     return JSONResponse(record.response, status_code=record.status_code or 500, headers=headers)
 
 
-async def owned_request(services: Services, key: ApiKey, request_id: str) -> RequestRecord | None:
-    """The request if this key may see it; another key's request is reported as not found."""
-    record = await anyio.to_thread.run_sync(services.store.requests.get, request_id)
-    if record is None or (record.key_id != key.id and not key.admin):
-        return None
-    return record
+async def visible_request(services: Services, key: ApiKey, request_id: str) -> RequestRecord | None:
+    return await anyio.to_thread.run_sync(services.manager.visible_to, key, request_id)
 
 
 def not_found(request_id: str) -> JSONResponse:
@@ -59,25 +62,29 @@ def not_found(request_id: str) -> JSONResponse:
 async def _submit(request: Request, services: Services, key: ApiKey, fal_webhook: str | None) -> JSONResponse:
     raw_input = await read_json_object(request)
     record = await anyio.to_thread.run_sync(
-        lambda: admit(
-            services,
-            key.id,
-            raw_input,
-            request.headers,
-            webhook_url=fal_webhook,
-            invalid_input=validate_input(raw_input),
-        )
+        lambda: admit(services, key.id, raw_input, request.headers, webhook_url=fal_webhook)
     )
-    position = await anyio.to_thread.run_sync(services.store.requests.queue_position, record)
+    position = await anyio.to_thread.run_sync(services.manager.queue_position, record)
     base = fal_base(request)
     body: dict[str, Any] = {"status": record.state.value, "request_id": record.id, **request_urls(base, record.id)}
     body |= {"queue_position": position if record.state is RequestState.QUEUED else 0, "gateway_request_id": record.id}
     return JSONResponse(body, headers={"x-fal-request-id": record.id})
 
 
-@router.post("", summary="Submit a request to the queue", openapi_extra=SUBMIT_DOC)
+WebhookQuery = Annotated[
+    str | None, Query(max_length=2048, description="URL to POST fal's webhook payload to when the request completes")
+]
+
+
+@router.post(
+    "",
+    summary="Submit a request to the queue",
+    openapi_extra=SUBMIT_DOC,
+    response_model=Submitted,
+    responses=error_responses(401, 413, 422, 429, 503),
+)
 async def submit(
-    request: Request, services: ServicesDep, key: KeyDep, fal_webhook: Annotated[str | None, Query()] = None
+    request: Request, services: ServicesDep, key: KeyDep, fal_webhook: WebhookQuery = None
 ) -> JSONResponse:
     """Queue a request. Input errors surface at result time (status COMPLETED with an error), as on fal."""
     return await _submit(request, services, key, fal_webhook)
@@ -85,21 +92,25 @@ async def submit(
 
 @router.post("/{subpath:path}", include_in_schema=False)
 async def submit_subpath(
-    subpath: str,
-    request: Request,
-    services: ServicesDep,
-    key: KeyDep,
-    fal_webhook: Annotated[str | None, Query()] = None,
+    subpath: str, request: Request, services: ServicesDep, key: KeyDep, fal_webhook: WebhookQuery = None
 ) -> JSONResponse:
+    if subpath == "requests" or subpath.startswith("requests/"):
+        # The request routes are GET and PUT; a POST there is a mistake, not a submission.
+        return fal_error(405, "Method not allowed", "bad_request", Allow="GET, PUT")
     return await _submit(request, services, key, fal_webhook)
 
 
-@router.get("/requests/{request_id}/status", summary="Status of a request")
+@router.get(
+    "/requests/{request_id}/status",
+    summary="Status of a request",
+    response_model=QueueStatus,
+    responses={202: {"model": QueueStatus, "description": "Queued or running"}, **error_responses(401, 404, 422)},
+)
 async def status(
-    request_id: str, request: Request, services: ServicesDep, key: KeyDep, logs: str | None = None
+    request_id: str, request: Request, services: ServicesDep, key: KeyDep, logs: LogsQuery = None
 ) -> JSONResponse:
     """202 while queued or in progress, 200 when completed; ``?logs=1`` includes the log lines."""
-    record = await owned_request(services, key, request_id)
+    record = await visible_request(services, key, request_id)
     if record is None:
         return not_found(request_id)
     document, _ = await anyio.to_thread.run_sync(_document, services, record, fal_base(request), wants_logs(logs), 0)
@@ -111,18 +122,32 @@ def _document(
     services: Services, record: RequestRecord, base: str, with_logs: bool, after_seq: int
 ) -> tuple[dict[str, Any], int]:
     """The status document (logs after ``after_seq`` only) and the last log sequence number in it."""
-    position = services.store.requests.queue_position(record) if record.state is RequestState.QUEUED else None
-    logs = services.store.requests.logs(record.id, after_seq) if with_logs else None
+    position = services.manager.queue_position(record) if record.state is RequestState.QUEUED else None
+    logs = services.manager.logs(record.id, after_seq) if with_logs else None
     last_seq = logs[-1].seq if logs else after_seq
     return status_document(record, base, queue_position=position, logs=logs), last_seq
 
 
-@router.get("/requests/{request_id}/status/stream", summary="Status of a request as server-sent events")
+STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-sent events: one `data:` status document per change, `COMPLETED` last",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **error_responses(401, 404, 422),
+}
+
+
+@router.get(
+    "/requests/{request_id}/status/stream",
+    summary="Status of a request as server-sent events",
+    response_class=StreamingResponse,
+    responses=STREAM_DOC,
+)
 async def status_stream(
-    request_id: str, request: Request, services: ServicesDep, key: KeyDep, logs: str | None = None
+    request_id: str, request: Request, services: ServicesDep, key: KeyDep, logs: LogsQuery = None
 ) -> Response:
     """One event per change carrying only new log lines; the stream ends after the COMPLETED event."""
-    record = await owned_request(services, key, request_id)
+    record = await visible_request(services, key, request_id)
     if record is None:
         return not_found(request_id)
     return StreamingResponse(
@@ -133,13 +158,15 @@ async def status_stream(
 
 
 async def _status_events(services: Services, request_id: str, base: str, with_logs: bool) -> AsyncIterator[str]:
+    """Events until COMPLETED; when the server stops, the stream ends at the drain deadline with the
+    status as it stands (the request itself lives on in the queue)."""
     keepalive = services.settings.sse_keepalive_seconds
     last_log_seq = 0
     last_sent: tuple[Any, ...] | None = None
     last_write = time.monotonic()
     async with services.events.watch(request_id) as changed:
         while True:
-            record = await anyio.to_thread.run_sync(services.store.requests.get, request_id)
+            record = await anyio.to_thread.run_sync(services.manager.get, request_id)
             if record is None:  # deleted by retention while streaming
                 return
             document, seq = await anyio.to_thread.run_sync(_document, services, record, base, with_logs, last_log_seq)
@@ -148,18 +175,23 @@ async def _status_events(services: Services, request_id: str, base: str, with_lo
             if new_logs or fingerprint != last_sent:
                 yield f"data: {json.dumps(document)}\n\n"
                 last_sent, last_write = fingerprint, time.monotonic()
-            if record.state is RequestState.COMPLETED:
+            if record.state is RequestState.COMPLETED or services.draining.expired():
                 return
             if time.monotonic() - last_write >= keepalive:
                 yield ": keep-alive\n\n"
                 last_write = time.monotonic()
-            await wait_for_change(changed, min(POLL_SECONDS, keepalive))
+            await wait_for_change(changed, services.draining.timeout(min(services.events.poll_seconds, keepalive)))
 
 
-@router.get("/requests/{request_id}", summary="Result of a completed request")
+@router.get(
+    "/requests/{request_id}",
+    summary="Result of a completed request",
+    response_model=LayerDiffusionOutput,
+    responses=error_responses(400, 401, 404, 422, 499, 500, 503, 504),
+)
 async def result(request_id: str, services: ServicesDep, key: KeyDep) -> JSONResponse:
     """The output (200), or the error the request ended with (its own status and body)."""
-    record = await owned_request(services, key, request_id)
+    record = await visible_request(services, key, request_id)
     if record is None:
         return not_found(request_id)
     if record.state is not RequestState.COMPLETED:
@@ -167,35 +199,25 @@ async def result(request_id: str, services: ServicesDep, key: KeyDep) -> JSONRes
     return result_response(record)
 
 
-@router.put("/requests/{request_id}/cancel", summary="Cancel a request")
+@router.put(
+    "/requests/{request_id}/cancel",
+    summary="Cancel a request",
+    status_code=202,
+    response_model=CancelAnswer,
+    responses={
+        400: {"model": CancelAnswer, "description": "Already completed"},
+        404: {"model": CancelAnswer, "description": "Not found (or another key's)"},
+        **error_responses(401),
+    },
+)
 async def cancel(request_id: str, services: ServicesDep, key: KeyDep) -> JSONResponse:
     """A queued request never runs; a running one stops between denoising steps."""
-    record = await owned_request(services, key, request_id)
+    record = await visible_request(services, key, request_id)
     if record is None:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
-    outcome = await anyio.to_thread.run_sync(services.store.requests.request_cancel, request_id, time.time())
+    outcome = await anyio.to_thread.run_sync(services.manager.cancel, request_id)
     if outcome is CancelOutcome.ALREADY_COMPLETED:
         return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
     if outcome is CancelOutcome.NOT_FOUND:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
-    if outcome is CancelOutcome.CANCELLED:
-        await anyio.to_thread.run_sync(services.request_finished, request_id)
-    else:
-        services.events.publish(request_id)
     return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
-
-
-async def wait_until_completed(
-    services: Services, request_id: str, request: Request | None = None
-) -> RequestRecord | None:
-    """Block (asynchronously) until the request completes; cancel it if the HTTP client goes away."""
-    async with services.events.watch(request_id, logs=False) as changed:
-        while True:
-            record = await anyio.to_thread.run_sync(services.store.requests.get, request_id)
-            if record is None or record.state is RequestState.COMPLETED:
-                return record
-            if request is not None and await request.is_disconnected():
-                await anyio.to_thread.run_sync(services.store.requests.request_cancel, request_id, time.time())
-                services.request_finished(request_id)
-                return None
-            await wait_for_change(changed, POLL_SECONDS)

@@ -1,49 +1,78 @@
 """The synchronous run (``fal.run`` / ``fal_client.run``): queued like any request, answered when done.
 
-Going through the queue keeps one GPU worker in charge of ordering, priorities and cancellation;
-the HTTP call only waits. A client that hangs up cancels its request.
+Going through the queue keeps the workers in charge of ordering, priorities and cancellation; the
+HTTP call only waits. A client that hangs up cancels its request. When the server stops, a run
+still waiting at the drain deadline is cancelled and answered 503, since nobody could fetch its
+result once this connection is gone.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import anyio
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from ..lifecycle import outcomes, wait_for_change
 from ..schemas import LayerDiffusionInput, LayerDiffusionOutput
+from ..store.contracts import RequestRecord, RequestState
 from .admission import admit
+from .bodies import read_json_object
 from .errors import fal_error
-from .queue_routes import result_response, wait_until_completed
-from .services import APP_ID, KeyDep, ServicesDep
+from .payloads import error_responses
+from .queue_routes import SUBMIT_DOC, result_response
+from .services import APP_ID, KeyDep, Services, ServicesDep
 
 router = APIRouter(prefix=f"/run/{APP_ID}", tags=["run"])
 
-InputBody = Annotated[LayerDiffusionInput | None, Body()]
 
-
-async def _run(request: Request, services: ServicesDep, key: KeyDep, body: LayerDiffusionInput | None) -> JSONResponse:
-    raw_input = body.model_dump(mode="json", exclude_unset=True) if body is not None else {}
-    record = await anyio.to_thread.run_sync(lambda: admit(services, key.id, raw_input, request.headers, mode="sync"))
-    final = await wait_until_completed(services, record.id, request)
+async def _run(request: Request, services: Services, key_id: str) -> JSONResponse:
+    raw_input = await read_json_object(request)
+    LayerDiffusionInput.model_validate(raw_input)  # invalid input: 422 now, nothing stored
+    record = await anyio.to_thread.run_sync(lambda: admit(services, key_id, raw_input, request.headers, mode="sync"))
+    final = await wait_for_result(services, record, request)
     if final is None:
         return fal_error(499, "The client disconnected; the request was cancelled", "client_disconnected")
+    if final.state is not RequestState.COMPLETED:
+        return fal_error(503, "The server is shutting down; the request was cancelled", "runner_disconnected")
     return result_response(final)
+
+
+async def wait_for_result(services: Services, record: RequestRecord, request: Request) -> RequestRecord | None:
+    """The request once completed; None if the client went away (the request is then cancelled).
+
+    While the server drains, the wait ends at the deadline, or at once when this process's own
+    worker has stopped and the request is still queued (nothing here will run it); the request is
+    cancelled and returned as it stands.
+    """
+    request_id = record.id
+    async with services.events.watch(request_id, logs=False) as changed:
+        while True:
+            current = await anyio.to_thread.run_sync(services.manager.get, request_id)
+            if current is None or current.state is RequestState.COMPLETED:
+                return current
+            if await request.is_disconnected():
+                await anyio.to_thread.run_sync(services.manager.cancel, request_id, outcomes.client_disconnected())
+                return None
+            worker = services.local_worker
+            stranded = worker is not None and worker.stopped and current.state is RequestState.QUEUED
+            if services.draining.expired() or (services.draining.started and stranded):
+                await anyio.to_thread.run_sync(services.manager.cancel, request_id)
+                return current
+            await wait_for_change(changed, services.draining.timeout(services.events.poll_seconds))
 
 
 @router.post(
     "",
     summary="Generate a transparent image and wait for it",
-    responses={200: {"model": LayerDiffusionOutput}},
+    openapi_extra=SUBMIT_DOC,
+    response_model=LayerDiffusionOutput,
+    responses=error_responses(401, 413, 422, 429, 500, 503, 504),
 )
-async def run(request: Request, services: ServicesDep, key: KeyDep, body: InputBody = None) -> JSONResponse:
+async def run(request: Request, services: ServicesDep, key: KeyDep) -> JSONResponse:
     """Run the model and answer with its output; invalid input is answered with 422 at once."""
-    return await _run(request, services, key, body)
+    return await _run(request, services, key.id)
 
 
 @router.post("/{subpath:path}", include_in_schema=False)
-async def run_subpath(
-    subpath: str, request: Request, services: ServicesDep, key: KeyDep, body: InputBody = None
-) -> JSONResponse:
-    return await _run(request, services, key, body)
+async def run_subpath(subpath: str, request: Request, services: ServicesDep, key: KeyDep) -> JSONResponse:
+    return await _run(request, services, key.id)

@@ -1,58 +1,88 @@
-"""What the routes work with, built once per process and reached through ``request.app.state.services``."""
+"""What the routes work with, built once per process and reached through ``request.app.state.services``.
+
+Nothing here imports torch: an API node runs on a host without it. In the embedded mode the
+process also runs a worker, which the API only knows through :class:`LocalWorker`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Protocol
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
 
 from ..auth import authenticate
-from ..events import RequestEvents
 from ..files import BlobStore
+from ..lifecycle import Housekeeper, RequestEvents, RequestManager
 from ..observability import Metrics
 from ..settings import Settings
-from ..signing import SigningKey
-from ..store.contracts import ApiKey, Store
+from ..signing import SigningKeys
+from ..store.contracts import ApiKey, Store, WorkerState
 from ..webhooks.delivery import WebhookDeliverer
-from ..worker import GenerationWorker
+from ..webhooks.targets import IPNetwork
+from .draining import Draining
 
 APP_ID = "fal-ai/layer-diffusion"
+
+
+class LocalWorker(Protocol):
+    """A worker in this process (``layerdiffuse serve``): started and stopped with the API."""
+
+    worker_id: str
+    model_name: str
+    load_error: BaseException | None
+
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def stopped(self) -> bool: ...
+    @property
+    def state(self) -> WorkerState: ...
+    def start(self) -> None: ...
+    def begin_stop(self) -> None: ...
+    def stop(self, grace_seconds: float | None = None) -> None: ...
 
 
 @dataclass
 class Services:
     settings: Settings
-    store: Store
+    manager: RequestManager
     blobs: BlobStore
-    signing_key: SigningKey
+    signing_keys: SigningKeys
     metrics: Metrics
-    events: RequestEvents = field(default_factory=RequestEvents)
-    worker: GenerationWorker | None = None
+    housekeeper: Housekeeper
+    events: RequestEvents
     deliverer: WebhookDeliverer | None = None
-    webhook_networks: list[Any] = field(default_factory=list)
+    local_worker: LocalWorker | None = None
+    webhook_networks: list[IPNetwork] = field(default_factory=list)
+    draining: Draining = field(default_factory=Draining)
+
+    @property
+    def store(self) -> Store:
+        return self.manager.store
 
     @property
     def base_url(self) -> str:
         return self.settings.base_url
-
-    def request_finished(self, request_id: str) -> None:
-        """A request completed (any way): count it, wake its waiters and the webhook deliverer."""
-        record = self.store.requests.get(request_id)
-        if record is not None and record.status_code is not None:
-            self.metrics.observe_completed(record.status_code, record.error_type)
-        self.events.publish(request_id)
-        if self.deliverer is not None:
-            self.deliverer.wake()
 
 
 def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
+#: Declared as the API's security scheme, so the docs page can "Authorize" and tools send the key.
+api_key_header = APIKeyHeader(
+    name="Authorization",
+    scheme_name="FalKey",
+    description="`Key <key id>:<secret>`, as fal's clients send `FAL_KEY`",
+    auto_error=False,
+)
+
+
 def current_key(
     services: Annotated[Services, Depends(get_services)],
-    authorization: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Security(api_key_header)] = None,
 ) -> ApiKey:
     """The caller's API key (``Authorization: Key <id>:<secret>``); 401 in fal's shape otherwise."""
     return authenticate(services.store.keys, authorization)

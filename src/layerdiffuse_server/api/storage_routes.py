@@ -5,44 +5,51 @@
 - JS ``fal.storage.upload`` and Python's fallback: ``POST /rest/storage/upload/initiate`` →
   ``upload_url`` (a signed, single-use URL: the JS client PUTs to it without credentials) + ``file_url``.
 
-Tokens and upload URLs are capabilities signed with the server's ed25519 key, so no extra table
-holds them; a revoked API key's tokens stop working at once.
+Tokens and upload URLs are capabilities signed with the service's ed25519 key, so no table holds
+them and every API node accepts what any other issued; a revoked API key's tokens stop working at
+once. Uploads must be PNG, JPEG or WebP that decode (:mod:`..files.content`).
+
+Files are served from ``/files/{id}/{name}``: streamed through the API, or (``file_delivery =
+redirect`` on an object store) answered with a redirect to a short-lived presigned URL, which
+takes the bytes off the API nodes. Served bytes carry ``nosniff`` and a sandboxing CSP, so even
+a file that slipped past the checks could not run script in this origin.
 """
 
 from __future__ import annotations
 
 import base64
 import re
-import secrets
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..auth import AuthenticationError, authenticate
 from ..errors import LayerDiffuseError
-from ..files import file_url, new_file_id
-from ..files.content import check_content
+from ..files import check_content_type, check_image, file_url, new_file_id
 from ..store.contracts import FileRecord
-from .payloads import read_json_object
+from .bodies import read_json_object, read_limited_body
+from .payloads import error_responses
 from .services import KeyDep, Services, ServicesDep
 
 router = APIRouter(tags=["storage"])
 
 TOKEN_LIFETIME = 3600.0
 UPLOAD_URL_LIFETIME = 3600.0
+PRESIGNED_URL_SECONDS = 300
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
-
-class FileTooLargeError(LayerDiffuseError):
-    """The file is larger than this server accepts."""
-
-    status_code = 413
-    error_type = "bad_request"
+#: What every served file carries: never sniffed, never a document that runs script here.
+FILE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Cross-Origin-Resource-Policy": "cross-origin",
+    "Cache-Control": "public, max-age=86400, immutable",
+}
 
 
 class UploadUrlError(LayerDiffuseError):
@@ -55,6 +62,30 @@ class UploadUrlError(LayerDiffuseError):
 class InitiateUpload(BaseModel):
     file_name: str = Field(default="upload.bin", max_length=255)
     content_type: str = Field(default="application/octet-stream", max_length=255)
+
+
+class StorageToken(BaseModel):
+    token: str
+    token_type: str
+    base_url: str
+    expires_at: str
+
+
+class UploadedFile(BaseModel):
+    access_url: str
+    file_name: str
+    content_type: str
+    file_size: int
+
+
+class InitiatedUpload(BaseModel):
+    upload_url: str
+    file_url: str
+
+
+class WrittenUpload(BaseModel):
+    file_url: str
+    file_size: int
 
 
 def safe_file_name(name: str | None, fallback: str = "upload.bin") -> str:
@@ -77,7 +108,7 @@ def _expiry(services: Services) -> float | None:
 
 def issue_token(services: Services, key_id: str, expires_at: float) -> str:
     claims = f"upload:{key_id}:{int(expires_at)}".encode()
-    return f"{_b64(claims)}.{_b64(services.signing_key.sign(claims))}"
+    return f"{_b64(claims)}.{_b64(services.signing_keys.sign(claims))}"
 
 
 def token_key_id(services: Services, token: str) -> str:
@@ -85,11 +116,12 @@ def token_key_id(services: Services, token: str) -> str:
     try:
         claims_text, signature = token.split(".", 1)
         claims = _unb64(claims_text)
-        valid = services.signing_key.verify(claims, _unb64(signature))
+        valid = services.signing_keys.verify(claims, _unb64(signature))
         kind, key_id, expires = claims.decode().split(":")
-    except ValueError:
-        valid, kind, key_id, expires = False, "", "", "0"
-    if not valid or kind != "upload" or float(expires) < time.time():
+        expires_at = float(expires)
+    except (ValueError, UnicodeDecodeError):
+        valid, kind, key_id, expires_at = False, "", "", 0.0
+    if not valid or kind != "upload" or expires_at < time.time():
         raise AuthenticationError("Invalid or expired storage token")
     key = services.store.keys.get(key_id)
     if key is None or key.revoked_at is not None:
@@ -97,29 +129,30 @@ def token_key_id(services: Services, token: str) -> str:
     return key_id
 
 
-def upload_signature(services: Services, file_id: str, expires: int) -> str:
-    return _b64(services.signing_key.sign(f"put:{file_id}:{expires}".encode()))
+def _upload_claims(file_id: str, expires: int) -> bytes:
+    return f"put:{file_id}:{expires}".encode()
 
 
-async def read_limited_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise FileTooLargeError(f"the file is {declared} bytes; this server accepts at most {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise FileTooLargeError(f"the file is larger than {limit} bytes, the most this server accepts")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _check_upload_signature(services: Services, file_id: str, expires: int, signature: str) -> None:
+    try:
+        genuine = services.signing_keys.verify(_upload_claims(file_id, expires), _unb64(signature))
+    except ValueError:
+        genuine = False
+    if expires < time.time() or not genuine:
+        raise UploadUrlError("This upload URL is invalid or has expired")
 
 
 def _save(services: Services, record: FileRecord, data: bytes) -> None:
-    services.blobs.put(record.id, data)
+    services.blobs.put(record.id, data, record.content_type)
     services.store.files.add(record)
 
 
-@router.post("/rest/storage/auth/token", summary="Token for direct uploads (fal_client.upload)")
+@router.post(
+    "/rest/storage/auth/token",
+    summary="Token for direct uploads (fal_client.upload)",
+    response_model=StorageToken,
+    responses=error_responses(401),
+)
 async def storage_token(services: ServicesDep, key: KeyDep) -> JSONResponse:
     expires_at = time.time() + TOKEN_LIFETIME
     return JSONResponse(
@@ -132,20 +165,29 @@ async def storage_token(services: ServicesDep, key: KeyDep) -> JSONResponse:
     )
 
 
-@router.post("/cdn/files/upload", summary="Upload a file's bytes with a storage token")
+@router.post(
+    "/cdn/files/upload",
+    summary="Upload a file's bytes with a storage token",
+    response_model=UploadedFile,
+    responses=error_responses(401, 413, 415, 503),
+    openapi_extra={"requestBody": {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}},
+)
 async def cdn_upload(
     request: Request,
     services: ServicesDep,
-    authorization: Annotated[str | None, Header()] = None,
-    x_fal_file_name: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_fal_file_name: Annotated[str | None, Header(max_length=1024)] = None,
 ) -> JSONResponse:
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() == "bearer" and token:
         key_id = await anyio.to_thread.run_sync(token_key_id, services, token.strip())
     else:
         key_id = (await anyio.to_thread.run_sync(authenticate, services.store.keys, authorization)).id
+    content_type = check_content_type(request.headers.get("content-type"))
     data = await read_limited_body(request, services.settings.max_upload_bytes)
-    content_type = check_content(request.headers.get("content-type"), data)
+    await anyio.to_thread.run_sync(
+        lambda: check_image(content_type, data, max_pixels=services.settings.max_upload_pixels)
+    )
     record = FileRecord(
         id=new_file_id(),
         file_name=safe_file_name(x_fal_file_name),
@@ -164,10 +206,21 @@ async def cdn_upload(
     )
 
 
-@router.post("/rest/storage/upload/initiate", summary="Start an upload: a signed PUT URL and the file's URL")
+@router.post(
+    "/rest/storage/upload/initiate",
+    summary="Start an upload: a signed PUT URL and the file's URL",
+    response_model=InitiatedUpload,
+    responses=error_responses(401, 413, 415, 422),
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InitiateUpload"}}},
+            "required": False,
+        }
+    },
+)
 async def initiate_upload(request: Request, services: ServicesDep, key: KeyDep) -> JSONResponse:
     body = InitiateUpload.model_validate(await read_json_object(request))
-    content_type = check_content(body.content_type)
+    content_type = check_content_type(body.content_type)
     record = FileRecord(
         id=new_file_id(),
         file_name=safe_file_name(body.file_name),
@@ -181,39 +234,78 @@ async def initiate_upload(request: Request, services: ServicesDep, key: KeyDep) 
     )
     await anyio.to_thread.run_sync(services.store.files.add, record)
     expires = int(time.time() + UPLOAD_URL_LIFETIME)
-    signature = upload_signature(services, record.id, expires)
+    signature = _b64(services.signing_keys.sign(_upload_claims(record.id, expires)))
     upload_url = f"{services.base_url}/files/upload/{record.id}?expires={expires}&signature={signature}"
     return JSONResponse(
         {"upload_url": upload_url, "file_url": file_url(services.base_url, record.id, record.file_name)}
     )
 
 
-@router.put("/files/upload/{file_id}", summary="Write the bytes of an initiated upload (single use)")
+@router.put(
+    "/files/upload/{file_id}",
+    summary="Write the bytes of an initiated upload (single use)",
+    response_model=WrittenUpload,
+    responses=error_responses(403, 413, 415, 422),
+)
 async def put_upload(
     file_id: str, request: Request, services: ServicesDep, expires: int = 0, signature: str = ""
 ) -> JSONResponse:
-    expected = upload_signature(services, file_id, expires)
-    if expires < time.time() or not secrets.compare_digest(expected.encode(), signature.encode()):
-        raise UploadUrlError("This upload URL is invalid or has expired")
+    _check_upload_signature(services, file_id, expires, signature)
     record = await anyio.to_thread.run_sync(services.store.files.get, file_id)
     if record is None or record.ready:
         raise UploadUrlError("This upload URL has already been used")
     data = await read_limited_body(request, services.settings.max_upload_bytes)
-    check_content(record.content_type, data)
-    await anyio.to_thread.run_sync(services.blobs.put, file_id, data)
+    max_pixels = services.settings.max_upload_pixels
+    await anyio.to_thread.run_sync(lambda: check_image(record.content_type, data, max_pixels=max_pixels))
+    await anyio.to_thread.run_sync(services.blobs.put, file_id, data, record.content_type)
     if not await anyio.to_thread.run_sync(services.store.files.mark_ready, file_id, len(data)):
         raise UploadUrlError("This upload URL has already been used")
     return JSONResponse({"file_url": file_url(services.base_url, file_id, record.file_name), "file_size": len(data)})
 
 
-@router.get("/files/{file_id}/{file_name}", summary="Download a stored file")
-async def download(file_id: str, file_name: str, services: ServicesDep) -> Response:
+FILE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The file's bytes",
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary"}}
+            for media in ("image/png", "image/jpeg", "image/webp")
+        },
+    },
+    307: {"description": "Redirect to a short-lived presigned URL of the object store (file_delivery = redirect)"},
+    **error_responses(404),
+}
+
+
+@router.head("/files/{file_id}/{file_name}", include_in_schema=False)
+@router.get(
+    "/files/{file_id}/{file_name}",
+    summary="Download a stored file (no key: the URL is the capability)",
+    response_class=Response,
+    responses=FILE_DOC,
+)
+async def download(file_id: str, file_name: str, request: Request, services: ServicesDep) -> Response:
     record = await anyio.to_thread.run_sync(services.store.files.get, file_id)
-    path = services.blobs.path(file_id) if record is not None and record.ready else None
-    if record is None or path is None or record.file_name != file_name:
-        return JSONResponse({"detail": "File not found"}, status_code=404)
-    return FileResponse(
-        path,
-        media_type=record.content_type,
-        headers={"Cache-Control": "public, max-age=86400, immutable", "X-Content-Type-Options": "nosniff"},
-    )
+    if record is None or not record.ready or record.file_name != file_name:
+        return JSONResponse({"detail": "File not found", "error_type": "not_found"}, status_code=404)
+    headers = {**FILE_HEADERS, "Content-Disposition": f'inline; filename="{record.file_name}"'}
+    if services.settings.file_delivery == "redirect":
+        url = await anyio.to_thread.run_sync(
+            lambda: services.blobs.presigned_url(
+                file_id,
+                file_name=record.file_name,
+                content_type=record.content_type,
+                expires_seconds=PRESIGNED_URL_SECONDS,
+            )
+        )
+        if url is not None:
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "private, max-age=60"})
+    blob = await anyio.to_thread.run_sync(services.blobs.open, file_id)
+    if blob is None:
+        return JSONResponse({"detail": "File not found", "error_type": "not_found"}, status_code=404)
+    headers["Content-Length"] = str(blob.size)
+    if request.method == "HEAD":
+        close = getattr(blob.chunks, "close", None)
+        if close is not None:
+            close()
+        return Response(status_code=200, media_type=record.content_type, headers=headers)
+    return StreamingResponse(blob.chunks, media_type=record.content_type, headers=headers)

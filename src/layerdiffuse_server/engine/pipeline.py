@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import GenerationCancelled, InvalidInputError
-from ..schemas import GenerationParams
+from ..schemas import GenerationParams, batch_key
 from ..settings import Settings
 from .acceleration import RuntimeOptions, apply_runtime_options
 from .attention_weights import AttentionWeights, merge_attention_weights
@@ -53,11 +53,6 @@ class GenerationResult:
     has_nsfw_concepts: list[bool] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     batch_size: int = 1  # requests denoised together with this one (timings are the batch's)
-
-
-def batch_key(params: GenerationParams) -> tuple[int, int, int, str, float]:
-    """What requests must share to be denoised in one batch: one sampler run, one latent shape."""
-    return (params.width, params.height, params.num_inference_steps, params.scheduler, params.guidance_scale)
 
 
 def _detect_variant(folder: Path) -> str | None:

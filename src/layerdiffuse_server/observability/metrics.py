@@ -16,24 +16,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..store.contracts import Priority, RequestRecord, Store, WorkerState, WorkerStatus
+from ..store.contracts import Priority, RequestRecord, Store, WorkerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# A worker that has not reported for this long is counted as silent (died or hung).
-WORKER_SILENCE_SECONDS = 60.0
 
 # Queue waits range from nothing to many minutes; inference and decode from tens of
 # milliseconds (tiny model on a GPU) to minutes (full model on a CPU).
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 GENERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 30, 60, 120, 300)
-
-
-def observed_state(worker: WorkerStatus, now: float) -> str:
-    """The worker's own state, or ``silent`` when its heartbeat stopped without it saying it stopped."""
-    if now - worker.heartbeat_at > WORKER_SILENCE_SECONDS and worker.state is not WorkerState.STOPPED:
-        return "silent"
-    return worker.state.value
 
 
 def outcome(status_code: int, error_type: str | None) -> str:
@@ -139,7 +129,7 @@ class StoreCollector(Collector):
         counts = dict.fromkeys([*(state.value for state in WorkerState), "silent"], 0)
         now = self.clock()
         for worker in self.store.workers.all():
-            counts[observed_state(worker, now)] += 1
+            counts[worker.observed_state(now)] += 1
         for state, count in counts.items():
             workers.add_metric([state], count)
         yield workers

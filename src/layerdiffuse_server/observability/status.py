@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..store.contracts import Priority, Store
-from .metrics import observed_state, outcome
+from .metrics import outcome
 
 RECENT_SECONDS = 3600.0
 
@@ -74,7 +74,7 @@ def collect_status(store: Store, now: float | None = None) -> StatusReport:
                 pid=worker.pid,
                 model=worker.model,
                 device=worker.device,
-                state=observed_state(worker, now),
+                state=worker.observed_state(now),
                 current_request=worker.current_request,
                 requests_done=worker.requests_done,
                 error=worker.error,
@@ -86,19 +86,13 @@ def collect_status(store: Store, now: float | None = None) -> StatusReport:
         name = outcome(status_code, error_type)
         outcomes[name] = outcomes.get(name, 0) + count
     return StatusReport(
-        database=_redacted(store.url),
+        database=store.url,
         queued={priority.name: depth.get(priority, 0) for priority in Priority},
         running=running,
         workers=workers,
         completed_last_hour=outcomes,
         generated_at=now,
     )
-
-
-def _redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _ago(seconds: float) -> str:

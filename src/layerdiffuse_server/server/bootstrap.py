@@ -1,115 +1,133 @@
-"""Building the embedded service from settings: store, files, signing key, worker, webhook deliverer."""
+"""Building the service's parts from settings, for each role.
+
+- ``serve`` (embedded): API + a worker in one process, SQLite and local files by default, the
+  signing key created in the data directory;
+- ``api``: the API alone, no worker and no torch; the signing key must come from configuration,
+  so every node signs and verifies alike;
+- ``worker``: see :mod:`.worker_node`; it shares :func:`open_core` with the API.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from ..api.services import Services
-from ..auth import IssuedKey, issue_key
-from ..files import LocalBlobStore
+from ..errors import LayerDiffuseError
+from ..files import BlobStore, open_blob_store
+from ..lifecycle import Housekeeper, RequestEvents, RequestManager
 from ..observability import Metrics
 from ..settings import Settings
-from ..signing import SigningKey
+from ..signing import SigningKeys
 from ..store import Store, open_store
 from ..webhooks.delivery import WebhookDeliverer
 from ..webhooks.targets import parse_networks
-from ..worker import Engine, GenerationWorker
+
+if TYPE_CHECKING:
+    from ..api.services import Services
+    from ..worker import Engine, GenerationWorker
+
+Role = Literal["serve", "api", "worker"]
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """How to load the model: a preset plus optional file overrides, as ``layerdiffuse generate`` takes them."""
-
-    model: str
-    base: str | None = None
-    layer_weights: str | None = None
-    decoder: str | None = None
-    decoder_passes: int = 8
-    memory_mode: str = "default"
-    vae_tiling: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    warmup: bool | None = None  # None: on accelerators, where the first call is slow, not on a CPU
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def loader(self, settings: Settings) -> Callable[[], Engine]:
-        def load() -> Engine:
-            from ..engine.acceleration import RuntimeOptions, warm_up
-            from ..engine.pipeline import TransparentSDXLPipeline
-
-            runtime = RuntimeOptions(
-                memory_mode=self.memory_mode,  # type: ignore[arg-type]
-                vae_tiling=self.vae_tiling,
-                channels_last=self.channels_last,
-                compile=self.compile,
-            )
-            pipeline = TransparentSDXLPipeline.from_preset(
-                self.model,
-                settings=settings,
-                device=settings.device,
-                dtype=settings.dtype,
-                base=self.base,
-                layer_weights=self.layer_weights,
-                decoder=self.decoder,
-                decoder_passes=self.decoder_passes,
-                runtime=runtime,
-                **self.extra,
-            )
-            if self.warmup if self.warmup is not None else pipeline.device.type != "cpu":
-                warm_up(pipeline)
-            return pipeline
-
-        return load
+class ConfigurationError(LayerDiffuseError):
+    """The settings do not describe a service that can run."""
 
 
-def ensure_first_key(store: Store) -> IssuedKey | None:
-    """On a server with no usable key, create an admin key (shown once); None when keys exist."""
-    if store.keys.count_active():
-        return None
-    return issue_key(store.keys, "admin (created on first start)", admin=True)
+@dataclass
+class Core:
+    """What every process of the service opens: the store, the file store, the request manager."""
+
+    settings: Settings
+    store: Store
+    blobs: BlobStore
+    manager: RequestManager
+    metrics: Metrics
+
+    def housekeeper(self) -> Housekeeper:
+        return Housekeeper(self.manager, self.blobs, retention_hours=self.settings.retention_hours)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_core(settings: Settings, *, store: Store | None = None) -> Core:
+    if settings.database_url is None or settings.storage_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = store or open_store(settings.store_url)
+    blobs = open_blob_store(settings.blob_url)
+    metrics = Metrics(store)
+    manager = RequestManager(
+        store,
+        max_queue_length=settings.max_queue_length,
+        max_attempts=settings.max_attempts,
+        lease_seconds=settings.lease_seconds,
+        on_completed=lambda completion: metrics.observe_completed(completion.status_code, completion.error_type),
+    )
+    return Core(settings, store, blobs, manager, metrics)
+
+
+def signing_keys(settings: Settings, role: Role) -> SigningKeys:
+    if settings.signing_key_file is not None:
+        return SigningKeys.from_files(settings.signing_key_file, settings.signing_previous_key_files)
+    if role == "serve":
+        return SigningKeys.load_or_create(settings.data_dir / "signing-key.pem")
+    raise ConfigurationError(
+        "an API node needs the signing key every node shares: set LAYERDIFFUSE_SIGNING_KEY_FILE "
+        "(make one with `layerdiffuse signing-key new PATH`)"
+    )
+
+
+def build_worker(core: Core, load_engine: Callable[[], Engine], *, model_name: str) -> GenerationWorker:
+    from ..worker import GenerationWorker
+
+    settings = core.settings
+    return GenerationWorker(
+        core.manager,
+        core.blobs,
+        load_engine,
+        base_url=settings.base_url,
+        model_name=model_name,
+        metrics=core.metrics,
+        device=settings.device,
+        max_batch_size=settings.max_batch_size,
+        grace_seconds=settings.shutdown_grace_seconds,
+    )
 
 
 def build_services(
     settings: Settings,
-    load_engine: Callable[[], Engine] | None,
+    load_engine: Callable[[], Engine] | None = None,
     *,
-    model_name: str,
+    model_name: str = "",
     store: Store | None = None,
+    role: Literal["serve", "api"] = "serve",
 ) -> Services:
-    """Everything ``create_app`` needs; ``load_engine`` None builds an API without a worker (for tools)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = store or open_store(settings.store_url)
+    """Everything ``create_app`` needs; with ``load_engine``, a worker runs in this process too."""
+    from ..api.services import Services
+
+    core = open_core(settings, store=store)
+    keys = signing_keys(settings, role)
+    networks = parse_networks(settings.webhook_allowed_networks)
     services = Services(
         settings=settings,
-        store=store,
-        blobs=LocalBlobStore(settings.data_dir / "files"),
-        signing_key=SigningKey.load_or_create(settings.data_dir / "signing-key.pem"),
-        metrics=Metrics(store),
-        webhook_networks=parse_networks(settings.webhook_allowed_networks),
+        manager=core.manager,
+        blobs=core.blobs,
+        signing_keys=keys,
+        metrics=core.metrics,
+        housekeeper=core.housekeeper(),
+        events=RequestEvents(core.store.notices),
+        webhook_networks=networks,
     )
     services.deliverer = WebhookDeliverer(
-        store,
-        services.signing_key,
-        allowed_networks=services.webhook_networks,
+        core.store,
+        keys,
+        allowed_networks=networks,
         max_attempts=settings.webhook_max_attempts,
         retry_seconds=settings.webhook_retry_seconds,
         timeout_seconds=settings.webhook_timeout_seconds,
         on_attempt=lambda result: services.metrics.webhooks.labels(result).inc(),
     )
     if load_engine is not None:
-        services.worker = GenerationWorker(
-            store,
-            services.blobs,
-            load_engine,
-            events=services.events,
-            base_url=settings.base_url,
-            model_name=model_name,
-            max_attempts=settings.max_attempts,
-            on_completed=services.request_finished,
-            metrics=services.metrics,
-            device=settings.device,
-            max_batch_size=settings.max_batch_size,
-        )
+        services.local_worker = build_worker(core, load_engine, model_name=model_name)
     return services

@@ -1,11 +1,16 @@
 """Serving one app on plain HTTP and HTTPS at once (the Python client needs https, browsers and the
-JS proxy mode are happy with http), with one lifespan, so one worker."""
+JS proxy mode are happy with http), with one lifespan, so one worker.
+
+A stop (SIGTERM, Ctrl-C) is bounded: the moment uvicorn begins to exit, ``on_stop`` starts the
+app's drain (waiting answers get a deadline, the worker stops claiming); uvicorn itself gives open
+connections ``grace_seconds`` plus a margin before it cancels them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -21,41 +26,59 @@ class _SecondListener(uvicorn.Server):
         yield
 
 
-async def _serve(app: FastAPI, host: str, port: int, tls: TlsFiles | None, tls_port: int, log_level: str) -> None:
+#: What uvicorn adds to the grace before it cancels connections that are still open.
+SHUTDOWN_MARGIN_SECONDS = 5.0
+
+
+async def _serve(
+    app: FastAPI,
+    host: str,
+    port: int,
+    tls: TlsFiles | None,
+    tls_port: int,
+    log_level: str,
+    grace_seconds: float,
+    on_stop: Callable[[], None],
+) -> None:
     # Logging is configured by the caller (text or JSON); uvicorn's access log is replaced by ours.
-    primary = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", log_config=None, access_log=False)
-    )
-    if tls is None or not tls_port:
-        await primary.serve()
-        return
-    secondary = _SecondListener(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=tls_port,
-            log_level=log_level,
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            ssl_certfile=str(tls.cert),
-            ssl_keyfile=str(tls.key),
-        )
-    )
+    common = {
+        "log_level": log_level,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": int(grace_seconds + SHUTDOWN_MARGIN_SECONDS),
+    }
+    primary = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="on", **common))
+    servers = [primary]
+    if tls is not None and tls_port:
+        ssl = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+        servers.append(_SecondListener(uvicorn.Config(app, host=host, port=tls_port, lifespan="off", **common, **ssl)))
 
     async def follow() -> None:
         while not primary.should_exit:
-            await asyncio.sleep(0.2)
-        secondary.should_exit = True
+            await asyncio.sleep(0.1)
+        on_stop()
+        for server in servers[1:]:
+            server.should_exit = True
 
     async def run_primary() -> None:
         try:
             await primary.serve()
         finally:
-            secondary.should_exit = True
+            for server in servers[1:]:
+                server.should_exit = True
 
-    await asyncio.gather(run_primary(), secondary.serve(), follow())
+    await asyncio.gather(run_primary(), *(server.serve() for server in servers[1:]), follow())
 
 
-def serve_app(app: FastAPI, *, host: str, port: int, tls: TlsFiles | None, tls_port: int, log_level: str) -> None:
-    asyncio.run(_serve(app, host, port, tls, tls_port, log_level))
+def serve_app(
+    app: FastAPI,
+    *,
+    host: str,
+    port: int,
+    tls: TlsFiles | None,
+    tls_port: int,
+    log_level: str,
+    grace_seconds: float,
+    on_stop: Callable[[], None],
+) -> None:
+    asyncio.run(_serve(app, host, port, tls, tls_port, log_level, grace_seconds, on_stop))

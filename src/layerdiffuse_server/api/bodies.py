@@ -1,0 +1,111 @@
+"""Reading request bodies: never more bytes than allowed, and JSON strictly, so that nothing we
+store or echo back can fail to encode.
+
+Python's ``json`` module reads more than JSON: ``NaN`` and ``Infinity``, numbers that overflow to
+infinity (``1e309``), strings with lone surrogates (``"\\ud800"``, which have no UTF-8 form) and
+nesting deep enough to exhaust the interpreter's stack. Each of those, accepted, later broke a
+response or a stored row; here each is a 422 that names the problem, before anything is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from fastapi import Request
+
+from ..errors import InvalidInputError, LayerDiffuseError
+
+MAX_JSON_BYTES = 1 * 2**20
+#: Deeper than any input of ours; far below the interpreter's recursion limit.
+MAX_DEPTH = 32
+#: Longer integers are refused before Python's int parser spends time on them (seeds fit in 16).
+MAX_INTEGER_DIGITS = 64
+
+
+class BodyTooLargeError(LayerDiffuseError):
+    """The request body is larger than this server accepts."""
+
+    status_code = 413
+    error_type = "bad_request"
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused as soon as it is known to exceed ``limit`` (before reading it all)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(f"the body is {declared} bytes; this server accepts at most {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"the body is larger than {limit} bytes, the most this server accepts")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refuse(message: str) -> InvalidInputError:
+    return InvalidInputError(f"the body is not valid JSON: {message}")
+
+
+def _no_constant(name: str) -> Any:
+    raise _refuse(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _refuse(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise _refuse(f"an integer of {len(text)} digits is out of range")
+    return int(text)
+
+
+def _check_strings_and_depth(value: Any) -> None:
+    """Walk the parsed value without recursion: every string (keys too) must be valid Unicode."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _refuse(f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _refuse("a string contains a lone surrogate (\\ud800-\\udfff) that is not a character") from None
+        elif isinstance(item, dict):
+            stack.extend((key, depth) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value in ``body``, or :class:`InvalidInputError` saying why it is refused."""
+    try:
+        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except RecursionError:
+        raise _refuse(f"nested deeper than {MAX_DEPTH} levels") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _refuse(str(error)) from None
+    _check_strings_and_depth(value)
+    return value
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body's JSON object; an empty body is ``{}`` (the JS client sends none without input)."""
+    if not body.strip():
+        return {}
+    value = parse_json(body)
+    if not isinstance(value, dict):
+        raise InvalidInputError("the body must be a JSON object with the endpoint's input fields")
+    return value
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    return parse_json_object(await read_limited_body(request, MAX_JSON_BYTES))
