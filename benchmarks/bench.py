@@ -385,6 +385,7 @@ def server_phase(
     from layerdiffuse_server.auth import issue_key
     from layerdiffuse_server.server.bootstrap import build_services
     from layerdiffuse_server.server.tls import local_tls
+    from layerdiffuse_server.worker import GenerationWorker
 
     data_dir = Path(tempfile.mkdtemp(prefix="layerdiffuse-bench-"))
     port = free_port()
@@ -406,7 +407,7 @@ def server_phase(
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    while not server.started or not (services.worker and services.worker.ready):
+    while not server.started or not (services.local_worker and services.local_worker.ready):
         time.sleep(0.05)
 
     os.environ |= {
@@ -447,9 +448,10 @@ def server_phase(
             )
 
         total = args.clients * args.requests_per_client
-        assert services.worker is not None
+        worker = services.local_worker
+        assert isinstance(worker, GenerationWorker)
         for batch in sorted({1, args.max_batch_size}):
-            services.worker.max_batch_size = batch
+            worker.max_batch_size = batch
 
             def one_client() -> None:
                 for index in range(args.requests_per_client):
@@ -457,10 +459,10 @@ def server_phase(
 
             threads = [threading.Thread(target=one_client) for _ in range(args.clients)]
             started = time.perf_counter()
-            for worker in threads:
-                worker.start()
-            for worker in threads:
-                worker.join()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
             wall = time.perf_counter() - started
             rows.append(
                 Row(

@@ -1,4 +1,6 @@
-"""A real ``layerdiffuse serve --model tiny`` process on 127.0.0.1, for the suites that need one."""
+"""Real service processes on 127.0.0.1 for the suites that need them: the embedded ``serve``, an
+``api`` node, a ``worker``. Each can be started, stopped (SIGTERM) and killed (SIGKILL) again and
+again on the same data directory."""
 
 from __future__ import annotations
 
@@ -16,6 +18,15 @@ import httpx
 from layerdiffuse_server.settings import Settings
 
 FAL_HOSTS = ("fal.run", "queue.fal.run", "rest.fal.ai", "v3.fal.media")
+#: What an API host without torch looks like to Python: these imports fail.
+ENGINE_MODULES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "huggingface_hub")
+WITHOUT_ENGINE = (
+    "import sys\n"
+    f"for name in {ENGINE_MODULES!r}:\n"
+    "    sys.modules[name] = None\n"
+    "from layerdiffuse_server.cli import main\n"
+    "main()\n"
+)
 
 
 def free_port() -> int:
@@ -32,10 +43,13 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @dataclass
 class ServerProcess:
-    """One server; ``start``/``stop``/``kill`` can be repeated on the same data directory."""
+    """One process of the service. ``role`` is serve (API + worker), api or worker."""
 
     data_dir: Path
     env: dict[str, str]
+    role: str = "serve"
+    without_engine: bool = False  # run as on a host where torch and diffusers cannot be imported
+    extra_args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
     process: subprocess.Popen[str] | None = None
@@ -63,39 +77,58 @@ class ServerProcess:
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1]
 
-    def start(self, timeout: float = 180) -> None:
-        self.log_path = self.data_dir.parent / f"server-{time.monotonic_ns()}.log"
-        command = [
-            sys.executable, "-m", "layerdiffuse_server", "serve", "--model", "tiny", "--device", "cpu",
-            "--port", str(self.port), "--tls-port", str(self.tls_port), "--data-dir", str(self.data_dir),
-            "--webhook-allow-network", "127.0.0.1/32",
-            *[argument for host in FAL_HOSTS for argument in ("--tls-name", host)],
-        ]  # fmt: skip
+    def command(self) -> list[str]:
+        common = ["--data-dir", str(self.data_dir), *self.extra_args]
+        if self.role == "worker":
+            arguments = ["worker", "--model", "tiny", "--device", "cpu", "--port", str(self.port), *common]
+        else:
+            arguments = [
+                self.role, "--port", str(self.port), "--tls-port", str(self.tls_port),
+                "--webhook-allow-network", "127.0.0.1/32",
+                *[argument for host in FAL_HOSTS for argument in ("--tls-name", host)], *common,
+            ]  # fmt: skip
+            if self.role == "serve":
+                arguments += ["--model", "tiny", "--device", "cpu"]
+        if self.without_engine:
+            return [sys.executable, "-c", WITHOUT_ENGINE, *arguments]
+        return [sys.executable, "-m", "layerdiffuse_server", *arguments]
+
+    def start(self, timeout: float = 180, *, wait: bool = True) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir.parent / f"{self.role}-{self.port}-{time.monotonic_ns()}.log"
         self.process = subprocess.Popen(
-            command, env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, text=True
+            self.command(), env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, text=True
         )
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"server exited:\n{self.log()}"
+            assert self.process.poll() is None, f"{self.role} exited:\n{self.log()}"
             try:
                 if httpx.get(f"{self.http_url}/readyz", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"server not ready in {timeout} s:\n{self.log()}")
+        raise AssertionError(f"{self.role} not ready in {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60) -> float:
+        """SIGTERM, then wait; returns the seconds the process took to exit (SIGKILL after ``timeout``)."""
+        started = time.monotonic()
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(30)
+                self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        return time.monotonic() - started
 
     def kill(self) -> None:
         """Die like a crash: no shutdown code runs."""
@@ -103,8 +136,13 @@ class ServerProcess:
             self.process.kill()
             self.process.wait()
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
-def server_env(settings: Settings) -> dict[str, str]:
+
+def server_env(settings: Settings, **overrides: str) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith(("FAL_", "LAYERDIFFUSE_"))}
     env |= {
         "LAYERDIFFUSE_HOME": str(settings.home),
@@ -112,4 +150,4 @@ def server_env(settings: Settings) -> dict[str, str]:
         "LAYERDIFFUSE_WEBHOOK_RETRY_SECONDS": "0.3",
         "PYTHONUNBUFFERED": "1",
     }
-    return env
+    return env | overrides

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "TransparentSDXLPipeline": "layerdiffuse_server.engine.pipeline",
-    "GenerationResult": "layerdiffuse_server.engine.pipeline",
+    "GenerationResult": "layerdiffuse_server.engine.results",
     "TransparentDecoder": "layerdiffuse_server.engine.decoder",
     "TransparentDecoderNetwork": "layerdiffuse_server.engine.decoder_network",
     "TransparentImage": "layerdiffuse_server.engine.images",

@@ -2,22 +2,30 @@
 
 Defaults are those of the hosted ``fal-ai/layer-diffusion`` endpoint; ``width``, ``height``
 and ``scheduler`` (and ``num_images`` in the library and CLI) are extensions whose defaults keep
-the hosted behaviour. Validation is strict, as fal's schema is: ``0`` is not a boolean and ``"20"``
-is not an integer.
+the hosted behaviour. Validation follows the JSON Schema the API publishes: ``0`` is not a boolean
+and ``"20"`` is not an integer, while ``20.0`` is one (JSON has only numbers).
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 #: Seeds travel through JSON to JavaScript clients, whose numbers are exact only up to 2**53 - 1.
 MAX_SEED = 2**53 - 1
 MAX_PROMPT_CHARS = 4000
 
 SchedulerName = Literal["dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_ancestral", "unipc", "ddim"]
+
+
+def _integral_number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+#: An integer as JSON Schema means it: any number without a fractional part (never a string or bool).
+JsonInt = Annotated[int, BeforeValidator(_integral_number)]
 
 
 def random_seed() -> int:
@@ -39,27 +47,22 @@ class LayerDiffusionInput(BaseModel):
     guidance_scale: float = Field(
         default=8.0, ge=0.0, le=30.0, description="Classifier-free guidance scale (CFG); 1 or less disables it."
     )
-    num_inference_steps: int = Field(default=20, ge=1, le=150, description="Number of denoising steps.")
-    seed: int | None = Field(
+    num_inference_steps: JsonInt = Field(default=20, ge=1, le=150, description="Number of denoising steps.")
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral_number)] | None = Field(
         default=None,
-        ge=0,
-        le=MAX_SEED,
         description="Random seed; a random one is drawn when absent. Image i of a batch uses seed + i.",
     )
     enable_safety_checker: bool = Field(
         default=True, description="Replace images flagged as NSFW by a fully transparent image."
     )
-    width: int = Field(default=1024, ge=64, le=2048, description="Image width in pixels, a multiple of 64.")
-    height: int = Field(default=1024, ge=64, le=2048, description="Image height in pixels, a multiple of 64.")
+    # The transparent decoder downsamples six times by 2: other sizes cannot pass its skip connections.
+    width: JsonInt = Field(
+        default=1024, ge=64, le=2048, multiple_of=64, description="Image width in pixels, a multiple of 64."
+    )
+    height: JsonInt = Field(
+        default=1024, ge=64, le=2048, multiple_of=64, description="Image height in pixels, a multiple of 64."
+    )
     scheduler: SchedulerName = Field(default="dpmpp_2m_karras", description="Sampler.")
-
-    @field_validator("width", "height")
-    @classmethod
-    def _multiple_of_64(cls, value: int) -> int:
-        # The transparent decoder downsamples six times by 2: other sizes cannot pass its skip connections.
-        if value % 64:
-            raise ValueError(f"must be a multiple of 64 (the transparent decoder needs it), got {value}")
-        return value
 
     def with_seed(self) -> Self:
         """This input with its seed fixed, so the run can be reported and repeated."""
@@ -77,7 +80,7 @@ def batch_key(params: LayerDiffusionInput) -> str:
 class GenerationParams(LayerDiffusionInput):
     """What the engine generates: the endpoint's input, possibly several images at once."""
 
-    num_images: int = Field(default=1, ge=1, le=8, description="Number of images to generate.")
+    num_images: JsonInt = Field(default=1, ge=1, le=8, description="Number of images to generate.")
 
 
 class Image(BaseModel):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from .presets import (
     resolve_safety_checker,
     resolve_single_file_config,
 )
+from .results import GenerationResult
 from .safety import SafetyChecker
 from .schedulers import make_scheduler
 from .sources import resolve_file
@@ -41,18 +41,6 @@ logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
-
-
-@dataclass
-class GenerationResult:
-    """Images of one request, the seed it ran with, and where the time went (seconds)."""
-
-    images: list[TransparentImage]
-    seed: int
-    params: GenerationParams
-    has_nsfw_concepts: list[bool] | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    batch_size: int = 1  # requests denoised together with this one (timings are the batch's)
 
 
 def _detect_variant(folder: Path) -> str | None:

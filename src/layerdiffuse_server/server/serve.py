@@ -18,8 +18,12 @@ from fastapi import FastAPI
 from .tls import TlsFiles
 
 
-class _SecondListener(uvicorn.Server):
-    """Leaves signals to the first listener and stops when it stops."""
+class SignalFreeServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to its owner (who stops it with ``should_exit``).
+
+    uvicorn's own handling would also re-raise the signal once it stopped, ending the process
+    before its owner's shutdown code has run.
+    """
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -51,7 +55,7 @@ async def _serve(
     servers = [primary]
     if tls is not None and tls_port:
         ssl = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
-        servers.append(_SecondListener(uvicorn.Config(app, host=host, port=tls_port, lifespan="off", **common, **ssl)))
+        servers.append(SignalFreeServer(uvicorn.Config(app, host=host, port=tls_port, lifespan="off", **common, **ssl)))
 
     async def follow() -> None:
         while not primary.should_exit:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
 
 import uvicorn
@@ -18,6 +19,7 @@ import uvicorn
 from ..settings import Settings
 from .bootstrap import build_worker, open_core
 from .engine_options import EngineOptions
+from .serve import SignalFreeServer
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +36,10 @@ def run_worker(settings: Settings, options: EngineOptions) -> None:
     housekeeping.start()
     worker.start()
     logger.info("worker %s started (model %s); store %s", worker.worker_id, settings.model, core.store.url)
-    health = create_health_app(worker, core.store, core.blobs, core.metrics)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            health,
+    health = None
+    if settings.worker_port:
+        config = uvicorn.Config(
+            create_health_app(worker, core.store, core.blobs, core.metrics),
             host=settings.host,
             port=settings.worker_port,
             log_config=None,
@@ -45,35 +47,25 @@ def run_worker(settings: Settings, options: EngineOptions) -> None:
             log_level=settings.log_level,
             lifespan="off",
         )
-    )
+        health = SignalFreeServer(config)
 
-    async def serve() -> None:
-        async def follow() -> None:
-            while not server.should_exit:
-                await asyncio.sleep(0.2)
-            worker.begin_stop()  # claim nothing more, at once; the batch in hand goes on
-
-        await asyncio.gather(server.serve(), follow())
+    async def serve_until_signalled() -> None:
+        signalled = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, signalled.set)
+        serving = asyncio.create_task(health.serve()) if health is not None else None
+        await signalled.wait()
+        worker.begin_stop()  # claim nothing more, at once; the batch in hand goes on
+        if health is not None and serving is not None:
+            health.should_exit = True
+            await serving
 
     try:
-        if settings.worker_port:
-            asyncio.run(serve())
-        else:
-            _wait_for_signal()
+        asyncio.run(serve_until_signalled())
     finally:
         worker.stop()
         stopping.set()
         housekeeping.join(10)
         core.close()
         logger.info("worker %s stopped", worker.worker_id)
-
-
-def _wait_for_signal() -> None:
-    """Without a health port, block until SIGINT or SIGTERM."""
-    import signal
-
-    received = threading.Event()
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signal_number, lambda *_: received.set())
-    while not received.wait(1.0):
-        pass

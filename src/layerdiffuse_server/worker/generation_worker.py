@@ -37,7 +37,7 @@ from ..store.contracts import Completion, Notice, NoticeKind, RequestRecord, Wor
 from .outputs import StoredOutput, build_output, discard, store_image
 
 if TYPE_CHECKING:
-    from ..engine.pipeline import GenerationResult
+    from ..engine.results import GenerationResult
 
 logger = logging.getLogger(__name__)
 

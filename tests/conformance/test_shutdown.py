@@ -1,0 +1,91 @@
+"""A graceful stop (SIGTERM) of the embedded server: bounded in time with clients connected, and the
+request it interrupts goes back to the queue without spending an attempt — however often it happens."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from layerdiffuse_server.settings import Settings
+from layerdiffuse_server.store import open_store
+
+from .conftest import ServerProcess, server_env
+
+pytestmark = pytest.mark.conformance
+
+APP = "fal-ai/layer-diffusion"
+GRACE = 2.0
+#: The documented bound: the grace, uvicorn's margin on top, and the process's own exit. Before
+#: draining, an open status stream kept the server up until it was killed.
+STOP_BOUND_SECONDS = GRACE + 5 + 15
+LONG = {"prompt": "a long one", "width": 256, "height": 256, "num_inference_steps": 150, "seed": 4}
+
+
+def wait_until_running(server: ServerProcess, headers: dict[str, str], request_id: str) -> None:
+    url = f"{server.http_url}/queue/{APP}/requests/{request_id}/status"
+    with httpx.stream("GET", f"{url}/stream", params={"logs": "1"}, headers=headers, timeout=120) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: ") and "Denoising step 2/" in line:
+                return
+    raise AssertionError("the request never started")
+
+
+def follow_stream(server: ServerProcess, headers: dict[str, str], request_id: str, events: list[dict]) -> None:
+    url = f"{server.http_url}/queue/{APP}/requests/{request_id}/status/stream"
+    with httpx.stream("GET", url, params={"logs": "1"}, headers=headers, timeout=120) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+
+
+def sync_run(server: ServerProcess, headers: dict[str, str], answers: list[httpx.Response]) -> None:
+    answers.append(httpx.post(f"{server.http_url}/run/{APP}", json=LONG, headers=headers, timeout=120))
+
+
+def test_stops_are_bounded_and_interrupted_work_keeps_its_attempts(
+    settings: Settings, tiny_folder: Path, tmp_path: Path
+) -> None:
+    env = server_env(settings, LAYERDIFFUSE_SHUTDOWN_GRACE_SECONDS=str(GRACE))
+    server = ServerProcess(tmp_path / "data", env)
+    key = server.create_key("shutdown")
+    headers = {"Authorization": f"Key {key}"}
+    server.start()
+    try:
+        request_id = httpx.post(f"{server.http_url}/queue/{APP}", json=LONG, headers=headers).json()["request_id"]
+        for _ in range(2):  # two stops during one request: neither may count against it
+            wait_until_running(server, headers, request_id)
+            events: list[dict] = []
+            answers: list[httpx.Response] = []
+            clients = [
+                threading.Thread(target=follow_stream, args=(server, headers, request_id, events)),
+                threading.Thread(target=sync_run, args=(server, headers, answers)),
+            ]
+            for client in clients:
+                client.start()
+            while not events:
+                threading.Event().wait(0.05)
+            seconds = server.stop(timeout=120)
+            for client in clients:
+                client.join(30)
+            assert seconds < STOP_BOUND_SECONDS, f"the stop took {seconds:.1f} s:\n{server.log()}"
+            assert not any(client.is_alive() for client in clients)
+            assert events[-1]["status"] != "COMPLETED"  # the stream ended with the server, the request lives on
+            assert answers[0].status_code == 503 and "shutting down" in answers[0].json()["detail"]
+            server.start()
+
+        done = httpx.get(f"{server.http_url}/queue/{APP}/requests/{request_id}/status", headers=headers)
+        while done.json()["status"] != "COMPLETED":
+            threading.Event().wait(0.5)
+            done = httpx.get(f"{server.http_url}/queue/{APP}/requests/{request_id}/status", headers=headers)
+        result = httpx.get(f"{server.http_url}/queue/{APP}/requests/{request_id}", headers=headers)
+        assert result.status_code == 200 and result.json()["seed"] == LONG["seed"]
+        store = open_store(f"sqlite:///{server.data_dir / 'layerdiffuse.db'}")
+        record = store.requests.get(request_id)
+        store.close()
+        assert record is not None and record.lost_runs == 0 and record.attempts == 3
+    finally:
+        server.stop()
