@@ -412,10 +412,9 @@ keys_app = typer.Typer(help="Create, list and revoke API keys (stored hashed in 
 app.add_typer(keys_app, name="keys")
 
 
-def _open_store(data_dir: Path | None, database_url: str | None) -> Any:
+def _open_store(settings: Settings) -> Any:
     from .store import open_store
 
-    settings = _settings(data_dir=data_dir, database_url=database_url)
     try:
         return open_store(settings.store_url)
     except LayerDiffuseError as error:
@@ -432,7 +431,7 @@ def keys_create(
     """Create a key and print it (the only time it is shown)."""
     from .auth import issue_key
 
-    store = _open_store(data_dir, database_url)
+    store = _open_store(_settings(data_dir=data_dir, database_url=database_url))
     issued = issue_key(store.keys, name, admin=admin)
     console.print(f"created key [bold]{issued.key.id}[/] ({name}{', admin' if admin else ''}); it is shown once:")
     typer.echo(issued.value)
@@ -446,7 +445,7 @@ def keys_list(data_dir: DataDirOption = None, database_url: DatabaseOption = Non
     from rich.table import Table
 
     table = Table("id", "name", "admin", "created", "revoked")
-    for key in _open_store(data_dir, database_url).keys.all():
+    for key in _open_store(_settings(data_dir=data_dir, database_url=database_url)).keys.all():
         created = datetime.fromtimestamp(key.created_at).isoformat(timespec="seconds")
         revoked = datetime.fromtimestamp(key.revoked_at).isoformat(timespec="seconds") if key.revoked_at else ""
         table.add_row(key.id, key.name, "yes" if key.admin else "", created, revoked)
@@ -462,7 +461,8 @@ def keys_revoke(
     """Revoke a key: requests and uploads with it are refused from now on."""
     import time
 
-    if not _open_store(data_dir, database_url).keys.revoke(key_id.split(":")[0], time.time()):
+    store = _open_store(_settings(data_dir=data_dir, database_url=database_url))
+    if not store.keys.revoke(key_id.split(":")[0], time.time()):
         raise _fail(f"no active key with id {key_id!r}")
     console.print(f"revoked key [bold]{key_id.split(':')[0]}[/]")
 
@@ -479,7 +479,8 @@ def status(
 
     from .observability.status import collect_status, render_status
 
-    report = collect_status(_open_store(data_dir, database_url))
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    report = collect_status(_open_store(settings), files=settings.blob_url)
     if as_json:
         typer.echo(json.dumps(asdict(report), indent=2))
     else:

@@ -68,11 +68,16 @@ def playground_key(playground_server: ServerProcess) -> str:
 
 @pytest.fixture
 def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
-    """A fresh browser profile per test; page errors fail the test; a screenshot is kept as an artifact."""
+    """A fresh browser profile per test; page errors and Content-Security-Policy violations fail the
+    test (the playground must work under its own policy); a screenshot is kept as an artifact."""
     context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on(
+        "console",
+        lambda message: errors.append(message.text) if "Content Security Policy" in message.text else None,
+    )
     yield opened
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     opened.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)

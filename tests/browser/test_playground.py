@@ -191,3 +191,29 @@ def test_gallery_survives_a_reload_and_a_server_restart(
     png = httpx.get(items[0]["output"]["image"]["url"]).content
     with Image.open(io.BytesIO(png)) as image:
         assert image.mode == "RGBA"
+
+
+def test_the_page_runs_under_a_policy_that_blocks_injected_script(
+    browser: object, playground_server: ServerProcess
+) -> None:
+    """Its own context (the ``page`` fixture fails on any policy violation; this one makes one)."""
+    context = browser.new_context()  # type: ignore[attr-defined]
+    try:
+        page = context.new_page()
+        violations: list[str] = []
+        page.on("console", lambda message: violations.append(message.text))
+        response = page.goto(playground_server.http_url + "/")
+        assert response is not None
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert not [text for text in violations if "Content Security Policy" in text]  # the page itself complies
+        injected = page.evaluate(
+            """() => { const s = document.createElement('script'); s.textContent = 'window.injected = 1';
+                       document.head.appendChild(s); return window.injected ?? null; }"""
+        )
+        assert injected is None
+        page.wait_for_timeout(200)
+        assert any("Content Security Policy" in text for text in violations)
+    finally:
+        context.close()

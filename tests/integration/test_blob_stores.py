@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +66,48 @@ def test_storage_urls_are_checked() -> None:
     for url in ("s3://", "ftp://host/x", "file://host/x"):
         with pytest.raises(StorageError):
             open_blob_store(url)
+
+
+def test_retention_deletes_expired_files_from_the_store(blobs: BlobStore, tmp_path: Path) -> None:
+    import time
+
+    from layerdiffuse_server.lifecycle.retention import sweep
+    from layerdiffuse_server.store import open_store
+    from layerdiffuse_server.store.contracts import FileRecord
+
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    kept, expired = new_file_id(), new_file_id()
+    for file_id, expires_at in ((kept, time.time() + 3600), (expired, time.time() - 1)):
+        blobs.put(file_id, b"bytes", "image/png")
+        store.files.add(FileRecord(file_id, "a.png", "image/png", 5, "k", None, time.time(), expires_at, True))
+    assert sweep(store, blobs, retention_hours=168, now=time.time()) == (0, 1)
+    assert read(blobs, expired) is None and read(blobs, kept) == b"bytes"
+    assert store.files.get(expired) is None and store.files.get(kept) is not None
+    store.close()
+
+
+def test_file_urls_redirect_to_presigned_urls_when_asked(s3_bucket: str, settings: object, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from layerdiffuse_server.api import create_app
+    from layerdiffuse_server.auth import issue_key
+    from layerdiffuse_server.server.bootstrap import build_services
+
+    from ..support.images import png_bytes
+    from .api_support import server_settings
+
+    configured = server_settings(settings, tmp_path, storage_url=f"s3://{s3_bucket}/x", file_delivery="redirect")  # type: ignore[arg-type]
+    services = build_services(configured)
+    with TestClient(create_app(services), follow_redirects=False) as client:
+        client.headers["Authorization"] = f"Key {issue_key(services.store.keys, 'tests').value}"
+        token = client.post("/rest/storage/auth/token").json()["token"]
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "image/png", "X-Fal-File-Name": "r.png"}
+        url = client.post("/cdn/files/upload", content=png_bytes(), headers=headers).json()["access_url"]
+        answer = client.get(url.removeprefix("http://testserver"))
+        assert answer.status_code == 307
+        presigned = answer.headers["location"]
+        assert presigned.startswith(os.environ["AWS_ENDPOINT_URL"])
+        fetched = httpx.get(presigned)
+        assert fetched.content == png_bytes() and fetched.headers["content-type"] == "image/png"
+        policy = client.get("/").headers["content-security-policy"]
+        assert os.environ["AWS_ENDPOINT_URL"] in policy  # the playground may show and download them

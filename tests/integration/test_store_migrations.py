@@ -111,3 +111,24 @@ def test_nodes_that_start_together_migrate_once(store_url: str) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_an_unreachable_postgresql_is_a_clear_error_without_the_password() -> None:
+    with pytest.raises(StoreError) as raised:
+        open_store("postgresql://layerdiffuse:s3cret@127.0.0.1:1/layerdiffuse")
+    message = str(raised.value)
+    assert "postgresql+psycopg://layerdiffuse:***@127.0.0.1:1/layerdiffuse" in message
+    assert "s3cret" not in message and "LAYERDIFFUSE_DATABASE_URL" in message
+
+
+def test_a_missing_driver_or_an_unknown_database_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "psycopg" else real_find_spec(name, *args)
+    )
+    with pytest.raises(StoreError, match=r"pip install 'layerdiffuse-server\[postgres\]'"):
+        open_store("postgresql://user:pw@db/layerdiffuse")
+    with pytest.raises(StoreError, match="unsupported database"):
+        open_store("mysql://user:pw@db/layerdiffuse")

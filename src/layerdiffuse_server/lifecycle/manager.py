@@ -29,7 +29,6 @@ from ..schemas import LayerDiffusionInput, batch_key
 from ..store.contracts import (
     ApiKey,
     CancelOutcome,
-    ChangeFeed,
     Completion,
     LogEntry,
     NewRequest,
@@ -78,10 +77,6 @@ class RequestManager:
         self.lease_seconds = lease_seconds
         self.clock = clock
         self._on_completed = on_completed or (lambda completion: None)
-
-    @property
-    def notices(self) -> ChangeFeed:
-        return self.store.notices
 
     def subscribe(self, listener: Callable[[Notice], None]) -> Callable[[], None]:
         return self.store.notices.subscribe(listener)

@@ -45,6 +45,7 @@ class WorkerReport:
 @dataclass(frozen=True)
 class StatusReport:
     database: str
+    files: str | None  # where file bytes live, when the caller knows (the settings do, the store does not)
     queued: dict[str, int]
     running: list[RunningRequest]
     workers: list[WorkerReport]
@@ -52,7 +53,7 @@ class StatusReport:
     generated_at: float
 
 
-def collect_status(store: Store, now: float | None = None) -> StatusReport:
+def collect_status(store: Store, now: float | None = None, *, files: str | None = None) -> StatusReport:
     now = time.time() if now is None else now
     depth = store.requests.queue_depth()
     running = [
@@ -87,6 +88,7 @@ def collect_status(store: Store, now: float | None = None) -> StatusReport:
         outcomes[name] = outcomes.get(name, 0) + count
     return StatusReport(
         database=store.url,
+        files=files,
         queued={priority.name: depth.get(priority, 0) for priority in Priority},
         running=running,
         workers=workers,
@@ -106,7 +108,7 @@ def _ago(seconds: float) -> str:
 def render_status(report: StatusReport, console: Console) -> None:
     queued = ", ".join(f"{count} {name}" for name, count in report.queued.items())
     console.print(f"[bold]Queue[/]: {sum(report.queued.values())} waiting ({queued}), {len(report.running)} running")
-    console.print(f"[dim]store: {report.database}[/]")
+    console.print(f"[dim]store: {report.database}" + (f" · files: {report.files}" if report.files else "") + "[/]")
     if report.running:
         table = Table("request", "worker", "started", "attempt", title="Running")
         for request in report.running:

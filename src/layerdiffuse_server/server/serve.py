@@ -34,46 +34,6 @@ class SignalFreeServer(uvicorn.Server):
 SHUTDOWN_MARGIN_SECONDS = 5.0
 
 
-async def _serve(
-    app: FastAPI,
-    host: str,
-    port: int,
-    tls: TlsFiles | None,
-    tls_port: int,
-    log_level: str,
-    grace_seconds: float,
-    on_stop: Callable[[], None],
-) -> None:
-    # Logging is configured by the caller (text or JSON); uvicorn's access log is replaced by ours.
-    common = {
-        "log_level": log_level,
-        "log_config": None,
-        "access_log": False,
-        "timeout_graceful_shutdown": int(grace_seconds + SHUTDOWN_MARGIN_SECONDS),
-    }
-    primary = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="on", **common))
-    servers = [primary]
-    if tls is not None and tls_port:
-        ssl = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
-        servers.append(SignalFreeServer(uvicorn.Config(app, host=host, port=tls_port, lifespan="off", **common, **ssl)))
-
-    async def follow() -> None:
-        while not primary.should_exit:
-            await asyncio.sleep(0.1)
-        on_stop()
-        for server in servers[1:]:
-            server.should_exit = True
-
-    async def run_primary() -> None:
-        try:
-            await primary.serve()
-        finally:
-            for server in servers[1:]:
-                server.should_exit = True
-
-    await asyncio.gather(run_primary(), *(server.serve() for server in servers[1:]), follow())
-
-
 def serve_app(
     app: FastAPI,
     *,
@@ -85,4 +45,35 @@ def serve_app(
     grace_seconds: float,
     on_stop: Callable[[], None],
 ) -> None:
-    asyncio.run(_serve(app, host, port, tls, tls_port, log_level, grace_seconds, on_stop))
+    """Serve until a signal stops the first listener; the second follows it."""
+    # Logging is configured by the caller (text or JSON); uvicorn's access log is replaced by ours.
+    common = {
+        "log_level": log_level,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": int(grace_seconds + SHUTDOWN_MARGIN_SECONDS),
+    }
+    primary = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="on", **common))
+    others: list[uvicorn.Server] = []
+    if tls is not None and tls_port:
+        ssl = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+        others.append(SignalFreeServer(uvicorn.Config(app, host=host, port=tls_port, lifespan="off", **common, **ssl)))
+
+    async def follow() -> None:
+        while not primary.should_exit:
+            await asyncio.sleep(0.1)
+        on_stop()
+        for server in others:
+            server.should_exit = True
+
+    async def run_primary() -> None:
+        try:
+            await primary.serve()
+        finally:
+            for server in others:
+                server.should_exit = True
+
+    async def serve() -> None:
+        await asyncio.gather(run_primary(), *(server.serve() for server in others), follow())
+
+    asyncio.run(serve())
