@@ -316,7 +316,7 @@ def api(
     database_url: DatabaseOption = None,
     storage_url: StorageOption = None,
     signing_key_file: Annotated[
-        Path | None, typer.Option(help="The ed25519 key (PEM) every API node shares (see `signing-key new`).")
+        Path | None, typer.Option(help="The ed25519 key (PEM) every API node shares (see `layerdiffuse signing-key`).")
     ] = None,
     webhook_allow_network: WebhookNetworkOption = None,
     retention_hours: RetentionOption = None,

@@ -34,6 +34,11 @@ class LayerDiffuseError(Exception):
     def message(self) -> str:
         return str(self)
 
+    @property
+    def public_message(self) -> str:
+        """What a client may read; errors whose message names internals say less."""
+        return self.message
+
 
 class InvalidInputError(LayerDiffuseError):
     """The request's input is not valid."""
@@ -68,6 +73,11 @@ class StoreError(LayerDiffuseError):
 
     status_code = 503
     error_type = "internal_error"
+
+    @property
+    def public_message(self) -> str:
+        # The message names the database (an address, a user) for the operator's log, not for clients.
+        return "The service's database is unavailable; try again later."
 
 
 class WeightsError(LayerDiffuseError):

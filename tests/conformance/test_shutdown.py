@@ -4,6 +4,7 @@ request it interrupts goes back to the queue without spending an attempt — how
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from pathlib import Path
 
@@ -43,7 +44,10 @@ def follow_stream(server: ServerProcess, headers: dict[str, str], request_id: st
 
 
 def sync_run(server: ServerProcess, headers: dict[str, str], answers: list[httpx.Response]) -> None:
-    answers.append(httpx.post(f"{server.http_url}/run/{APP}", json=LONG, headers=headers, timeout=120))
+    """On the HTTPS listener, as fal_client would: the second listener drains like the first."""
+    url = f"https://127.0.0.1:{server.tls_port}/run/{APP}"
+    trust = ssl.create_default_context(cafile=str(server.ca_file))
+    answers.append(httpx.post(url, json=LONG, headers=headers, timeout=120, verify=trust))
 
 
 def test_stops_are_bounded_and_interrupted_work_keeps_its_attempts(
@@ -69,6 +73,7 @@ def test_stops_are_bounded_and_interrupted_work_keeps_its_attempts(
             while not events:
                 threading.Event().wait(0.05)
             seconds = server.stop(timeout=120)
+            assert server.process is not None and server.process.returncode == 0, server.log()
             for client in clients:
                 client.join(30)
             assert seconds < STOP_BOUND_SECONDS, f"the stop took {seconds:.1f} s:\n{server.log()}"

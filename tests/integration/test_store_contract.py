@@ -13,7 +13,7 @@ from layerdiffuse_server.auth import ensure_first_key
 from layerdiffuse_server.errors import QueueFullError
 from layerdiffuse_server.lifecycle import outcomes
 from layerdiffuse_server.store import CancelOutcome, NewRequest, Notice, NoticeKind, RequestState, Store, open_store
-from layerdiffuse_server.store.contracts import Completion, FileRecord, Priority, RequestRecord
+from layerdiffuse_server.store.contracts import Completion, FileRecord, Priority, ReleaseOutcome, RequestRecord
 
 LEASE = 30.0
 
@@ -33,9 +33,7 @@ def submit(store: Store, priority: Priority = Priority.normal, *, key: str | Non
 
 
 def claim(store: Store, worker: str = "w", *, now: float | None = None, batch: int = 1) -> list[RequestRecord]:
-    return store.requests.claim(
-        worker, time.time() if now is None else now, lease_seconds=LEASE, max_batch=batch, window=32
-    )
+    return store.requests.claim(worker, time.time() if now is None else now, lease_seconds=LEASE, max_batch=batch)
 
 
 def test_claims_follow_priority_then_arrival(store: Store) -> None:
@@ -108,10 +106,10 @@ def test_only_the_lease_holder_logs_and_completes(store: Store) -> None:
 def test_renewed_leases_are_kept_and_expired_ones_taken_back(store: Store) -> None:
     now = time.time()
     alive, dead = submit(store), submit(store)
-    claim(store, "alive", now=now)
+    [alive_lease] = claim(store, "alive", now=now)
     old_lease = claim(store, "dead", now=now)[0]
     later = now + LEASE + 1
-    assert store.requests.renew("alive", later - 5, LEASE) == {alive}
+    assert store.requests.renew([alive_lease.lease_token], later - 5, LEASE) == {alive}  # type: ignore[list-item]
     reclaimed = store.requests.reclaim_expired(
         later, max_lost_runs=2, lost=outcomes.runner_lost(2), cancelled=outcomes.cancelled()
     )
@@ -121,7 +119,7 @@ def test_renewed_leases_are_kept_and_expired_ones_taken_back(store: Store) -> No
     assert requeued is not None and requeued.state is RequestState.QUEUED
     assert (requeued.lost_runs, requeued.solo, requeued.worker_id) == (1, True, None)
     # The lost worker comes back too late: its writes are refused, and it no longer holds anything.
-    assert store.requests.renew("dead", later, LEASE) == set()
+    assert store.requests.renew([old_lease.lease_token], later, LEASE) == set()  # type: ignore[list-item]
     assert not store.requests.complete(dead, Completion(200, {}), later, lease_token=old_lease.lease_token)
     assert not store.requests.append_log(dead, "late", "INFO", later, lease_token=old_lease.lease_token)
 
@@ -155,13 +153,14 @@ def test_a_loss_in_a_batch_is_not_counted_but_a_loss_alone_is(store: Store) -> N
 def test_a_graceful_hand_back_counts_nothing(store: Store) -> None:
     request_id, cancelled_id = submit(store), submit(store)
     lease, other = claim(store)[0], claim(store)[0]
-    assert store.requests.release(request_id, lease.lease_token, time.time(), outcomes.cancelled())  # type: ignore[arg-type]
+    release = store.requests.release
+    assert release(request_id, lease.lease_token, time.time(), outcomes.cancelled()) is ReleaseOutcome.REQUEUED  # type: ignore[arg-type]
     record = store.requests.get(request_id)
     assert record is not None and record.state is RequestState.QUEUED
     assert (record.lost_runs, record.solo, record.attempts) == (0, False, 1)
-    assert not store.requests.release(request_id, lease.lease_token, time.time(), outcomes.cancelled())  # type: ignore[arg-type]
+    assert release(request_id, lease.lease_token, time.time(), outcomes.cancelled()) is ReleaseOutcome.LOST  # type: ignore[arg-type]
     assert store.requests.request_cancel(cancelled_id, time.time(), outcomes.cancelled()) is CancelOutcome.REQUESTED
-    assert store.requests.release(cancelled_id, other.lease_token, time.time(), outcomes.cancelled())  # type: ignore[arg-type]
+    assert release(cancelled_id, other.lease_token, time.time(), outcomes.cancelled()) is ReleaseOutcome.CANCELLED  # type: ignore[arg-type]
     assert store.requests.get(cancelled_id).status_code == 499  # type: ignore[union-attr]
 
 
@@ -206,9 +205,10 @@ def test_logs_and_retention(store: Store) -> None:
         store.requests.append_log(request_id, f"line {index}", "INFO", time.time())
     logs = store.requests.logs(request_id)
     assert [entry.message for entry in store.requests.logs(request_id, logs[0].seq)] == ["line 1", "line 2"]
-    assert store.requests.delete_completed_before(time.time() + 10) == []  # still queued: kept
+    later = time.time() + 10
+    assert store.requests.delete_completed_before(later, later) == []  # still queued: kept
     store.requests.request_cancel(request_id, time.time(), outcomes.cancelled())
-    assert store.requests.delete_completed_before(time.time() + 10) == [request_id]
+    assert store.requests.delete_completed_before(later, later) == [request_id]
     assert store.requests.get(request_id) is None and store.requests.logs(request_id) == []
 
 
@@ -272,3 +272,44 @@ def test_leases_of_workers_known_dead_end_at_once(store: Store) -> None:
     )
     assert reclaimed.requeued == [gone]
     assert store.requests.get(alive).state is RequestState.RUNNING  # type: ignore[union-attr]
+
+
+def test_an_upload_is_written_by_one_put_only(store: Store) -> None:
+    store.files.add(FileRecord("upload-0001", "a.png", "image/png", None, "k", None, 1.0, None, ready=False))
+    assert store.files.claim_upload("upload-0001")
+    assert not store.files.claim_upload("upload-0001")  # a second PUT at the same moment
+    store.files.unclaim_upload("upload-0001")  # the first one's write failed: the URL works again
+    assert store.files.claim_upload("upload-0001")
+    assert store.files.mark_ready("upload-0001", 5) and not store.files.claim_upload("upload-0001")
+
+
+def test_a_started_request_no_longer_times_out_as_unstarted(store: Store) -> None:
+    request_id = submit(store, start_deadline=time.time() + 0.2)
+    [lease] = claim(store)
+    store.requests.release(request_id, lease.lease_token, time.time(), outcomes.cancelled())  # type: ignore[arg-type]
+    assert store.requests.expire_start_deadlines(time.time() + 60, outcomes.timed_out()) == []
+    assert [lease.id for lease in claim(store, now=time.time() + 60)] == [request_id]
+
+
+def test_retention_marks_the_files_of_deleted_requests_for_the_file_sweep(store: Store) -> None:
+    request_id = submit(store)
+    store.files.add(FileRecord("output-0001", "a.png", "image/png", 3, "k", request_id, 1.0, None, ready=True))
+    store.requests.request_cancel(request_id, time.time(), outcomes.cancelled())
+    now = time.time() + 10
+    assert store.requests.delete_completed_before(now, now) == [request_id]
+    assert [record.id for record in store.files.expired(now)] == ["output-0001"]
+
+
+def test_a_claim_takes_the_next_request_in_order_past_one_another_worker_holds(store: Store, store_url: str) -> None:
+    if not store_url.startswith("postgresql"):
+        pytest.skip("row locks that others skip are PostgreSQL's; SQLite serialises claims")
+    from sqlalchemy import create_engine, text
+
+    from layerdiffuse_server.store.database import database_url
+
+    ids = [submit(store) for _ in range(40)]
+    engine = create_engine(database_url(store_url))
+    with engine.begin() as other_worker:  # a claim in progress elsewhere holds the head
+        other_worker.execute(text("SELECT id FROM requests WHERE id = :id FOR UPDATE"), {"id": ids[0]})
+        assert [lease.id for lease in claim(store)] == [ids[1]]
+    engine.dispose()

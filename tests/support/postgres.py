@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -98,17 +97,3 @@ class PostgresServer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
-
-
-def wait_until_accepting(url: str, timeout: float = 30) -> None:
-    import psycopg
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            psycopg.connect(url, connect_timeout=2).close()
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)

@@ -71,6 +71,10 @@ def test_a_rotation_publishes_and_honours_the_previous_key(tmp_path: Path) -> No
         "http://[64:ff9b::7f00:1]/x",  # NAT64 of 127.0.0.1
         "http://[::ffff:10.0.0.1]/x",  # IPv4-mapped
         "http://[2002:a00:1::]/x",  # 6to4 of 10.0.0.1
+        "http://[::7f00:1]/x",  # IPv4-compatible form of 127.0.0.1
+        "http://[fec0::1]/x",  # site-local
+        "http://224.0.0.1/x",  # multicast
+        "http://[ff02::1]/x",
         "http://0x7f.1/x",  # 127.0.0.1 as inet_aton reads it
         "http://01.1.1.1/x",  # not an address httpx will send to
         "http://user:secret@example.com/x",  # credentials would go out as Basic auth
@@ -223,3 +227,21 @@ def test_delivery_connects_to_the_checked_address_however_dns_answers_next(
     other = completed_with_webhook(store, f"http://hook.rebind.test:{port}/again")
     deliver_until(make_deliverer(store, tmp_path), lambda: store.webhooks.get_for_request(other).state != "pending")  # type: ignore[union-attr]
     assert store.webhooks.get_for_request(other).state == "failed" and len(received) == 1  # type: ignore[union-attr]
+
+
+def test_a_receiver_that_never_finishes_answering_holds_up_nothing(store: Store, tmp_path: Path) -> None:
+    stalled = completed_with_webhook(store, "http://127.0.0.1:7/stall")
+    healthy = completed_with_webhook(store, "http://127.0.0.1:8/fine")
+    answered: list[str] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/stall":
+            await asyncio.sleep(60)  # headers, then a byte now and then: never done
+        answered.append(request.url.path)
+        return httpx.Response(200)
+
+    deliverer = make_deliverer(store, tmp_path, httpx.MockTransport(answer), timeout_seconds=0.5, max_attempts=1)
+    started = time.monotonic()
+    deliver_until(deliverer, lambda: store.webhooks.get_for_request(stalled).state == "failed")  # type: ignore[union-attr]
+    assert time.monotonic() - started < 5
+    assert answered == ["/fine"] and store.webhooks.get_for_request(healthy).state == "delivered"  # type: ignore[union-attr]

@@ -47,7 +47,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LayerDiffuseError)
     async def _ours(_request: Request, error: LayerDiffuseError) -> JSONResponse:
-        return fal_error(error.status_code, error.message, error.error_type, **error.headers)
+        if error.public_message != error.message:
+            logger.warning("%s: %s", type(error).__name__, error.message)
+        return fal_error(error.status_code, error.public_message, error.error_type, **error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -257,9 +257,15 @@ async def put_upload(
     data = await read_limited_body(request, services.settings.max_upload_bytes)
     max_pixels = services.settings.max_upload_pixels
     await anyio.to_thread.run_sync(lambda: check_image(record.content_type, data, max_pixels=max_pixels))
-    await anyio.to_thread.run_sync(services.blobs.put, file_id, data, record.content_type)
-    if not await anyio.to_thread.run_sync(services.store.files.mark_ready, file_id, len(data)):
+    # Taken before the bytes are written: of two PUTs at once, one writes and the other is refused.
+    if not await anyio.to_thread.run_sync(services.store.files.claim_upload, file_id):
         raise UploadUrlError("This upload URL has already been used")
+    try:
+        await anyio.to_thread.run_sync(services.blobs.put, file_id, data, record.content_type)
+    except BaseException:
+        await anyio.to_thread.run_sync(services.store.files.unclaim_upload, file_id)
+        raise
+    await anyio.to_thread.run_sync(services.store.files.mark_ready, file_id, len(data))
     return JSONResponse({"file_url": file_url(services.base_url, file_id, record.file_name), "file_size": len(data)})
 
 

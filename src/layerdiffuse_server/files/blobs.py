@@ -26,6 +26,11 @@ class StorageError(LayerDiffuseError):
     status_code = 503
     error_type = "internal_error"
 
+    @property
+    def public_message(self) -> str:
+        # The message names the bucket or directory for the operator's log, not for clients.
+        return "The service's file store is unavailable; try again later."
+
 
 def new_file_id() -> str:
     return secrets.token_urlsafe(18)

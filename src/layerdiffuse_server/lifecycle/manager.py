@@ -35,6 +35,7 @@ from ..store.contracts import (
     Notice,
     Priority,
     Reclaimed,
+    ReleaseOutcome,
     RequestRecord,
     Store,
     WorkerState,
@@ -43,9 +44,6 @@ from . import outcomes
 from .local_processes import is_running, process_scope
 
 logger = logging.getLogger(__name__)
-
-#: How far down the queue a worker looks for requests to batch with the one at its head.
-BATCH_WINDOW = 32
 
 
 @dataclass(frozen=True)
@@ -152,12 +150,12 @@ class RequestManager:
 
     def claim(self, worker_id: str, max_batch: int) -> list[RequestRecord]:
         """The next request and compatible ones behind it, leased to ``worker_id``."""
-        return self.store.requests.claim(
-            worker_id, self.clock(), lease_seconds=self.lease_seconds, max_batch=max_batch, window=BATCH_WINDOW
-        )
+        return self.store.requests.claim(worker_id, self.clock(), lease_seconds=self.lease_seconds, max_batch=max_batch)
 
-    def renew(self, worker_id: str) -> set[str]:
-        return self.store.requests.renew(worker_id, self.clock(), self.lease_seconds)
+    def renew(self, leases: list[RequestRecord]) -> set[str]:
+        """Extend the leases a worker still works on; the ids it still holds."""
+        tokens = [lease.lease_token for lease in leases if lease.lease_token is not None]
+        return self.store.requests.renew(tokens, self.clock(), self.lease_seconds)
 
     def log(self, lease: RequestRecord, message: str, level: str = "INFO") -> bool:
         """A line of the request's own log, from the holder of its lease (False once it lost it)."""
@@ -173,10 +171,15 @@ class RequestManager:
             self._on_completed(completion)
         return done
 
-    def release(self, lease: RequestRecord) -> bool:
-        """Hand a request back to the queue, its attempts untouched (the worker is stopping)."""
+    def release(self, lease: RequestRecord) -> ReleaseOutcome:
+        """Hand a request back to the queue without counting a lost run (the worker is stopping, or
+        could not finish it); a cancel that was waiting ends it instead."""
         assert lease.lease_token is not None
-        return self.store.requests.release(lease.id, lease.lease_token, self.clock(), outcomes.cancelled())
+        completion = outcomes.cancelled()
+        outcome = self.store.requests.release(lease.id, lease.lease_token, self.clock(), completion)
+        if outcome is ReleaseOutcome.CANCELLED:
+            self._on_completed(completion)
+        return outcome
 
     # -- housekeeping --------------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ def invalid_input(error: ValidationError) -> Completion:
 
 
 def failed(error: LayerDiffuseError) -> Completion:
-    return _failure(error.status_code, error.message, error.error_type)
+    return _failure(error.status_code, error.public_message, error.error_type)
 
 
 def succeeded(output: dict[str, Any], *, metrics: dict[str, Any], file_ids: list[str]) -> Completion:

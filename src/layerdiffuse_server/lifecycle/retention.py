@@ -17,17 +17,22 @@ FORGET_WORKERS_AFTER_SECONDS = 86400.0
 def sweep(store: Store, blobs: BlobStore, retention_hours: float, now: float) -> tuple[int, int]:
     """One pass; returns (requests deleted, files deleted).
 
-    Requests go before their files, so a stored result never points at a deleted file. Files with
-    an expiry (uploads, unpublished outputs) go when it passes, whatever ``retention_hours`` says.
+    Requests go first, marking their files expired in the same transaction, so a stored result
+    never points at a deleted file and a file whose bytes could not be deleted now (an object store
+    that is away) is found again by the next pass. Files with their own expiry (uploads, outputs a
+    lost worker never published) go when it passes, whatever ``retention_hours`` says.
     """
     store.workers.forget_silent_since(now - FORGET_WORKERS_AFTER_SECONDS)
-    expired_files = store.files.expired(now)
-    request_ids = store.requests.delete_completed_before(now - retention_hours * 3600) if retention_hours else []
-    outputs = store.files.for_requests(request_ids)
-    doomed = expired_files + outputs
-    for record in doomed:
-        blobs.delete(record.id)
-    store.files.delete([record.id for record in doomed])
-    if doomed or request_ids:
-        logger.info("retention: deleted %d requests and %d files", len(request_ids), len(doomed))
-    return len(request_ids), len(doomed)
+    request_ids = store.requests.delete_completed_before(now - retention_hours * 3600, now) if retention_hours else []
+    deleted = []
+    for record in store.files.expired(now):
+        try:
+            blobs.delete(record.id)
+        except Exception:
+            logger.warning("retention: could not delete file %s; trying again later", record.id, exc_info=True)
+            continue
+        deleted.append(record.id)
+    store.files.delete(deleted)
+    if deleted or request_ids:
+        logger.info("retention: deleted %d requests and %d files", len(request_ids), len(deleted))
+    return len(request_ids), len(deleted)

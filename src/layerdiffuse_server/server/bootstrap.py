@@ -74,7 +74,7 @@ def signing_keys(settings: Settings, role: Role) -> SigningKeys:
         return SigningKeys.load_or_create(settings.data_dir / "signing-key.pem")
     raise ConfigurationError(
         "an API node needs the signing key every node shares: set LAYERDIFFUSE_SIGNING_KEY_FILE "
-        "(make one with `layerdiffuse signing-key new PATH`)"
+        "(make one with `layerdiffuse signing-key PATH`)"
     )
 
 

@@ -1,15 +1,17 @@
 """Serving one app on plain HTTP and HTTPS at once (the Python client needs https, browsers and the
 JS proxy mode are happy with http), with one lifespan, so one worker.
 
-A stop (SIGTERM, Ctrl-C) is bounded: the moment uvicorn begins to exit, ``on_stop`` starts the
-app's drain (waiting answers get a deadline, the worker stops claiming); uvicorn itself gives open
-connections ``grace_seconds`` plus a margin before it cancels them.
+A stop (SIGTERM, Ctrl-C) is bounded: the signal starts the app's drain (``on_stop``: waiting
+answers get a deadline, the worker stops claiming) and stops every listener; uvicorn gives open
+connections ``grace_seconds`` plus a margin before it cancels them. The process then ends normally,
+after the app's shutdown, with every listener done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Callable, Iterator
 
 import uvicorn
@@ -45,7 +47,8 @@ def serve_app(
     grace_seconds: float,
     on_stop: Callable[[], None],
 ) -> None:
-    """Serve until a signal stops the first listener; the second follows it."""
+    """Serve until SIGTERM or SIGINT; return once every listener has finished (a second signal
+    cuts the wait for open connections short)."""
     # Logging is configured by the caller (text or JSON); uvicorn's access log is replaced by ours.
     common = {
         "log_level": log_level,
@@ -53,27 +56,24 @@ def serve_app(
         "access_log": False,
         "timeout_graceful_shutdown": int(grace_seconds + SHUTDOWN_MARGIN_SECONDS),
     }
-    primary = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="on", **common))
-    others: list[uvicorn.Server] = []
+    servers = [SignalFreeServer(uvicorn.Config(app, host=host, port=port, lifespan="on", **common))]
     if tls is not None and tls_port:
         ssl = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
-        others.append(SignalFreeServer(uvicorn.Config(app, host=host, port=tls_port, lifespan="off", **common, **ssl)))
+        servers.append(SignalFreeServer(uvicorn.Config(app, host=host, port=tls_port, lifespan="off", **common, **ssl)))
 
-    async def follow() -> None:
-        while not primary.should_exit:
-            await asyncio.sleep(0.1)
+    def signalled() -> None:
+        if servers[0].should_exit:
+            for server in servers:
+                server.force_exit = True
+            return
         on_stop()
-        for server in others:
+        for server in servers:
             server.should_exit = True
 
-    async def run_primary() -> None:
-        try:
-            await primary.serve()
-        finally:
-            for server in others:
-                server.should_exit = True
-
     async def serve() -> None:
-        await asyncio.gather(run_primary(), *(server.serve() for server in others), follow())
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, signalled)
+        await asyncio.gather(*(server.serve() for server in servers))
 
     asyncio.run(serve())

@@ -32,6 +32,12 @@ class Priority(IntEnum):
     low = 1
 
 
+class ReleaseOutcome(StrEnum):
+    REQUEUED = "requeued"  # back in the queue, its attempts untouched
+    CANCELLED = "cancelled"  # a cancel was waiting: completed with it instead
+    LOST = "lost"  # the lease was no longer the caller's: nothing changed
+
+
 class CancelOutcome(StrEnum):
     CANCELLED = "cancelled"  # was queued: completed now, will never run
     REQUESTED = "requested"  # is running: the worker stops at the next denoising step
@@ -207,15 +213,16 @@ class RequestQueue(Protocol):
     def running(self) -> list[RequestRecord]: ...
     def completed_since(self, since: float) -> dict[tuple[int, str | None], int]: ...
 
-    def claim(
-        self, worker_id: str, now: float, *, lease_seconds: float, max_batch: int, window: int
-    ) -> list[RequestRecord]:
-        """Lease the head of the queue and up to ``max_batch - 1`` queued requests of the same
-        priority and batch key among the next ``window``, all in one transaction; [] when idle."""
+    def claim(self, worker_id: str, now: float, *, lease_seconds: float, max_batch: int) -> list[RequestRecord]:
+        """Lease the head of the queue and up to ``max_batch - 1`` queued requests of the same priority
+        and batch key behind it, in one transaction; [] when idle. Only the rows taken are locked, so
+        workers claiming at once take the next requests in order. A claimed request has started: its
+        start deadline no longer applies."""
         ...
 
-    def renew(self, worker_id: str, now: float, lease_seconds: float) -> set[str]:
-        """Extend the leases ``worker_id`` holds; the ids it still holds (a lost one was reclaimed)."""
+    def renew(self, lease_tokens: list[str], now: float, lease_seconds: float) -> set[str]:
+        """Extend these leases; the ids of the requests still held by them (a lost one was reclaimed).
+        Only leases a worker still works on are renewed, so one it dropped runs out."""
         ...
 
     def complete(self, request_id: str, completion: Completion, now: float, *, lease_token: str | None = None) -> bool:
@@ -223,9 +230,9 @@ class RequestQueue(Protocol):
         or, with ``lease_token``, when that lease is no longer the request's."""
         ...
 
-    def release(self, request_id: str, lease_token: str, now: float, cancelled: Completion) -> bool:
+    def release(self, request_id: str, lease_token: str, now: float, cancelled: Completion) -> ReleaseOutcome:
         """Hand a leased request back to the queue without counting a lost run (a graceful stop);
-        completed with ``cancelled`` instead when a cancel is waiting. False when the lease was lost."""
+        completed with ``cancelled`` instead when a cancel is waiting."""
         ...
 
     def request_cancel(self, request_id: str, now: float, cancelled: Completion) -> CancelOutcome:
@@ -255,7 +262,10 @@ class RequestQueue(Protocol):
 
     def logs(self, request_id: str, after_seq: int = 0) -> list[LogEntry]: ...
     def recent_for_key(self, key_id: str, limit: int) -> list[RequestRecord]: ...
-    def delete_completed_before(self, cutoff: float) -> list[str]: ...
+    def delete_completed_before(self, cutoff: float, now: float) -> list[str]:
+        """Delete completed requests older than ``cutoff`` with their logs, and mark their files
+        expired at ``now`` in the same transaction, so the file sweep deletes them (and retries)."""
+        ...
 
 
 class KeyRing(Protocol):
@@ -277,6 +287,14 @@ class FileCatalog(Protocol):
 
     def add(self, record: FileRecord) -> None: ...
     def get(self, file_id: str) -> FileRecord | None: ...
+    def claim_upload(self, file_id: str) -> bool:
+        """Take an initiated upload for writing, once: False when it is taken or already written."""
+        ...
+
+    def unclaim_upload(self, file_id: str) -> None:
+        """Give back an upload whose write failed, so the (still valid) URL can be used again."""
+        ...
+
     def mark_ready(self, file_id: str, size: int) -> bool: ...
     def for_requests(self, request_ids: list[str]) -> list[FileRecord]: ...
     def delete(self, file_ids: list[str]) -> None: ...

@@ -9,6 +9,8 @@ that refuses us ends as one :class:`~layerdiffuse_server.errors.StoreError` that
 from __future__ import annotations
 
 import importlib.util
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,6 @@ BUSY_TIMEOUT_MS = 10_000
 PROBE_BUSY_TIMEOUT_MS = 2_000
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
-
-
 def redacted(url: str | URL) -> str:
     """The URL as it may be shown and logged: the password masked."""
     try:
@@ -47,15 +45,29 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        _switch_to_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Switching a new database file to WAL needs a moment alone with it, and SQLite answers "locked"
+    at once rather than waiting when processes open one together (an API and a worker starting)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _translate_connection_errors(engine: Engine, shown_url: str) -> None:
@@ -68,6 +80,8 @@ def _translate_connection_errors(engine: Engine, shown_url: str) -> None:
             raise StoreError(f"lost the connection to the database {shown_url}: {context.original_exception}")
         if context.connection is None and context.original_exception is not None:  # failed to connect
             reason = str(context.original_exception).strip().splitlines()[0]
+            if engine.dialect.name == "sqlite":
+                raise StoreError(f"cannot open the database {shown_url}: {reason}")
             raise StoreError(
                 f"cannot connect to the database {shown_url}: {reason}. Is the server running, and does "
                 "LAYERDIFFUSE_DATABASE_URL name it with the right user and password?"

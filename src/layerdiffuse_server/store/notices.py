@@ -43,9 +43,6 @@ class _Listeners:
 
         return remove
 
-    def __bool__(self) -> bool:
-        return bool(self._listeners)
-
     def deliver(self, notices: Iterable[Notice]) -> None:
         with self._lock:
             listeners = list(self._listeners)

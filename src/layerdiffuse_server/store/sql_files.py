@@ -24,6 +24,19 @@ class SqlFileCatalog:
             row = connection.execute(select(files).where(files.c.id == file_id)).first()
         return from_row(FileRecord, row) if row else None
 
+    def claim_upload(self, file_id: str) -> bool:
+        # An unwritten upload has no size; -1 marks one being written.
+        statement = (
+            update(files).where(files.c.id == file_id, files.c.ready.is_(False), files.c.size.is_(None)).values(size=-1)
+        )
+        with self._engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    def unclaim_upload(self, file_id: str) -> None:
+        statement = update(files).where(files.c.id == file_id, files.c.ready.is_(False)).values(size=None)
+        with self._engine.begin() as connection:
+            connection.execute(statement)
+
     def mark_ready(self, file_id: str, size: int) -> bool:
         """Publish a pending upload once; False if it was already written (upload URLs are single-use)."""
         statement = update(files).where(files.c.id == file_id, files.c.ready.is_(False)).values(ready=True, size=size)
@@ -45,6 +58,6 @@ class SqlFileCatalog:
                 connection.execute(delete(files).where(files.c.id.in_(file_ids)))
 
     def expired(self, now: float) -> list[FileRecord]:
-        query = select(files).where(files.c.expires_at.is_not(None), files.c.expires_at < now)
+        query = select(files).where(files.c.expires_at.is_not(None), files.c.expires_at <= now)
         with self._engine.connect() as connection:
             return [from_row(FileRecord, row) for row in connection.execute(query)]

@@ -19,6 +19,7 @@ from .contracts import (
     NoticeKind,
     Priority,
     Reclaimed,
+    ReleaseOutcome,
     RequestRecord,
     RequestState,
 )
@@ -190,37 +191,45 @@ class SqlRequestQueue:
 
     # -- leases --------------------------------------------------------------------------------
 
-    def claim(
-        self, worker_id: str, now: float, *, lease_seconds: float, max_batch: int, window: int
-    ) -> list[RequestRecord]:
-        candidates = (
-            select(requests.c.id, requests.c.priority, requests.c.batch_key, requests.c.solo)
-            .where(
-                requests.c.state == QUEUED,
-                or_(requests.c.start_deadline.is_(None), requests.c.start_deadline > now),
-            )
-            .order_by(requests.c.priority, requests.c.seq)
-            .limit(window)
-            .with_for_update(skip_locked=True)
+    def claim(self, worker_id: str, now: float, *, lease_seconds: float, max_batch: int) -> list[RequestRecord]:
+        claimable = and_(
+            requests.c.state == QUEUED,
+            or_(requests.c.start_deadline.is_(None), requests.c.start_deadline > now),
         )
+        order = (requests.c.priority, requests.c.seq)
         with self._transaction() as (connection, notices):
-            rows = connection.execute(candidates).all()
-            if not rows:
+            head = connection.execute(
+                select(requests.c.id, requests.c.seq, requests.c.priority, requests.c.batch_key, requests.c.solo)
+                .where(claimable)
+                .order_by(*order)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if head is None:
                 return []
-            head = rows[0]
             chosen = [head.id]
             if max_batch > 1 and head.batch_key is not None and not head.solo:
-                for row in rows[1:]:
-                    if len(chosen) == max_batch:
-                        break
-                    if row.priority == head.priority and row.batch_key == head.batch_key and not row.solo:
-                        chosen.append(row.id)
+                partners = (
+                    select(requests.c.id)
+                    .where(
+                        claimable,
+                        requests.c.priority == head.priority,
+                        requests.c.batch_key == head.batch_key,
+                        requests.c.solo.is_(False),
+                        requests.c.seq > head.seq,
+                    )
+                    .order_by(*order)
+                    .limit(max_batch - 1)
+                    .with_for_update(skip_locked=True)
+                )
+                chosen += list(connection.execute(partners).scalars())
             claimed = connection.execute(
                 update(requests)
                 .where(requests.c.id.in_(chosen), requests.c.state == QUEUED)
                 .values(
                     state=RUNNING,
                     started_at=now,
+                    start_deadline=None,
                     worker_id=worker_id,
                     lease_token=secrets.token_hex(16),
                     lease_expires_at=now + lease_seconds,
@@ -230,13 +239,15 @@ class SqlRequestQueue:
                 .returning(*requests.c)
             ).all()
             notices.extend(Notice(NoticeKind.STARTED, row.id) for row in claimed)
-        order = {request_id: index for index, request_id in enumerate(chosen)}
-        return sorted((_record(row) for row in claimed), key=lambda record: order[record.id])
+        position = {request_id: index for index, request_id in enumerate(chosen)}
+        return sorted((_record(row) for row in claimed), key=lambda record: position[record.id])
 
-    def renew(self, worker_id: str, now: float, lease_seconds: float) -> set[str]:
+    def renew(self, lease_tokens: list[str], now: float, lease_seconds: float) -> set[str]:
+        if not lease_tokens:
+            return set()
         statement = (
             update(requests)
-            .where(requests.c.worker_id == worker_id, requests.c.state == RUNNING)
+            .where(requests.c.lease_token.in_(lease_tokens), requests.c.state == RUNNING)
             .values(lease_expires_at=now + lease_seconds)
             .returning(requests.c.id)
         )
@@ -250,17 +261,18 @@ class SqlRequestQueue:
         with self._transaction() as (connection, notices):
             return self._complete_in(connection, notices, request_id, completion, now, condition)
 
-    def release(self, request_id: str, lease_token: str, now: float, cancelled: Completion) -> bool:
+    def release(self, request_id: str, lease_token: str, now: float, cancelled: Completion) -> ReleaseOutcome:
         held = and_(requests.c.id == request_id, requests.c.state == RUNNING, requests.c.lease_token == lease_token)
         with self._transaction() as (connection, notices):
             row = connection.execute(select(requests.c.cancel_requested).where(held).with_for_update()).first()
             if row is None:
-                return False
+                return ReleaseOutcome.LOST
             if row.cancel_requested:
-                return self._complete_in(connection, notices, request_id, cancelled, now)
+                self._complete_in(connection, notices, request_id, cancelled, now)
+                return ReleaseOutcome.CANCELLED
             connection.execute(update(requests).where(held).values(**_REQUEUED_VALUES))
             notices.append(Notice(NoticeKind.QUEUED, request_id))
-        return True
+        return ReleaseOutcome.REQUEUED
 
     def request_cancel(self, request_id: str, now: float, cancelled: Completion) -> CancelOutcome:
         with self._transaction() as (connection, notices):
@@ -383,11 +395,12 @@ class SqlRequestQueue:
         with self._engine.connect() as connection:
             return [_record(row) for row in connection.execute(query)]
 
-    def delete_completed_before(self, cutoff: float) -> list[str]:
+    def delete_completed_before(self, cutoff: float, now: float) -> list[str]:
         condition = and_(requests.c.state == COMPLETED, requests.c.completed_at < cutoff)
         with self._engine.begin() as connection:
             ids = list(connection.execute(select(requests.c.id).where(condition)).scalars())
             if ids:
+                connection.execute(update(files).where(files.c.request_id.in_(ids)).values(expires_at=now))
                 connection.execute(delete(request_logs).where(request_logs.c.request_id.in_(ids)))
                 connection.execute(delete(webhook_deliveries).where(webhook_deliveries.c.request_id.in_(ids)))
                 connection.execute(delete(requests).where(requests.c.id.in_(ids)))

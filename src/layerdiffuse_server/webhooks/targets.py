@@ -6,9 +6,9 @@ on the key holder's behalf. The rules:
 - the URL is parsed by httpx, the library that sends the request, so what is checked is what is
   sent (``http://01.1.1.1/`` is refused here, not at delivery);
 - http(s) only, a host, a valid port, no credentials (they would be sent as Basic auth);
-- the host is resolved and only public addresses are used, plus networks the operator allowed;
-  an IPv6 address that carries an IPv4 one (NAT64, IPv4-mapped, 6to4, Teredo) is judged by the
-  IPv4 address it reaches;
+- the host is resolved and only public unicast addresses are used, plus networks the operator
+  allowed; an IPv6 address that carries an IPv4 one (NAT64, IPv4-mapped or -compatible, 6to4,
+  Teredo) is judged by the IPv4 address it reaches;
 - the delivery connects to the address that was checked (the Host header and TLS server name stay
   those of the URL), at every attempt, so a DNS answer that changes between check and connect
   (DNS rebinding) cannot redirect it. Redirects are not followed.
@@ -47,7 +47,7 @@ def reached_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
         return None
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
-    if any(address in prefix for prefix in _NAT64_PREFIXES):
+    if any(address in prefix for prefix in _NAT64_PREFIXES) or int(address) >> 32 == 0:  # NAT64, ::a.b.c.d
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address.sixtofour is not None:
         return address.sixtofour
@@ -62,6 +62,8 @@ def is_permitted(address: IPAddress, allowed_networks: Sequence[IPNetwork]) -> b
     embedded = reached_ipv4(address)
     if embedded is not None:
         return is_permitted(embedded, allowed_networks)
+    if address.is_multicast or (isinstance(address, ipaddress.IPv6Address) and address.is_site_local):
+        return False  # Python counts these as global
     return address.is_global
 
 

@@ -33,7 +33,15 @@ from ..lifecycle import RequestManager, outcomes
 from ..lifecycle.local_processes import process_scope
 from ..observability import Metrics, request_id_context
 from ..schemas import GenerationParams, LayerDiffusionInput
-from ..store.contracts import Completion, Notice, NoticeKind, RequestRecord, WorkerState, WorkerStatus
+from ..store.contracts import (
+    Completion,
+    Notice,
+    NoticeKind,
+    ReleaseOutcome,
+    RequestRecord,
+    WorkerState,
+    WorkerStatus,
+)
 from .outputs import StoredOutput, build_output, discard, store_image
 
 if TYPE_CHECKING:
@@ -62,7 +70,7 @@ class Engine(Protocol):
 @dataclass
 class _Job:
     lease: RequestRecord
-    params: GenerationParams
+    params: GenerationParams | None = None  # parsed from the input when the job starts
     claimed_at: float = field(default_factory=time.monotonic)
     answered: bool = False  # completed (by us, or elsewhere: cancel, lost lease)
     outputs: list[StoredOutput] = field(default_factory=list)
@@ -116,6 +124,9 @@ class GenerationWorker:
         self._stopping = threading.Event()  # claim nothing more
         self._interrupting = threading.Event()  # stop the batch in hand between steps
         self._heart_stops = threading.Event()  # the last beat: the worker thread is gone
+        #: The leases of the batch in hand: the only ones the heartbeat renews.
+        self._live: dict[str, RequestRecord] = {}
+        self._live_lock = threading.Lock()
         #: When the last heartbeat's renewal began, and what it still held then.
         self._held: tuple[float, set[str]] = (float("-inf"), set())
         self._thread: threading.Thread | None = None
@@ -211,7 +222,9 @@ class GenerationWorker:
         while not self._heart_stops.is_set():
             try:
                 began = time.monotonic()
-                self._held = (began, self.manager.renew(self.worker_id))
+                with self._live_lock:
+                    leases = list(self._live.values())
+                self._held = (began, self.manager.renew(leases))
             except Exception:
                 logger.warning("could not renew the leases of %s", self.worker_id, exc_info=True)
             self.report()
@@ -244,47 +257,71 @@ class GenerationWorker:
     # -- one batch ----------------------------------------------------------------------------
 
     def run_once(self) -> bool:
-        """Run the next queued request, with compatible ones behind it as one batch; True when one ran."""
+        """Run the next queued request, with compatible ones behind it as one batch; True when one ran.
+
+        Whatever happens, no claimed request is left behind: what was not completed is handed back
+        to the queue, or, where even that fails (the store is away), no longer renewed, so its lease
+        runs out and another worker takes it over.
+        """
         leases = self.manager.claim(self.worker_id, self.max_batch_size)
         if not leases:
             return False
-        jobs: list[_Job] = []
-        for lease in leases:
+        with self._live_lock:
+            self._live.update((lease.id, lease) for lease in leases)
+        jobs = [_Job(lease) for lease in leases]
+        self.current_request = leases[0].id
+        try:
+            self.report()
+            with request_id_context(leases[0].id):
+                self._start(jobs)
+                runnable = [job for job in jobs if job.live]
+                if runnable:
+                    self._run_jobs(runnable)
+        except _Interrupted:
+            pass
+        except Exception:
+            logger.exception("generation failed for %s", ", ".join(job.id for job in jobs))
+            for job in jobs:
+                if job.live:
+                    self._answer(job, outcomes.internal_error())
+        finally:
+            self._hand_back([job for job in jobs if job.live])
+            with self._live_lock:
+                for lease in leases:
+                    self._live.pop(lease.id, None)
+            self.current_request = None
+            self.requests_done += len(jobs)
+            self.report()
+        return True
+
+    def _start(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            lease = job.lease
             if self.metrics is not None:
                 self.metrics.observe_started(lease)
             attempt = f" (attempt {lease.attempts})" if lease.attempts > 1 else ""
-            self._log_lease(lease, f"Request started{attempt} on worker {self.worker_id}.")
+            self._log(job, f"Request started{attempt} on worker {self.worker_id}.")
             try:
-                jobs.append(_Job(lease, parse_params(lease)))
+                job.params = parse_params(lease)
             except ValidationError as error:  # stored by an older release that checked less
-                self.manager.complete(lease, outcomes.invalid_input(error))
-        if not jobs:
-            return True
-        self.current_request = jobs[0].id
-        self.report()
-        with request_id_context(jobs[0].id):
+                self._answer(job, outcomes.invalid_input(error))
+
+    def _hand_back(self, jobs: list[_Job]) -> None:
+        for job in jobs:
             try:
-                self._run_jobs(jobs)
-            except _Interrupted:
-                for job in jobs:
-                    if job.live and self.manager.release(job.lease):
-                        logger.warning("worker stopping: %s goes back to the queue", job.id)
+                outcome = self.manager.release(job.lease)
             except Exception:
-                logger.exception("generation failed for %s", ", ".join(job.id for job in jobs))
-                for job in jobs:
-                    if job.live:
-                        self._answer(job, outcomes.internal_error())
-            finally:
-                self.current_request = None
-                self.requests_done += len(jobs)
-                self.report()
-        return True
+                logger.warning("could not hand %s back; its lease runs out instead", job.id, exc_info=True)
+                continue
+            if outcome is ReleaseOutcome.REQUEUED:
+                logger.warning("%s goes back to the queue, unfinished", job.id)
 
     def _run_jobs(self, jobs: list[_Job]) -> None:
         assert self.engine is not None
         engine = self.engine
-        for job in jobs:
-            params = job.params
+        batch = [job.params for job in jobs if job.params is not None]
+        assert len(batch) == len(jobs), "only started jobs run"
+        for job, params in zip(jobs, batch, strict=True):
             self._log(
                 job,
                 f"Model {self.model_name!r} on {engine.device} ({str(engine.dtype).removeprefix('torch.')}), "
@@ -314,7 +351,11 @@ class GenerationWorker:
             if self._cancel_hint.is_set() or due:
                 self._cancel_hint.clear()
                 last_check[0] = time.monotonic()
-                cancelled = self.manager.cancel_requested([job.lease for job in jobs if job.live])
+                try:
+                    cancelled = self.manager.cancel_requested([job.lease for job in jobs if job.live])
+                except Exception:  # the store is away for a moment: ask again at the next step
+                    logger.warning("could not read cancel requests", exc_info=True)
+                    cancelled = set()
                 for job in jobs:
                     if job.id in cancelled:
                         # The others in the batch go on; this one is answered now and its image dropped.
@@ -324,7 +365,7 @@ class GenerationWorker:
 
         started = time.perf_counter()
         try:
-            results = engine.generate_batch([job.params for job in jobs], on_step=on_step, should_cancel=should_cancel)
+            results = engine.generate_batch(batch, on_step=on_step, should_cancel=should_cancel)
         except GenerationCancelled:
             if any(job.live for job in jobs):  # not everyone was cancelled: the worker is stopping
                 raise _Interrupted() from None
@@ -394,15 +435,21 @@ class GenerationWorker:
             logger.warning("%s was no longer ours to complete; its result was discarded", job.id)
 
     def _log(self, job: _Job, message: str, level: str = "INFO", *, echo: bool = True) -> None:
-        if not self._log_lease(job.lease, message, level, echo=echo) and job.live:
+        """A line of the request's own log (what clients see), also written to the process log.
+
+        Best effort: a line the store could not take is not worth the request. Only a refusal
+        (the lease is no longer ours) stops the work on it.
+        """
+        python_level = logging.getLevelNamesMapping().get("WARNING" if level == "WARN" else level, logging.INFO)
+        logger.log(python_level if echo else logging.DEBUG, message, extra={"request_id": job.id})
+        try:
+            held = self.manager.log(job.lease, message, level)
+        except Exception:
+            logger.warning("could not store a log line of %s", job.id, exc_info=True)
+            return
+        if not held and job.live:
             job.answered = True  # the lease is gone: nothing we do for it counts any more
             logger.warning("lost the lease of %s; dropping it", job.id)
-
-    def _log_lease(self, lease: RequestRecord, message: str, level: str = "INFO", *, echo: bool = True) -> bool:
-        """A line of the request's own log (what clients see), also written to the process log."""
-        python_level = logging.getLevelNamesMapping().get("WARNING" if level == "WARN" else level, logging.INFO)
-        logger.log(python_level if echo else logging.DEBUG, message, extra={"request_id": lease.id})
-        return self.manager.log(lease, message, level)
 
 
 def parse_params(record: RequestRecord) -> GenerationParams:
