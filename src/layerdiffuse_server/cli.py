@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .errors import LayerDiffuseError
+from .errors import LayerDiffuseError, plain_message
 from .observability import configure_logging
 from .settings import Settings
 
@@ -22,10 +25,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: flags show no value placeholder, and it stays readable at 80 columns.
+    rich_markup_mode=None,
 )
 console = Console(stderr=True)
 
-PRESET_HELP = "Model preset: sdxl (real weights), tiny (small random model, offline) or sdxl-random."
+PRESET_HELP = (
+    "Model preset: sdxl (real weights), tiny (small random model, offline) or sdxl-random. "
+    "[default: $LAYERDIFFUSE_MODEL, else sdxl]"
+)
 CLI_FLAGS = {
     "prompt": "PROMPT",
     "negative_prompt": "--negative",
@@ -52,6 +60,25 @@ def _configure_logging(verbose: bool) -> None:
 def _fail(message: str, code: int = 1) -> typer.Exit:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def step_reporter(total: int) -> Iterator[Callable[[int, int], None]]:
+    """Denoising progress: a bar on a terminal; elsewhere (a pipe, a log file) plain lines, about ten."""
+    if console.is_terminal:
+        columns = (TextColumn("[bold]denoising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("steps", total=total)
+            yield lambda step, _total: progress.update(task, completed=step)
+        return
+    every = max(1, total // 10)
+    started = time.monotonic()
+
+    def line(step: int, steps: int) -> None:
+        if step % every == 0 or step == steps:
+            console.print(f"denoising step {step}/{steps} ({time.monotonic() - started:.1f} s)", highlight=False)
+
+    yield line
 
 
 def _output_paths(output: Path, count: int) -> list[Path]:
@@ -89,11 +116,13 @@ def generate(
     verbose: Annotated[bool, typer.Option("--verbose/--quiet", help="Show model loading messages.")] = True,
 ) -> None:
     """Generate transparent images from a prompt and write them as RGBA PNG files."""
-    from .engine.pipeline import TransparentSDXLPipeline
+    from .engine.catalog import check_choices
     from .schemas import GenerationParams
 
     _configure_logging(verbose)
     settings = Settings()
+    # Everything that can be checked without torch is checked first: a typo is answered in a second,
+    # not after the model has loaded.
     try:
         params = GenerationParams(
             prompt=prompt,
@@ -108,11 +137,26 @@ def generate(
             enable_safety_checker=safety_checker,
         ).with_seed()
     except ValidationError as error:
-        problems = "; ".join(f"{CLI_FLAGS.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in error.errors())
-        raise _fail(problems, 2) from None
+        problems = [
+            f"{CLI_FLAGS.get(str(e['loc'][0]), e['loc'][0])}: {plain_message(e['msg'])}" for e in error.errors()
+        ]
+        raise _fail("; ".join(problems), 2) from None
+    model = model or settings.model
+    problems = check_choices(
+        model=model,
+        device=device,
+        dtype=dtype,
+        decoder_passes=decoder_passes,
+        files={"--base": base, "--layer-weights": layer_weights, "--decoder": decoder},
+    )
+    if problems:
+        raise _fail("; ".join(problems), 2)
+
+    from .engine.pipeline import TransparentSDXLPipeline
+
     try:
         pipeline = TransparentSDXLPipeline.from_preset(
-            model or settings.model,
+            model,
             settings=settings,
             device=device or settings.device,
             dtype=dtype or settings.dtype,
@@ -123,16 +167,8 @@ def generate(
             decoder_passes=decoder_passes,
             safety_checker=safety_checker,
         )
-        with Progress(
-            TextColumn("[bold]denoising"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress:
-            task = progress.add_task("steps", total=params.num_inference_steps)
-            result = pipeline.generate(params, on_step=lambda step, total: progress.update(task, completed=step))
+        with step_reporter(params.num_inference_steps) as on_step:
+            result = pipeline.generate(params, on_step=on_step)
     except (LayerDiffuseError, ValueError) as error:
         raise _fail(str(error)) from None
 
@@ -242,6 +278,19 @@ def _serve_api(settings: Settings, services: Any, role: str) -> None:
     except (LayerDiffuseError, ValueError) as error:
         raise _fail(str(error)) from None
     print_banner(settings, tls, first_key, role=role)
+    reach = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    addresses = f"http://{reach}:{settings.port}/" + (f" and https://{reach}:{settings.tls_port}/" if tls else "")
+
+    def readiness() -> str | None:
+        worker = services.local_worker
+        if worker is None:
+            return f"ready on {addresses}; requests wait in the queue for workers"
+        if worker.load_error is not None:
+            return f"not ready: the model failed to load ({worker.load_error}); requests are answered 503"
+        if not worker.ready:
+            return None
+        return f"ready on {addresses} with model {worker.model_name} (loaded in {worker.load_seconds or 0:.1f} s)"
+
     serve_app(
         create_app(services),
         host=settings.host,
@@ -251,6 +300,7 @@ def _serve_api(settings: Settings, services: Any, role: str) -> None:
         log_level=settings.log_level,
         grace_seconds=settings.shutdown_grace_seconds,
         on_stop=lambda: begin_drain(services),
+        readiness=readiness,
     )
 
 

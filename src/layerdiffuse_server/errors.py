@@ -102,6 +102,13 @@ class GenerationCancelled(LayerDiffuseError):
     error_type = "client_cancelled"
 
 
+def plain_message(message: str) -> str:
+    """A validation message without the prefix pydantic puts on errors raised in validators."""
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
 def validation_details(errors: list[dict[str, Any]], *, location: str | None = None) -> list[dict[str, Any]]:
     """pydantic errors as fal's 422 ``detail`` list: ``loc/msg/type``, plus ``input`` when it is plain JSON.
 
@@ -110,7 +117,7 @@ def validation_details(errors: list[dict[str, Any]], *, location: str | None = N
     details = []
     for problem in errors:
         loc = [location, *problem["loc"]] if location else list(problem["loc"])
-        detail = {"loc": loc, "msg": problem["msg"], "type": problem["type"]}
+        detail = {"loc": loc, "msg": plain_message(problem["msg"]), "type": problem["type"]}
         if is_plain_json_scalar(problem.get("input")):
             detail["input"] = problem["input"]
         details.append(detail)

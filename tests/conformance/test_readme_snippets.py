@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,6 +25,13 @@ def snippet(language: str) -> str:
     return match.group(1)
 
 
+def file_name_for_javascript() -> str:
+    """The name the README tells users to save the JavaScript snippet as."""
+    match = re.search(r"save this as `([\w.-]+)`", README.read_text())
+    assert match, "README does not say what to save the JavaScript snippet as"
+    return match.group(1)
+
+
 def assert_transparent_png(path: Path) -> None:
     image = Image.open(path)
     assert image.mode == "RGBA" and image.size == (1024, 1024)
@@ -35,13 +43,17 @@ def test_python_snippet(server: ServerProcess, api_key: str, tmp_path: Path) -> 
         env=python_client_env(server, api_key), cwd=tmp_path, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "Completed" in done.stdout and done.stdout.strip().splitlines()[-1].startswith("42 http://")
+    lines = done.stdout.strip().splitlines()
+    assert "Denoising step 1/20" in lines and lines[-1].startswith("42 http://")
+    assert len(lines) == len(set(lines)), "a log line was printed twice"
     assert_transparent_png(tmp_path / "teapot.png")
 
 
 def test_javascript_snippet(node: str, server: ServerProcess, api_key: str, tmp_path: Path) -> None:
     code = snippet("javascript").replace("http://127.0.0.1:8080", server.http_url)
-    script = JS_DIR / f"readme-snippet-{tmp_path.name}.mjs"  # inside the package, so the import resolves
+    folder = JS_DIR / f"readme-snippet-{tmp_path.name}"  # inside the package, so the import resolves
+    folder.mkdir()
+    script = folder / file_name_for_javascript()
     script.write_text(code)
     try:
         done = subprocess.run(
@@ -50,6 +62,18 @@ def test_javascript_snippet(node: str, server: ServerProcess, api_key: str, tmp_
         )  # fmt: skip
     finally:
         script.unlink()
+        folder.rmdir()
     assert done.returncode == 0, done.stderr
-    assert "COMPLETED" in done.stdout
+    assert "Denoising step 1/20" in done.stdout
     assert_transparent_png(tmp_path / "teapot.png")
+
+
+def test_curl_snippet(server: ServerProcess, api_key: str, tmp_path: Path) -> None:
+    command = snippet("curl").replace("http://127.0.0.1:8080", server.http_url)
+    done = subprocess.run(
+        ["bash", "-c", command], env={"PATH": os.environ["PATH"], "FAL_KEY": api_key},
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    output = json.loads(done.stdout)
+    assert output["seed"] == 42 and output["image"]["content_type"] == "image/png"

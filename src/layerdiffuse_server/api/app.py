@@ -19,7 +19,15 @@ from pydantic import BaseModel
 from .. import __version__
 from ..schemas import LayerDiffusionInput
 from ..store.contracts import Notice, NoticeKind
-from . import gallery_routes, operations_routes, playground_routes, queue_routes, run_routes, storage_routes
+from . import (
+    docs_routes,
+    gallery_routes,
+    operations_routes,
+    playground_routes,
+    queue_routes,
+    run_routes,
+    storage_routes,
+)
 from .access_log import AccessLog
 from .errors import install_error_handlers
 from .hosts import FalHostRouting
@@ -108,6 +116,8 @@ def create_app(services: Services) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=_lifespan,
+        docs_url=None,  # served by docs_routes, from local files
+        redoc_url=None,
     )
     app.state.services = services
     app.openapi = lambda: _openapi_with_body_schemas(app)  # type: ignore[method-assign]
@@ -118,6 +128,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(gallery_routes.router)
     app.include_router(operations_routes.router)
     playground_routes.mount(app, services)
+    docs_routes.mount(app)
 
     @app.get("/.well-known/jwks.json", tags=["webhooks"], summary="Public keys that sign webhooks")
     async def jwks(services: ServicesDep) -> JSONResponse:

@@ -32,6 +32,7 @@ class LocalWorker(Protocol):
     worker_id: str
     model_name: str
     load_error: BaseException | None
+    load_seconds: float | None
 
     @property
     def ready(self) -> bool: ...

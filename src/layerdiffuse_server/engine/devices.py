@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from . import catalog
+
 DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -31,7 +33,7 @@ def resolve_dtype(name: str, device: torch.device, cpu_default: torch.dtype = to
     try:
         return DTYPES[name]
     except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; choose auto, float32, float16 or bfloat16") from None
+        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(catalog.DTYPES)}") from None
 
 
 def vae_dtype(dtype: torch.dtype, device: torch.device, force_upcast: bool) -> torch.dtype:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .catalog import PRESETS
 from .random_weights import SDXL_SPEC, TINY_SPEC, ArchitectureSpec, write_random_preset
 from .sources import parse_reference, resolve_file, resolve_folder
 
@@ -64,7 +65,7 @@ SDXL_SOURCES = ModelSources(
 
 #: Random presets: name → (spec, version). Bump the version when the generated files change.
 RANDOM_PRESETS: dict[str, tuple[ArchitectureSpec, int]] = {"tiny": (TINY_SPEC, 1), "sdxl-random": (SDXL_SPEC, 1)}
-PRESET_NAMES = ("sdxl", *RANDOM_PRESETS)
+PRESET_NAMES = tuple(PRESETS)
 
 
 def ensure_random_preset(name: str, presets_dir: Path) -> Path:

@@ -19,6 +19,7 @@ from huggingface_hub import constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
 from ..errors import MissingWeightsError
+from .catalog import looks_local
 
 _TRUTHY = {"1", "true", "yes", "on"}
 _DOWNLOAD_ERRORS = (LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError, OSError, ValueError)
@@ -44,7 +45,7 @@ def parse_reference(reference: str | Path) -> Path | HubReference:
     """Tell a local path from a hub reference (see the module docstring)."""
     text = str(reference)
     path = Path(text).expanduser()
-    if isinstance(reference, Path) or text.startswith(("/", "./", "../", "~")) or path.exists():
+    if isinstance(reference, Path) or looks_local(text) or path.exists():
         return path
     parts = text.strip("/").split("/")
     if len(parts) < 2 or not all(parts):

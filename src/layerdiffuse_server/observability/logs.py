@@ -76,6 +76,8 @@ def configure_logging(log_format: LogFormat = "text", level: str = "info") -> di
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-    for noisy in ("httpx", "httpcore"):
+    # Libraries that narrate their routine at INFO: their warnings still come through. uvicorn's
+    # startup and shutdown lines too (one per listener); the service says what it does itself.
+    for noisy in ("httpx", "httpcore", "alembic", "botocore", "boto3", "urllib3", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     return {"version": 1, "disable_existing_loggers": False}

@@ -35,6 +35,9 @@ class EngineOptions:
 
     def loader(self, settings: Settings) -> Callable[[], Engine]:
         def load() -> Engine:
+            from ..engine.quiet import quiet_libraries
+
+            quiet_libraries()
             from ..engine.acceleration import RuntimeOptions, warm_up
             from ..engine.pipeline import TransparentSDXLPipeline
 

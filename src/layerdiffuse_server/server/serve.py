@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from collections.abc import Callable, Iterator
 
@@ -18,6 +19,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from .tls import TlsFiles
+
+logger = logging.getLogger("layerdiffuse_server.server")
 
 
 class SignalFreeServer(uvicorn.Server):
@@ -46,9 +49,11 @@ def serve_app(
     log_level: str,
     grace_seconds: float,
     on_stop: Callable[[], None],
+    readiness: Callable[[], str | None] = lambda: "ready",
 ) -> None:
     """Serve until SIGTERM or SIGINT; return once every listener has finished (a second signal
-    cuts the wait for open connections short)."""
+    cuts the wait for open connections short). Once every listener is up, ``readiness`` is asked
+    until it has something to say (the model loaded, or failed to), which is logged once."""
     # Logging is configured by the caller (text or JSON); uvicorn's access log is replaced by ours.
     common = {
         "log_level": log_level,
@@ -70,10 +75,19 @@ def serve_app(
         for server in servers:
             server.should_exit = True
 
+    async def announce() -> None:
+        while not all(server.started for server in servers) or (message := readiness()) is None:
+            if servers[0].should_exit:
+                return
+            await asyncio.sleep(0.1)
+        logger.info(message)
+
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         for number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(number, signalled)
+        announcing = asyncio.create_task(announce())
         await asyncio.gather(*(server.serve() for server in servers))
+        announcing.cancel()
 
     asyncio.run(serve())

@@ -84,6 +84,23 @@ class _Job:
         return not self.answered
 
 
+@dataclass
+class _Estimate:
+    """One line, early in a run, that says how long the denoising will take: on a slow device a
+    client watching the logs then knows the request is moving and when to expect it."""
+
+    started: float
+    told: bool = False
+
+    def after(self, step: int, total: int) -> str | None:
+        elapsed = time.monotonic() - self.started
+        if self.told or step >= total or (step < 3 and elapsed < 2.0):
+            return None
+        self.told = True
+        per_step = elapsed / step
+        return f"Denoising at {per_step:.2f} s per step: about {per_step * (total - step):.0f} s left, then decoding."
+
+
 class _Interrupted(Exception):
     """The worker is stopping mid-batch; its requests go back to the queue."""
 
@@ -334,10 +351,15 @@ class GenerationWorker:
                 f"guidance {params.guidance_scale:g}, seed {params.seed}{batched}.",
             )
 
+        estimate = _Estimate(time.monotonic())
+
         def on_step(step: int, total: int) -> None:
+            forecast = estimate.after(step, total)
             for job in jobs:
                 if job.live:
                     self._log(job, f"Denoising step {step}/{total}", echo=False)
+                    if forecast:
+                        self._log(job, forecast)
                     if step == total:
                         self._log(job, "Decoding the transparent image.")
 
