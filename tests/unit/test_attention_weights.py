@@ -130,8 +130,8 @@ def test_both_formats_give_the_same_merged_unet(tiny_folder: Path, tiny_unet: to
 
 def test_merge_is_up_times_down_scaled_by_strength(tiny_folder: Path, tiny_unet: torch.nn.Module) -> None:
     lora = load_file(tiny_folder / "layer_xl_transparent_attn.safetensors")
-    key = "diffusion_model.input_blocks.7.1.transformer_blocks.1.attn2.to_k.weight"
-    target = "down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_k.weight"
+    key = "diffusion_model.input_blocks.7.1.transformer_blocks.0.attn2.to_k.weight"
+    target = "down_blocks.2.attentions.0.transformer_blocks.0.attn2.to_k.weight"
     before = tiny_unet.state_dict()[target].clone()
     after = _merged(tiny_unet, lora, strength=0.5)[target]
     expected = before + 0.5 * (lora[f"{key}::lora::0"].float() @ lora[f"{key}::lora::1"].float())
@@ -169,12 +169,12 @@ def test_files_that_do_not_fit_the_unet_are_refused_and_leave_it_untouched(
     original = {key: value.clone() for key, value in tiny_unet.state_dict().items()}
 
     missing = dict(dense)
-    dropped = missing.pop("up_blocks.1.attentions.2.transformer_blocks.1.attn2.to_v.weight")
+    dropped = missing.pop("up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_v.weight")
     wrong_shape = {**dense, "up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight": torch.zeros(3, 3)}
     unknown = {**dense, "down_blocks.3.attentions.0.transformer_blocks.0.attn1.to_q.weight": dropped}
     not_attention = {**dense, "conv_in.weight": torch.zeros(1)}
     cases = [
-        (missing, "up_blocks.1.attentions.2.transformer_blocks.1.attn2.to_v.weight"),
+        (missing, "up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_v.weight"),
         (wrong_shape, "up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight [3, 3]"),
         (unknown, "down_blocks.3.attentions.0"),
     ]

@@ -64,7 +64,7 @@ SDXL_SOURCES = ModelSources(
 )
 
 #: Random presets: name → (spec, version). Bump the version when the generated files change.
-RANDOM_PRESETS: dict[str, tuple[ArchitectureSpec, int]] = {"tiny": (TINY_SPEC, 1), "sdxl-random": (SDXL_SPEC, 1)}
+RANDOM_PRESETS: dict[str, tuple[ArchitectureSpec, int]] = {"tiny": (TINY_SPEC, 2), "sdxl-random": (SDXL_SPEC, 1)}
 PRESET_NAMES = tuple(PRESETS)
 
 

@@ -124,9 +124,12 @@ TINY_SPEC = ArchitectureSpec(
     unet={
         **SDXL_UNET_TOPOLOGY,
         "sample_size": 32,
-        "block_out_channels": (32, 64, 128),
-        "transformer_layers_per_block": (1, 2, 2),
-        "attention_head_dim": (2, 4, 8),
+        "block_out_channels": (16, 32, 64),
+        "norm_num_groups": 8,
+        # One transformer per block: at 1024² the first attention level sees 64² tokens, the cost
+        # that dominates on a CPU; SDXL's block layout (and so every key name) is unchanged.
+        "transformer_layers_per_block": (1, 1, 1),
+        "attention_head_dim": (1, 2, 4),
         "cross_attention_dim": 128,
         "addition_time_embed_dim": 8,
         "projection_class_embeddings_input_dim": 64 + 6 * 8,
@@ -154,7 +157,14 @@ TINY_SPEC = ArchitectureSpec(
         "hidden_act": "gelu",
         "projection_dim": 64,
     },
-    decoder={"block_out_channels": (8, 8, 16, 16, 32, 32, 32)},
+    # One resnet per level and attention only at the two deepest (16² and 8² tokens at 1024²), so
+    # the eight full-resolution passes of a default-size request stay quick on a CPU; the loader
+    # reads all of this off the file.
+    decoder={
+        "block_out_channels": (4, 8, 8, 16, 16, 32, 32),
+        "attention_levels": (False, False, False, False, False, True, True),
+        "layers_per_block": 1,
+    },
     lora_rank=4,
     dtype=torch.float32,
     variant=None,
