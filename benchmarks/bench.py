@@ -530,7 +530,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--max-batch-size", type=int, default=4, help="server batching compared against 1")
     parser.add_argument("--json", type=Path, help="where to write the results (default benchmarks/results/…)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's); 1 keeps CPU timings steady on a busy host"
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     args.width = args.height = args.size
     args.passes = {int(value) for value in args.passes.split(",") if value}
     args.variants = [value for value in args.variants.split(",") if value]
@@ -552,9 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     rows += variant_rows(args, settings, ours, params, reference, report["direct_seconds"], baseline=report["baseline"])
 
     device = device_description(ours.device)
+    # What else ran meanwhile: on a shared CPU host identical runs differ by the load around them.
+    load = {"before": load_before[0], "after": os.getloadavg()[0]}
     title = (
         f"{args.model} · {args.width}×{args.height} · {args.steps} steps · CFG {args.guidance:g} · "
-        f"{str(ours.dtype).removeprefix('torch.')} · {device}"
+        f"{str(ours.dtype).removeprefix('torch.')} · {device} · load average {load['before']:.2f} → {load['after']:.2f}"
     )
     print_table(rows, title)
     import diffusers
@@ -568,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "guidance_scale": args.guidance,
         "repeats": args.repeats,
+        "load_average": load,
         "versions": {
             "layerdiffuse-server": __version__,
             "torch": torch.__version__,

@@ -6,6 +6,8 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -25,6 +27,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+# Answers of the API may be errors on purpose (a refused key, a cancelled request); anything else the
+# page loads (its script, style, icon, the images) must load.
+API_PATHS = ("/queue/", "/api/", "/run/")
+
+
+def is_api(url: str) -> bool:
+    return urlsplit(url).path.startswith(API_PATHS)
 
 
 def chromium_executable() -> str:
@@ -68,16 +79,28 @@ def playground_key(playground_server: ServerProcess) -> str:
 
 @pytest.fixture
 def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
-    """A fresh browser profile per test; page errors and Content-Security-Policy violations fail the
-    test (the playground must work under its own policy); a screenshot is kept as an artifact."""
+    """A fresh browser profile per test; page errors, Content-Security-Policy violations and files of the
+    page that fail to load (a missing icon: anything but the API's own error answers) fail the test (the
+    playground must work under its own policy); a screenshot is kept as an artifact."""
     context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
     opened = context.new_page()
     errors: list[str] = []
+
+    def on_console(message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            errors.append(message.text)
+        elif message.type == "error" and message.text.startswith("Failed to load resource"):
+            url = message.location.get("url", "")
+            if not is_api(url):
+                errors.append(f"{message.text}: {url}")
+
+    def on_response(response: Any) -> None:
+        if response.status >= 400 and not is_api(response.url):
+            errors.append(f"{response.status} for {response.url}")
+
     opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.on(
-        "console",
-        lambda message: errors.append(message.text) if "Content Security Policy" in message.text else None,
-    )
+    opened.on("console", on_console)
+    opened.on("response", on_response)
     yield opened
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     opened.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)

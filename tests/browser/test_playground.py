@@ -1,9 +1,12 @@
 """The playground in a real browser: key, generate with live progress, backgrounds, matte, download,
-copy as code, errors, and the gallery across a reload and a server restart."""
+copy as code, errors caught before sending and reported after, switching between requests, the
+gallery kept up to date, the form and the last result across a reload and a server restart, and the
+layout at a desktop and a phone size."""
 
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 
 from ..server_process import ServerProcess
+from .conftest import ARTIFACTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -26,6 +30,47 @@ document.addEventListener("DOMContentLoaded", () => {
     .observe(status, { childList: true, characterData: true, subtree: true });
 });
 """
+
+
+# Every set of gallery tiles (their accessible names), so a tile's short "queued"/"running" life is seen.
+RECORD_GALLERY = """
+window.__galleryHistory = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const gallery = document.getElementById("gallery");
+  new MutationObserver(() => window.__galleryHistory.push(
+      [...gallery.querySelectorAll("button")].map((button) => button.getAttribute("aria-label"))))
+    .observe(gallery, { childList: true, subtree: true, attributes: true });
+});
+"""
+
+# What the layout looks like, measured: overflow, the sampler's room, label and field alignment.
+MEASURE_LAYOUT = """() => {
+  const root = document.documentElement;
+  const select = document.getElementById("scheduler");
+  const style = getComputedStyle(select);
+  const context = document.createElement("canvas").getContext("2d");
+  context.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+  const longest = Math.max(...[...select.options].map((option) => context.measureText(option.text).width));
+  const cells = [...document.querySelectorAll("#advanced .grid > div")].map((cell) => ({
+    top: Math.round(cell.getBoundingClientRect().top),
+    field: Math.round(cell.querySelector("input, select").getBoundingClientRect().top),
+    label: cell.querySelector("label").getBoundingClientRect().height,
+  }));
+  const misaligned = cells.filter(
+    (cell) => cells.some((other) => other.top === cell.top && other.field !== cell.field));
+  const code = document.getElementById("code-text");
+  const panels = [...document.querySelectorAll(".layout > .panel")]
+    .map((panel) => panel.getBoundingClientRect().bottom);
+  const gallery = document.getElementById("gallery").closest(".panel").getBoundingClientRect().top;
+  return {
+    overflow: root.scrollWidth - root.clientWidth,
+    samplerRoom: select.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight) - longest,
+    labelHeights: cells.map((cell) => cell.label),
+    misaligned: misaligned.length,
+    codeOverflow: code.scrollWidth - code.clientWidth,
+    galleryGap: gallery - Math.max(...panels),
+  };
+}"""
 
 
 def enter_key(page: Page, key: str) -> None:
@@ -45,6 +90,11 @@ def fill_small_request(page: Page, prompt: str, *, steps: int = 6, size: int = 1
         page.get_by_label("Seed", exact=False).fill(str(seed))
 
 
+def open_section(page: Page, selector: str) -> None:
+    if not page.locator(selector).evaluate("details => details.open"):
+        page.locator(f"{selector} > summary").click()
+
+
 def pixel(page: Page, selector: str) -> list[int]:
     return page.evaluate(
         """(selector) => {
@@ -60,6 +110,8 @@ def test_generate_shows_progress_then_a_transparent_image_to_inspect_and_downloa
     page: Page, playground_server: ServerProcess, playground_key: str, tmp_path: Path
 ) -> None:
     page.add_init_script(RECORD_STATUS)
+    page.add_init_script(RECORD_GALLERY)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=playground_server.http_url)
     page.goto(playground_server.http_url)
     enter_key(page, playground_key)
     expect(page.locator("#key-panel")).to_be_hidden()
@@ -79,13 +131,28 @@ def test_generate_shows_progress_then_a_transparent_image_to_inspect_and_downloa
     assert "Denoising step 6/6" in logs.all_text_contents()
     assert any("Uploaded" in line for line in logs.all_text_contents())
 
+    # The gallery showed the request at once (queued or running), and its image once done: no Refresh.
+    tiles: list[list[str]] = page.evaluate("window.__galleryHistory")
+    early = {"a red apple on a table: queued", "a red apple on a table: running"}
+    assert any(early & set(names) for names in tiles), tiles
+    expect(page.get_by_role("button", name="a red apple on a table: show image")).to_be_visible()
+    expect(page.get_by_role("button", name="a red apple on a table: show image")).to_have_attribute(
+        "aria-current", "true"
+    )
+
     image = page.locator("#result-image")
     expect(image).to_be_visible()
     assert page.evaluate("document.getElementById('result-image').naturalWidth") == 128
     expect(page.locator("#result-caption")).to_contain_text("128×128 · seed 7")
+    # a small image is shown scaled up by a whole factor, its pixels crisp
+    box = image.bounding_box()
+    assert box is not None and box["width"] == box["height"] == 256, box
+    expect(image).to_have_css("image-rendering", "pixelated")
 
     stage = page.locator("#stage")
     expect(stage).to_have_class("stage bg-checker")
+    expect(stage).to_have_css("border-top-style", "solid")  # an edge on a white page and a white background
+    expect(page.locator("#result-caption")).not_to_have_css("background-color", "rgba(0, 0, 0, 0)")  # a chip
     page.get_by_label("White").check()
     expect(stage).to_have_css("background-color", "rgb(255, 255, 255)")
     page.get_by_label("Black").check()
@@ -97,6 +164,8 @@ def test_generate_shows_progress_then_a_transparent_image_to_inspect_and_downloa
     page.get_by_role("checkbox", name="Alpha matte").check()
     expect(page.locator("#matte")).to_be_visible()
     expect(image).to_be_hidden()
+    matte_box = page.locator("#matte").bounding_box()
+    assert matte_box is not None and matte_box["width"] == 256, matte_box
     red, green, blue, alpha = pixel(page, "#matte")
     assert red == green == blue and alpha == 255
     page.get_by_role("checkbox", name="Alpha matte").uncheck()
@@ -128,6 +197,19 @@ def test_generate_shows_progress_then_a_transparent_image_to_inspect_and_downloa
     assert playground_key not in code.text_content()  # snippets read the key from the environment
     assert "scheduler" not in code.text_content() and "guidance_scale" not in code.text_content()  # defaults
 
+    # "Copied." is about the text it copied: it goes with another tab and with a changed input.
+    copy_status = page.locator("#copy-status")
+    page.get_by_role("button", name="Copy", exact=True).click()
+    expect(copy_status).to_have_text("Copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == code.text_content()  # the exact text, wrapped or not
+    page.get_by_role("tab", name="Python").click()
+    expect(copy_status).to_have_text("")
+    page.get_by_role("button", name="Copy", exact=True).click()
+    expect(copy_status).to_have_text("Copied.")
+    page.get_by_label("Prompt", exact=True).fill("a green apple on a table")
+    expect(code).to_contain_text('"prompt": "a green apple on a table"')
+    expect(copy_status).to_have_text("")
+
     expect(page.locator("#gallery li")).to_have_count(1)
 
 
@@ -140,9 +222,69 @@ def test_a_refused_key_is_explained_and_not_kept(page: Page, playground_server: 
     assert page.evaluate("localStorage.getItem('layerdiffuse.apiKey')") is None
 
 
-def test_invalid_input_and_cancel_are_reported(
+def test_numbers_out_of_the_schemas_bounds_are_caught_before_sending(
     page: Page, playground_server: ServerProcess, playground_key: str
 ) -> None:
+    submitted: list[str] = []
+    page.on("request", lambda request: submitted.append(request.url) if request.method == "POST" else None)
+    page.goto(playground_server.http_url)
+    enter_key(page, playground_key)
+    fill_small_request(page, "a width that is no multiple of 64")
+    width = page.get_by_label("Width", exact=True)
+    width.fill("500")
+    page.locator("#advanced > summary").click()  # folded away again: the error must still be found
+    assert not page.locator("#advanced").evaluate("details => details.open")
+    page.get_by_role("button", name="Generate").click()
+
+    error = page.locator("#form-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("Not sent.")
+    expect(error).to_contain_text("Width must be a multiple of 64, for example 512 (not 500).")
+    expect(width).to_have_attribute("aria-invalid", "true")
+    expect(width).to_have_attribute("aria-describedby", "form-error")
+    expect(width).to_be_focused()
+    assert page.locator("#advanced").evaluate("details => details.open")
+
+    # The other bounds of the schema: the seed's (inside its anyOf), a maximum, a minimum, whole numbers.
+    seed = page.get_by_label("Seed", exact=True)
+    steps = page.get_by_label("Steps", exact=True)
+    seed.fill("9007199254740992")
+    steps.fill("151")
+    page.get_by_label("Height", exact=True).fill("0")
+    page.get_by_label("Guidance scale", exact=True).fill("30.5")
+    page.get_by_role("button", name="Generate").click()
+    expect(error).to_contain_text("Seed must be at most 9007199254740991")
+    expect(error).to_contain_text("Steps must be at most 150 (not 151).")
+    expect(error).to_contain_text("Height must be at least 64 (not 0).")
+    expect(error).to_contain_text("Guidance scale must be at most 30 (not 30.5).")
+    for field in (seed, steps, width, page.get_by_label("Height", exact=True)):
+        expect(field).to_have_attribute("aria-invalid", "true")
+    steps.fill("2.5")
+    page.get_by_role("button", name="Generate").click()
+    expect(error).to_contain_text("Steps must be a whole number.")
+
+    # A field edited into range loses its mark; the message goes with the last one.
+    width.fill("512")
+    expect(width).not_to_have_attribute("aria-invalid", "true")
+    expect(error).to_be_visible()
+    for label, value in (("Seed", ""), ("Steps", "6"), ("Height", "128"), ("Guidance scale", "8")):
+        page.get_by_label(label, exact=True).fill(value)
+    expect(error).to_be_hidden()
+    assert not [url for url in submitted if "/queue/" in url], submitted  # nothing invalid was sent
+
+
+def test_server_rejections_cancel_and_switching_between_requests(
+    page: Page, playground_server: ServerProcess, playground_key: str
+) -> None:
+    # A schema that allows more steps than the server does (an older page, say): the server's 422
+    # is then reported, field marked, and the gallery tile says it failed.
+    def relaxed_schema(route: Any) -> None:
+        response = route.fetch()
+        schema = response.json()
+        schema["components"]["schemas"]["LayerDiffusionInput"]["properties"]["num_inference_steps"]["maximum"] = 1000
+        route.fulfill(response=response, json=schema)
+
+    page.route("**/openapi.json", relaxed_schema)
     page.goto(playground_server.http_url)
     enter_key(page, playground_key)
     fill_small_request(page, "too many steps", steps=500)
@@ -151,15 +293,45 @@ def test_invalid_input_and_cancel_are_reported(
     expect(error).to_contain_text("Invalid input:")
     expect(error).to_contain_text("num_inference_steps")
     expect(page.get_by_label("Steps", exact=True)).to_have_attribute("aria-invalid", "true")
+    failed = page.get_by_role("button", name="too many steps: failed")
+    expect(failed).to_be_visible()
+    expect(failed).to_contain_text("Invalid input (422)")
 
-    # Full size on a CPU takes a minute: long enough to cancel between two denoising steps.
-    fill_small_request(page, "a slow one", steps=20, size=1024, seed=None)
+    fill_small_request(page, "a quick one", seed=5)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status")).to_have_text("Done: seed 5.", timeout=120_000)
+
+    # Full size on a CPU takes a while: long enough to look at another request, and to cancel.
+    fill_small_request(page, "a slow one", steps=60, size=1024, seed=None)
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#status")).to_contain_text("Denoising step", timeout=120_000)
+    slow = page.get_by_role("button", name="a slow one: running")
+    expect(slow).to_be_visible()
+    open_section(page, "#logs-panel")
+    logs = page.locator("#logs li")
+
+    # Opening another request shows its own logs, not those of the one that runs.
+    page.get_by_role("button", name="a quick one: show image").click()
+    expect(page.locator("#status")).to_have_text(re.compile(r"^Request "))
+    expect(page.locator("#progress")).to_be_hidden()
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("a quick one")
+    expect(logs.filter(has_text=re.compile(r"^Denoising step 6/6$"))).to_have_count(1)
+    expect(logs.filter(has_text="/60")).to_have_count(0)
+    expect(page.locator("#result-caption")).to_contain_text("seed 5")
+
+    # Back to the running one: its logs so far and its progress.
+    slow.click()
+    expect(page.locator("#progress")).to_be_visible()
+    expect(page.locator("#status")).to_contain_text("Denoising step")
+    expect(logs.filter(has_text="/60")).not_to_have_count(0)
+    expect(logs.filter(has_text=re.compile(r"/6$"))).to_have_count(0)
+    expect(page.get_by_role("button", name="Generate")).to_be_disabled()
+
     page.get_by_role("button", name="Cancel").click()
     expect(page.locator("#status")).to_have_text("Cancelled.", timeout=60_000)
     expect(error).to_be_hidden()
     expect(page.get_by_role("button", name="Generate")).to_be_enabled()
+    expect(page.get_by_role("button", name="a slow one: cancelled")).to_contain_text("Cancelled.")
 
 
 def test_gallery_survives_a_reload_and_a_server_restart(
@@ -171,15 +343,31 @@ def test_gallery_survives_a_reload_and_a_server_restart(
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#status")).to_have_text("Done: seed 11.", timeout=120_000)
 
+    page.get_by_label("Negative prompt", exact=True).fill("blurry")  # typed after the last run: kept too
+
     page.reload()
     expect(page.locator("#key-panel")).to_be_hidden()  # the key was kept in this browser
     teapot = page.get_by_role("button", name="a blue teapot: show image")
     expect(teapot).to_be_visible()
+    # The form as it was left, and the last result shown again.
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("a blue teapot")
+    expect(page.get_by_label("Negative prompt", exact=True)).to_have_value("blurry")
+    for label, value in (("Steps", "6"), ("Width", "128"), ("Height", "128"), ("Seed", "11")):
+        expect(page.get_by_label(label, exact=True)).to_have_value(value)
+    expect(page.locator("#result-image")).to_be_visible()
+    expect(page.locator("#result-caption")).to_contain_text("128×128 · seed 11")
+    expect(page.locator("#status")).to_have_text(re.compile(r"^Request "))
+    expect(teapot).to_have_attribute("aria-current", "true")
+    stored: dict[str, str] = page.evaluate("({ ...localStorage })")
+    assert {"layerdiffuse.apiKey", "layerdiffuse.form", "layerdiffuse.lastRequest"} <= stored.keys()
+    secret = playground_key.split(":")[-1]
+    assert [name for name, value in stored.items() if secret in value] == ["layerdiffuse.apiKey"]
 
     playground_server.stop()
     playground_server.start()
     page.reload()
     expect(teapot).to_be_visible()
+    expect(page.locator("#result-caption")).to_contain_text("seed 11")
     teapot.click()
     expect(page.locator("#result-image")).to_be_visible()
     expect(page.locator("#result-caption")).to_contain_text("seed 11")
@@ -191,6 +379,54 @@ def test_gallery_survives_a_reload_and_a_server_restart(
     png = httpx.get(items[0]["output"]["image"]["url"]).content
     with Image.open(io.BytesIO(png)) as image:
         assert image.mode == "RGBA"
+
+
+def test_the_page_loads_cleanly_and_lays_out_at_a_desktop_and_a_phone_size(
+    page: Page, playground_server: ServerProcess, playground_key: str
+) -> None:
+    """No console error, failed request or error answer while the page loads (its icon included), before
+    and after a first result; then the layout measured, and kept as screenshots, at 1280×900 and 390×844."""
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("requestfailed", lambda request: problems.append(f"{request.url}: {request.failure}"))
+    page.on(
+        "response",
+        lambda response: problems.append(f"{response.status}: {response.url}") if response.status >= 400 else None,
+    )
+    page.goto(playground_server.http_url)
+    expect(page.get_by_role("heading", name="API key")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    icon = page.locator("link[rel=icon]")
+    answer = httpx.get(playground_server.http_url + str(icon.get_attribute("href")))
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("image/"), answer
+    assert not problems, problems
+
+    enter_key(page, playground_key)
+    fill_small_request(page, "a small glass teapot, studio light", seed=3)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status")).to_have_text("Done: seed 3.", timeout=120_000)
+
+    problems.clear()
+    page.reload()  # with a key, a gallery and a last result to show again
+    expect(page.locator("#result-image")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    assert not problems, problems
+
+    for section in ("#advanced", "#code", "#logs-panel"):
+        open_section(page, section)
+    for width, height in ((1280, 900), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        layout: dict[str, Any] = page.evaluate(MEASURE_LAYOUT)
+        assert layout["overflow"] <= 0, layout  # nothing wider than the window
+        assert layout["samplerRoom"] >= 16, layout  # the longest sampler name and the arrow fit
+        assert max(layout["labelHeights"]) - min(layout["labelHeights"]) < 1, layout  # labels on one line
+        assert layout["misaligned"] == 0, layout  # fields side by side start at one height
+        assert layout["codeOverflow"] <= 0, layout  # long code lines wrap
+        assert layout["galleryGap"] >= 8, layout  # the panels keep apart from the gallery
+        box = page.locator("#result-image").bounding_box()
+        assert box is not None and box["width"] == 256, box
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"playground-{width}x{height}.png"), full_page=True)
 
 
 def test_the_page_runs_under_a_policy_that_blocks_injected_script(

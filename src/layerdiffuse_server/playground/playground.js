@@ -4,15 +4,26 @@
 const APP_ID = document.body.dataset.appId;
 const HTTPS_PORT = document.body.dataset.httpsPort;
 const KEY_STORAGE = "layerdiffuse.apiKey";
+// The form's values and the id of the request last shown: never the key, which keeps its own entry.
+const FORM_STORAGE = "layerdiffuse.form";
+const LAST_STORAGE = "layerdiffuse.lastRequest";
 const FIELDS = ["prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "seed", "scheduler",
   "width", "height", "enable_safety_checker"];
+const NUMBER_FIELDS = ["guidance_scale", "num_inference_steps", "seed", "width", "height"];
 const STEP_LINE = /^Denoising step (\d+)\/(\d+)/;
+const GALLERY_LIMIT = 24;
+const MIN_DISPLAY = 256; // CSS pixels: smaller images are shown scaled up by a whole factor, pixels crisp
 
 const $ = (id) => document.getElementById(id);
 let apiKey = localStorage.getItem(KEY_STORAGE) || "";
-let running = null; // the request being followed: {id, statusUrl, responseUrl, cancelUrl, controller}
-let shown = null; // the image on the stage: {url, fileName}
+// The request being followed: {request, controller, logs, step: [n, total] | null, statusText}.
+let running = null;
+let displayed = null; // the id of the request the result panel shows
+let displays = 0; // how many times the result panel changed request (late answers for an old one are dropped)
+let shown = null; // the image on the stage: {url, fileName, requestId}
+let gallery = []; // request summaries, newest first, as /api/requests lists them
 let codeLanguage = "python";
+let formTouched = false;
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -52,6 +63,29 @@ async function api(url, { method = "GET", body, signal } = {}) {
   return payload;
 }
 
+function remember(name, value) {
+  try {
+    if (value === null) localStorage.removeItem(name);
+    else localStorage.setItem(name, JSON.stringify(value));
+  } catch {
+    // storage full or disabled: the page works without it
+  }
+}
+
+function recall(name) {
+  try {
+    return JSON.parse(localStorage.getItem(name) || "null");
+  } catch {
+    return null;
+  }
+}
+
+/** The request's URLs on this server, from its id alone (stored ids never pick where the key is sent). */
+function urlsOf(requestId) {
+  const root = `${window.location.origin}/queue/${APP_ID}/requests/${encodeURIComponent(requestId)}`;
+  return { response_url: root, status_url: `${root}/status`, cancel_url: `${root}/cancel` };
+}
+
 // -- the API key -----------------------------------------------------------------------------
 
 function showKeyPanel(message) {
@@ -77,6 +111,7 @@ async function saveKey(event) {
   $("key-panel").hidden = true;
   $("change-key").hidden = false;
   $("prompt").focus();
+  restoreLast().catch(() => {});
 }
 
 // -- the form ------------------------------------------------------------------------------
@@ -115,8 +150,19 @@ function fillForm(input) {
     const value = name in input ? input[name] : defaultOf(element);
     if (element.type === "checkbox") element.checked = Boolean(value);
     else element.value = value ?? "";
+    if (element.tagName === "SELECT" && element.selectedIndex < 0) element.value = defaultOf(element);
   }
   updateCode();
+}
+
+function saveForm() {
+  remember(FORM_STORAGE, readInput());
+}
+
+function restoreForm() {
+  if (formTouched) return; // typed into while the page was starting: that wins
+  const saved = recall(FORM_STORAGE);
+  if (saved && typeof saved === "object" && !Array.isArray(saved)) fillForm(saved);
 }
 
 /** Bounds, defaults and sampler names come from the server's own schema, so the form never drifts from it. */
@@ -128,26 +174,107 @@ async function applySchema() {
     const element = $(name);
     if (!element) continue;
     const options = property.enum || (property.anyOf || []).flatMap((part) => part.enum || []);
+    const previous = element.value;
     if (element.tagName === "SELECT") {
       element.replaceChildren(...options.map((option) => new Option(option, option)));
     }
+    // Defaults only: a value the user already typed or picked stays (an unedited field follows its default).
     if (property.default !== undefined && property.default !== null) {
-      if (element.type === "checkbox") element.defaultChecked = element.checked = property.default;
+      if (element.type === "checkbox") element.defaultChecked = property.default;
       else if (element.tagName === "SELECT") {
-        element.value = property.default;
         [...element.options].forEach((option) => (option.defaultSelected = option.value === property.default));
-      } else element.defaultValue = element.value = property.default;
+        element.value = options.includes(previous) ? previous : property.default;
+      } else element.defaultValue = property.default;
     }
-    if (property.minimum !== undefined) element.min = property.minimum;
-    if (property.maximum !== undefined) element.max = property.maximum;
+    // A nullable number (the seed) keeps its bounds in the anyOf part that is a number.
+    const number = ["integer", "number"].includes(property.type)
+      ? property
+      : (property.anyOf || []).find((part) => ["integer", "number"].includes(part.type));
+    if (number && element.type === "number") {
+      if (number.minimum !== undefined) element.min = number.minimum;
+      if (number.maximum !== undefined) element.max = number.maximum;
+      if (number.multipleOf !== undefined) {
+        element.dataset.multipleOf = number.multipleOf;
+        element.step = number.multipleOf;
+      }
+      if (number.type === "integer") element.dataset.integer = "";
+      else delete element.dataset.integer;
+    }
     if (property.description) element.title = property.description;
   }
   updateCode();
 }
 
+function labelOf(element) {
+  return (element.labels && element.labels[0] ? element.labels[0].textContent : element.name).trim();
+}
+
+/** What is wrong with a number field under the schema's bounds, or null. Empty means "the default". */
+function problemOf(element) {
+  if (element.type !== "number") return null;
+  const name = labelOf(element);
+  if (element.validity.badInput) return `${name}: enter a number.`;
+  if (element.value.trim() === "") return null;
+  const value = Number(element.value);
+  if (!Number.isFinite(value)) return `${name}: enter a number.`;
+  const min = element.min === "" ? undefined : Number(element.min);
+  const max = element.max === "" ? undefined : Number(element.max);
+  const step = element.dataset.multipleOf ? Number(element.dataset.multipleOf) : undefined;
+  if ("integer" in element.dataset && !Number.isInteger(value)) return `${name} must be a whole number.`;
+  if (min !== undefined && value < min) return `${name} must be at least ${min} (not ${element.value}).`;
+  if (max !== undefined && value > max) return `${name} must be at most ${max} (not ${element.value}).`;
+  if (step && Math.abs(value / step - Math.round(value / step)) > 1e-9) {
+    let nearest = Math.round(value / step) * step;
+    if (min !== undefined) nearest = Math.max(nearest, Math.ceil(min / step) * step);
+    if (max !== undefined) nearest = Math.min(nearest, Math.floor(max / step) * step);
+    return `${name} must be a multiple of ${step}, for example ${nearest} (not ${element.value}).`;
+  }
+  return null;
+}
+
+function markInvalid(element) {
+  element.setAttribute("aria-invalid", "true");
+  element.setAttribute("aria-describedby", "form-error");
+  const folded = element.closest("details");
+  if (folded) folded.open = true;
+}
+
+function unmark(element) {
+  element.removeAttribute("aria-invalid");
+  element.removeAttribute("aria-describedby");
+}
+
+/** Checks every number field before anything is sent; marks the wrong ones and says why. */
+function validateForm() {
+  const problems = [];
+  let first = null;
+  for (const name of NUMBER_FIELDS) {
+    const element = $(name);
+    const problem = problemOf(element);
+    if (!problem) continue;
+    problems.push(problem);
+    markInvalid(element);
+    first = first || element;
+  }
+  if (!problems.length) return true;
+  $("form-error").textContent = `Not sent. Please correct ${problems.length > 1 ? "these fields" : "this field"}:\n${problems.join("\n")}`;
+  $("form-error").hidden = false;
+  first.focus();
+  return false;
+}
+
+/** A field marked invalid loses its mark once edited into a valid value. */
+function recheck(event) {
+  const element = event.target;
+  if (!FIELDS.includes(element.id) || element.getAttribute("aria-invalid") !== "true") return;
+  if (problemOf(element)) return;
+  unmark(element);
+  if (!FIELDS.some((name) => $(name).getAttribute("aria-invalid") === "true")) $("form-error").hidden = true;
+}
+
 function clearErrors() {
   $("form-error").hidden = true;
-  for (const name of FIELDS) $(name).removeAttribute("aria-invalid");
+  for (const name of FIELDS) unmark($(name));
 }
 
 function showError(error) {
@@ -159,10 +286,7 @@ function showError(error) {
   const detail = error.body && Array.isArray(error.body.detail) ? error.body.detail : [];
   for (const item of detail) {
     const element = $(String((item.loc || [])[1]));
-    if (!element) continue;
-    element.setAttribute("aria-invalid", "true");
-    const folded = element.closest("details");
-    if (folded) folded.open = true;
+    if (element && FIELDS.includes(element.id)) markInvalid(element);
   }
   const cancelled = error.status === 499;
   setStatus(cancelled ? "Cancelled." : "Failed.");
@@ -180,44 +304,88 @@ function setStatus(text) {
 function setRunning(isRunning) {
   $("generate").disabled = isRunning;
   $("cancel").hidden = !isRunning;
-  $("progress").hidden = !isRunning;
 }
 
-function addLogs(logs) {
+function isShowingRunning() {
+  return Boolean(running) && running.request.request_id === displayed;
+}
+
+function logItem(entry) {
+  const item = document.createElement("li");
+  item.className = entry.level;
+  item.textContent = entry.message;
+  return item;
+}
+
+function showLogs(entries) {
   const list = $("logs");
-  for (const entry of logs || []) {
-    const item = document.createElement("li");
-    item.className = entry.level;
-    item.textContent = entry.message;
-    list.append(item);
-    const step = STEP_LINE.exec(entry.message);
-    if (step) {
-      $("progress").max = Number(step[2]);
-      $("progress").value = Number(step[1]);
-      setStatus(`Denoising step ${step[1]} of ${step[2]}`);
-    } else if (entry.message.startsWith("Decoding")) {
-      setStatus("Decoding the transparent image…");
-    }
-  }
+  list.append(...entries.map(logItem));
   list.scrollTop = list.scrollHeight;
 }
 
+function runningStatus(text) {
+  running.statusText = text;
+  if (isShowingRunning()) setStatus(text);
+}
+
+function showProgress() {
+  const progress = $("progress");
+  progress.hidden = false;
+  progress.max = running.step ? running.step[1] : 1;
+  progress.value = running.step ? running.step[0] : 0;
+}
+
+/** The followed request on the result panel: its own logs, progress and status so far. */
+function renderRunning() {
+  $("logs").replaceChildren();
+  showLogs(running.logs);
+  showProgress();
+  setStatus(running.statusText);
+}
+
+function addLogs(logs) {
+  for (const entry of logs || []) {
+    running.logs.push(entry);
+    const step = STEP_LINE.exec(entry.message);
+    if (step) {
+      running.step = [Number(step[1]), Number(step[2])];
+      runningStatus(`Denoising step ${step[1]} of ${step[2]}`);
+    } else if (entry.message.startsWith("Decoding")) {
+      runningStatus("Decoding the transparent image…");
+    }
+  }
+  if (isShowingRunning()) {
+    showLogs(logs || []);
+    showProgress();
+  }
+}
+
 function onStatus(status) {
+  const request = running.request;
   if (status.status === "IN_QUEUE") {
     const position = status.queue_position ?? 0;
-    setStatus(position > 0 ? `In queue: ${position} ahead of this request` : "In queue: next to run");
-  } else if (status.status === "IN_PROGRESS" && !$("progress").value) {
-    setStatus("Running…");
+    runningStatus(position > 0 ? `In queue: ${position} ahead of this request` : "In queue: next to run");
+  } else if (status.status === "IN_PROGRESS" && !running.step) {
+    runningStatus("Running…");
+  } else if (status.status === "COMPLETED") {
+    request.error = status.error ?? null;
+  }
+  if (status.status !== "COMPLETED" && status.status !== request.status) {
+    request.status = status.status;
+    updateRequest(request);
   }
   addLogs(status.logs);
 }
 
-async function followStream(request) {
-  const response = await fetch(`${request.statusUrl}/stream?logs=1`, {
+async function followStream(followed) {
+  const response = await fetch(`${followed.request.status_url}/stream?logs=1`, {
     headers: { Authorization: `Key ${apiKey}`, Accept: "text/event-stream" },
-    signal: request.controller.signal,
+    signal: followed.controller.signal,
   });
   if (!response.ok) throw new ApiError(response.status, await readBody(response));
+  // Each stream starts with every log line so far: a stream opened again must not repeat them.
+  followed.logs = [];
+  if (isShowingRunning()) $("logs").replaceChildren();
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
@@ -240,58 +408,96 @@ async function followStream(request) {
   }
 }
 
-async function follow(submitted, input) {
-  running = {
-    id: submitted.request_id,
-    statusUrl: submitted.status_url,
-    responseUrl: submitted.response_url,
-    cancelUrl: submitted.cancel_url,
-    controller: new AbortController(),
-  };
-  $("logs").replaceChildren();
-  $("progress").value = 0;
+/** Follows a request to its end, keeping its gallery tile up to date and, while shown, the result panel. */
+async function follow(request) {
+  const id = request.request_id;
+  const initial = request.status === "IN_PROGRESS" ? "Running…" : "In queue";
+  running = { request, controller: new AbortController(), logs: [], step: null, statusText: initial };
   setRunning(true);
+  if (isShowingRunning()) renderRunning();
+  const { signal } = running.controller;
   try {
     // A stream can end early (a proxy's idle timeout): then poll until the request completes.
     while (!(await followStream(running))) {
-      const status = await api(`${running.statusUrl}?logs=0`, { signal: running.controller.signal });
-      if (status.status === "COMPLETED") break;
+      const status = await api(`${request.status_url}?logs=0`, { signal });
+      if (status.status === "COMPLETED") {
+        request.error = status.error ?? null;
+        break;
+      }
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
-    const output = await api(running.responseUrl, { signal: running.controller.signal });
-    showOutput(output, input, running.id);
-    setStatus(`Done: seed ${output.seed}.`);
+    let failure = null;
+    try {
+      request.output = await api(request.response_url, { signal });
+      request.status_code = 200;
+    } catch (error) {
+      // The stored outcome of the request (422, 499, 500…), unless the key or the request is gone.
+      if (!(error instanceof ApiError) || [401, 404].includes(error.status)) throw error;
+      failure = error;
+      request.status_code = error.status;
+      request.error = request.error ?? (typeof error.body?.detail === "string" ? error.body.detail : null);
+    }
+    request.status = "COMPLETED";
+    updateRequest(request);
+    // Other unfinished tiles (another tab's requests, or one from before a reload) may be done by now.
+    if (gallery.some((other) => other.status !== "COMPLETED")) loadGallery().catch(() => {});
+    if (displayed === id) {
+      $("progress").hidden = true;
+      if (failure) showError(failure);
+      else {
+        showOutput(request.output, request.input, id);
+        setStatus(`Done: seed ${request.output.seed}.`);
+      }
+    }
+  } catch (error) {
+    if (displayed === id) showError(error);
   } finally {
-    setRunning(false);
     running = null;
+    setRunning(false);
   }
 }
 
 async function generate(event) {
   event.preventDefault();
+  if (running) return;
   clearErrors();
   if (!apiKey) {
     showKeyPanel("Enter an API key first.");
     return;
   }
+  if (!validateForm()) return;
   const input = readInput();
+  saveForm();
   setStatus("Submitting…");
+  $("generate").disabled = true;
+  let submitted;
   try {
-    const submitted = await api(`/queue/${APP_ID}`, { method: "POST", body: input });
-    await follow(submitted, input);
+    submitted = await api(`/queue/${APP_ID}`, { method: "POST", body: input });
   } catch (error) {
+    $("generate").disabled = false;
     showError(error);
-  } finally {
-    loadGallery().catch(() => {});
+    return;
   }
+  const request = {
+    request_id: submitted.request_id,
+    status: submitted.status === "IN_PROGRESS" ? "IN_PROGRESS" : "IN_QUEUE", // COMPLETED once its result is read
+    input,
+    status_code: null,
+    output: null,
+    error: null,
+    ...urlsOf(submitted.request_id),
+  };
+  updateRequest(request);
+  display(request);
+  await follow(request);
 }
 
 async function cancel() {
   if (!running) return;
   $("cancel").disabled = true;
   try {
-    await api(running.cancelUrl, { method: "PUT" });
-    setStatus("Cancelling…");
+    await api(running.request.cancel_url, { method: "PUT" });
+    runningStatus("Cancelling…");
   } catch (error) {
     if (error.status !== 400) showError(error); // 400: it completed first
   } finally {
@@ -301,14 +507,51 @@ async function cancel() {
 
 // -- the result ----------------------------------------------------------------------------
 
+/** Small images are scaled up by a whole factor (crisp pixels), large ones fit the stage. */
+function sizeOnStage(element, width, height) {
+  const scale = Math.max(1, Math.ceil(MIN_DISPLAY / Math.max(width, height, 1)));
+  element.style.setProperty("--display-width", `${width * scale}px`);
+  element.style.setProperty("--ratio", String(width / height));
+  element.classList.toggle("upscaled", scale > 1);
+}
+
+function clearStage() {
+  shown = null;
+  const image = $("result-image");
+  image.hidden = true;
+  image.removeAttribute("src");
+  image.alt = "";
+  $("matte").hidden = true;
+  $("show-matte").checked = false;
+  $("result-caption").textContent = "";
+  $("view-controls").disabled = true;
+}
+
+/** The result panel now shows this request: nothing of the one before (logs, progress, image, error). */
+function display(request) {
+  displayed = request.request_id;
+  displays += 1;
+  remember(LAST_STORAGE, { request_id: request.request_id });
+  $("logs").replaceChildren();
+  $("progress").hidden = true;
+  $("progress").value = 0;
+  $("form-error").hidden = true;
+  clearStage();
+  for (const button of document.querySelectorAll("#gallery button")) {
+    if (button.closest("li").dataset.requestId === displayed) button.setAttribute("aria-current", "true");
+    else button.removeAttribute("aria-current");
+  }
+}
+
 function showOutput(output, input, requestId) {
   const { image } = output;
   const element = $("result-image");
   element.crossOrigin = "anonymous"; // the matte reads pixels back, also when files come from another origin
   element.src = image.url;
-  element.alt = input.prompt ? `Generated image: ${input.prompt}` : "Generated image";
+  element.alt = input && input.prompt ? `Generated image: ${input.prompt}` : "Generated image";
   element.width = image.width;
   element.height = image.height;
+  sizeOnStage(element, image.width, image.height);
   shown = { url: image.url, fileName: image.file_name, requestId };
   $("result-caption").textContent = `${image.width}×${image.height} · seed ${output.seed} · ${(image.file_size / 1024).toFixed(0)} KB`;
   $("view-controls").disabled = false;
@@ -331,13 +574,14 @@ function applyBackground() {
 async function showView() {
   const image = $("result-image");
   const canvas = $("matte");
-  const matte = $("show-matte").checked;
+  const matte = $("show-matte").checked && Boolean(shown);
   image.hidden = matte || !shown;
   canvas.hidden = !matte;
   if (!matte) return;
   if (!image.complete) await image.decode();
   canvas.width = image.naturalWidth;
   canvas.height = image.naturalHeight;
+  sizeOnStage(canvas, canvas.width, canvas.height);
   const context = canvas.getContext("2d");
   context.drawImage(image, 0, 0);
   const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
@@ -364,17 +608,55 @@ async function download() {
 // -- the gallery ---------------------------------------------------------------------------
 
 async function loadGallery() {
-  const { requests } = await api("/api/requests?limit=24");
-  const gallery = $("gallery");
-  gallery.replaceChildren(...requests.map(galleryItem));
-  $("gallery-empty").hidden = requests.length > 0;
+  const { requests } = await api(`/api/requests?limit=${GALLERY_LIMIT}`);
+  const known = new Map(gallery.map((request) => [request.request_id, request]));
+  gallery = requests.map((request) => {
+    // The followed request is the live copy; a local completion beats an answer that was under way.
+    if (running && running.request.request_id === request.request_id) return running.request;
+    const local = known.get(request.request_id);
+    return local && local.status === "COMPLETED" && request.status !== "COMPLETED" ? local : request;
+  });
+  $("gallery").replaceChildren(...gallery.map(galleryItem));
+  $("gallery-empty").hidden = gallery.length > 0;
+}
+
+/** Adds a request at the top of the gallery, or redraws its tile where it already is. */
+function updateRequest(request) {
+  const list = $("gallery");
+  const index = gallery.findIndex((other) => other.request_id === request.request_id);
+  const item = galleryItem(request);
+  if (index >= 0) {
+    gallery[index] = request;
+    const old = [...list.children].find((child) => child.dataset.requestId === request.request_id);
+    if (old) {
+      const focused = old.contains(document.activeElement);
+      old.replaceWith(item);
+      if (focused) item.querySelector("button").focus();
+    }
+  } else {
+    gallery.unshift(request);
+    list.prepend(item);
+    while (gallery.length > GALLERY_LIMIT) {
+      gallery.pop();
+      list.lastElementChild.remove();
+    }
+  }
+  $("gallery-empty").hidden = gallery.length > 0;
+}
+
+function stateOf(request) {
+  if (request.output) return "show image";
+  if (request.status === "IN_QUEUE") return "queued";
+  if (request.status === "IN_PROGRESS") return "running";
+  return request.status_code === 499 ? "cancelled" : "failed";
 }
 
 function galleryItem(request) {
   const item = document.createElement("li");
+  item.dataset.requestId = request.request_id;
   const button = document.createElement("button");
   button.type = "button";
-  const prompt = request.input.prompt || "(no prompt)";
+  const prompt = (request.input && request.input.prompt) || "(no prompt)";
   const thumb = document.createElement("span");
   thumb.className = "thumb";
   if (request.output) {
@@ -386,31 +668,92 @@ function galleryItem(request) {
   } else {
     const note = document.createElement("span");
     note.className = "state";
-    note.textContent = request.status === "COMPLETED" ? describe(request.status_code, { detail: request.error }) : request.status.replace("_", " ").toLowerCase();
+    note.textContent = request.status === "COMPLETED"
+      ? describe(request.status_code, { detail: request.error })
+      : request.status.replace("_", " ").toLowerCase();
     thumb.append(note);
   }
   const caption = document.createElement("span");
   caption.className = "caption";
   caption.textContent = prompt;
   button.append(thumb, caption);
-  const state = { IN_QUEUE: "queued", IN_PROGRESS: "running" }[request.status] || (request.status_code === 499 ? "cancelled" : "failed");
-  button.setAttribute("aria-label", `${prompt}: ${request.output ? "show image" : state}`);
-  button.addEventListener("click", () => openRequest(request));
+  button.setAttribute("aria-label", `${prompt}: ${stateOf(request)}`);
+  if (request.request_id === displayed) button.setAttribute("aria-current", "true");
+  button.addEventListener("click", () => openRequest(request.request_id));
   item.append(button);
   return item;
 }
 
-function openRequest(request) {
+function openRequest(requestId) {
+  const request = gallery.find((other) => other.request_id === requestId);
+  if (!request) return;
   clearErrors();
-  fillForm(request.input);
-  if (request.output) {
-    showOutput(request.output, request.input, request.request_id);
-    setStatus(`Request ${request.request_id}`);
-  } else if (request.status !== "COMPLETED" && !running) {
-    follow(request, request.input).catch(showError);
-  } else if (request.status === "COMPLETED") {
+  fillForm(request.input || {});
+  saveForm();
+  showRequest(request);
+}
+
+/** Shows a request on the result panel: its image or error, its own logs, or its progress if followed. */
+function showRequest(request) {
+  const id = request.request_id;
+  display(request);
+  if (running && running.request.request_id === id) {
+    renderRunning();
+  } else if (request.output) {
+    showOutput(request.output, request.input, id);
+    setStatus(`Request ${id}`);
+    showStoredLogs(request);
+  } else if (request.status !== "COMPLETED") {
+    if (!running) follow(request).catch(showError);
+    else {
+      const state = request.status === "IN_QUEUE" ? "queued" : "running";
+      setStatus(`This request is ${state}; the page follows one request at a time. Press Refresh later to see it.`);
+    }
+  } else {
     showError(new ApiError(request.status_code, { detail: request.error }));
+    showStoredLogs(request);
   }
+}
+
+/** A finished request's logs, kept by the server, when it is still the one on the result panel. */
+async function showStoredLogs(request) {
+  const shownSince = displays;
+  try {
+    const status = await api(`${urlsOf(request.request_id).status_url}?logs=1`);
+    if (displays === shownSince) showLogs(status.logs || []);
+  } catch {
+    // the logs are a convenience: the result is already shown
+  }
+}
+
+/** After a reload: the request shown last, from the gallery, or from its status and result. */
+async function restoreLast() {
+  const last = recall(LAST_STORAGE);
+  const id = last && typeof last.request_id === "string" ? last.request_id : null;
+  if (!id || displayed || running) return;
+  let request = gallery.find((other) => other.request_id === id);
+  if (!request) {
+    const urls = urlsOf(id);
+    let status;
+    try {
+      status = await api(`${urls.status_url}?logs=0`);
+    } catch (error) {
+      if (error instanceof ApiError && [404, 422].includes(error.status)) remember(LAST_STORAGE, null);
+      return;
+    }
+    request = { request_id: id, status: status.status, input: {}, status_code: null, output: null, error: status.error ?? null, ...urls };
+    if (status.status === "COMPLETED") {
+      try {
+        request.output = await api(urls.response_url);
+        request.status_code = 200;
+      } catch (error) {
+        if (!(error instanceof ApiError)) return;
+        request.status_code = error.status;
+      }
+    }
+  }
+  if (displayed || running) return; // the user was quicker
+  showRequest(request);
 }
 
 // -- copy as code --------------------------------------------------------------------------
@@ -446,8 +789,12 @@ function codeFor(language, input) {
   return `curl -X POST ${origin}/run/${APP_ID} \\\n  -H "Authorization: Key $FAL_KEY" \\\n  -H "Content-Type: application/json" \\\n  -d '${body}'\n`;
 }
 
+/** A "Copied." note is about the text it copied: it goes when the text changes. */
 function updateCode() {
-  $("code-text").textContent = codeFor(codeLanguage, readInput());
+  const text = codeFor(codeLanguage, readInput());
+  if ($("code-text").textContent === text) return;
+  $("code-text").textContent = text;
+  $("copy-status").textContent = "";
 }
 
 function selectTab(tab) {
@@ -458,6 +805,7 @@ function selectTab(tab) {
   }
   codeLanguage = tab.dataset.language;
   $("code-text").setAttribute("aria-labelledby", tab.id);
+  $("copy-status").textContent = "";
   updateCode();
 }
 
@@ -490,7 +838,12 @@ async function copyCode() {
 $("key-form").addEventListener("submit", saveKey);
 $("change-key").addEventListener("click", () => showKeyPanel());
 $("generate-form").addEventListener("submit", generate);
-$("generate-form").addEventListener("input", updateCode);
+$("generate-form").addEventListener("input", (event) => {
+  formTouched = true;
+  recheck(event);
+  updateCode();
+  saveForm();
+});
 $("cancel").addEventListener("click", cancel);
 $("download").addEventListener("click", () => download().catch(showError));
 $("show-matte").addEventListener("change", () => showView().catch(showError));
@@ -506,11 +859,21 @@ for (const tab of document.querySelectorAll("[role=tab]")) {
 }
 $("copy-code").addEventListener("click", copyCode);
 
-applySchema().catch(() => {});
-updateCode();
-if (apiKey) {
-  $("change-key").hidden = false;
-  loadGallery().catch(showError);
-} else {
-  showKeyPanel();
+async function start() {
+  updateCode();
+  const galleryLoaded = apiKey ? loadGallery() : null;
+  if (apiKey) $("change-key").hidden = false;
+  else showKeyPanel();
+  await applySchema().catch(() => {});
+  restoreForm(); // after the schema: it sets the defaults the saved values differ from
+  if (!galleryLoaded) return;
+  try {
+    await galleryLoaded;
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  await restoreLast();
 }
+
+start().catch(showError);
