@@ -26,6 +26,8 @@ def _integral_number(value: Any) -> Any:
 
 #: An integer as JSON Schema means it: any number without a fractional part (never a string or bool).
 JsonInt = Annotated[int, BeforeValidator(_integral_number)]
+#: The transparent decoder downsamples six times by 2: other sizes cannot pass its skip connections.
+ImageSide = Annotated[int, Field(ge=64, le=2048, multiple_of=64), BeforeValidator(_integral_number)]
 
 
 def random_seed() -> int:
@@ -55,12 +57,13 @@ class LayerDiffusionInput(BaseModel):
     enable_safety_checker: bool = Field(
         default=True, description="Replace images flagged as NSFW by a fully transparent image."
     )
-    # The transparent decoder downsamples six times by 2: other sizes cannot pass its skip connections.
-    width: JsonInt = Field(
-        default=1024, ge=64, le=2048, multiple_of=64, description="Image width in pixels, a multiple of 64."
+    width: ImageSide | None = Field(
+        default=None,
+        description="Image width in pixels, a multiple of 64; absent: the model's native size (1024 for sdxl).",
     )
-    height: JsonInt = Field(
-        default=1024, ge=64, le=2048, multiple_of=64, description="Image height in pixels, a multiple of 64."
+    height: ImageSide | None = Field(
+        default=None,
+        description="Image height in pixels, a multiple of 64; absent: the model's native size (1024 for sdxl).",
     )
     scheduler: SchedulerName = Field(default="dpmpp_2m_karras", description="Sampler.")
 
@@ -68,13 +71,28 @@ class LayerDiffusionInput(BaseModel):
         """This input with its seed fixed, so the run can be reported and repeated."""
         return self if self.seed is not None else self.model_copy(update={"seed": random_seed()})
 
+    def with_size(self, native: int) -> Self:
+        """This input with its size fixed: what it asked for, else the model's native size."""
+        if self.width is not None and self.height is not None:
+            return self
+        return self.model_copy(update={"width": self.width or native, "height": self.height or native})
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of an input whose size is fixed (see :meth:`with_size`)."""
+        if self.width is None or self.height is None:
+            raise ValueError("the size is not fixed yet: call with_size(native) first")
+        return self.width, self.height
+
 
 def batch_key(params: LayerDiffusionInput) -> str:
     """What requests must share to be denoised in one batch: one sampler run, one latent shape.
 
-    Stored with each queued request, so a worker picks a batch in SQL without reading inputs.
+    Stored with each queued request, so a worker picks a batch in SQL without reading inputs; an
+    absent side is the worker's model's native one, the same for every request that worker runs.
     """
-    return f"{params.width}x{params.height}:{params.num_inference_steps}:{params.scheduler}:{params.guidance_scale!r}"
+    width, height = params.width or "native", params.height or "native"
+    return f"{width}x{height}:{params.num_inference_steps}:{params.scheduler}:{params.guidance_scale!r}"
 
 
 class GenerationParams(LayerDiffusionInput):

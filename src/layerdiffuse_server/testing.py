@@ -21,6 +21,7 @@ from .schemas import GenerationParams
 class FakeEngine:
     device = "cpu"
     dtype = "float32"
+    native_size = 1024
 
     def generate_batch(
         self,
@@ -29,7 +30,7 @@ class FakeEngine:
         on_step: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> list[GenerationResult]:
-        requests = [params.with_seed() for params in requests]
+        requests = [params.with_size(self.native_size).with_seed() for params in requests]
         total = requests[0].num_inference_steps if requests else 0
         for step in range(1, total + 1):
             if should_cancel is not None and should_cancel():
@@ -50,11 +51,12 @@ class FakeEngine:
 
 
 def _disc(params: GenerationParams, seed: int) -> TransparentImage:
-    rows, columns = np.ogrid[: params.height, : params.width]
-    radius = min(params.width, params.height) / 3
-    distance = np.hypot(rows - params.height / 2, columns - params.width / 2)
+    width, height = params.size
+    rows, columns = np.ogrid[:height, :width]
+    radius = min(width, height) / 3
+    distance = np.hypot(rows - height / 2, columns - width / 2)
     alpha = np.clip((radius - distance) / 4 + 0.5, 0, 1)
-    rgba = np.zeros((params.height, params.width, 4), dtype=np.uint8)
+    rgba = np.zeros((height, width, 4), dtype=np.uint8)
     rgba[..., :3] = [(seed * 67) % 256, (seed * 131) % 256, (seed * 197) % 256]
     rgba[..., 3] = (alpha * 255).astype(np.uint8)
     return TransparentImage(rgba=rgba, seed=seed)

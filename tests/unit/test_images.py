@@ -67,5 +67,10 @@ def test_defaults_are_the_hosted_endpoints() -> None:
         20,
     )
     assert params.enable_safety_checker and params.seed is None
-    assert (params.width, params.height, params.num_images, params.scheduler) == (1024, 1024, 1, "dpmpp_2m_karras")
+    assert (params.width, params.height, params.num_images, params.scheduler) == (None, None, 1, "dpmpp_2m_karras")
     assert params.with_seed().seed is not None
+    # No size means the model's native one (1024 for SDXL, the hosted endpoint's size); a given side stays.
+    assert params.with_size(1024).size == (1024, 1024)
+    assert GenerationParams(width=512).with_size(128).size == (512, 128)
+    with pytest.raises(ValueError, match="not fixed"):
+        _ = params.size

@@ -66,12 +66,14 @@ class TransparentSDXLPipeline:
         *,
         device: torch.device,
         dtype: torch.dtype,
+        native_size: int = 1024,
     ) -> None:
         self.sdxl = sdxl
         self.decoder = decoder
         self.safety_checker = safety_checker
         self.device = device
         self.dtype = dtype
+        self.native_size = native_size  # the side of what it was trained on: requests without a size get it
         self.sdxl.set_progress_bar_config(disable=True)
 
     # -- loading -------------------------------------------------------------------------------
@@ -148,7 +150,9 @@ class TransparentSDXLPipeline:
             logger.info("Loading the safety checker from %s", checker_path)
             checker = SafetyChecker.from_folder(checker_path, device=torch_device, dtype=torch_dtype)
         logger.info("Models ready in %.1f s (%d attention weights merged)", time.perf_counter() - started, merged)
-        pipeline = cls(sdxl, transparent_decoder, checker, device=torch_device, dtype=torch_dtype)
+        pipeline = cls(
+            sdxl, transparent_decoder, checker, device=torch_device, dtype=torch_dtype, native_size=sources.native_size
+        )
         apply_runtime_options(pipeline, runtime)
         return pipeline
 
@@ -206,10 +210,10 @@ class TransparentSDXLPipeline:
         """
         if not requests:
             return []
+        requests = [params.with_size(self.native_size).with_seed() for params in requests]
         keys = {batch_key(params) for params in requests}
         if len(keys) > 1:
             raise ValueError(f"requests in one batch must share size, steps, sampler and guidance; got {keys}")
-        requests = [params.with_seed() for params in requests]
         first = requests[0]
         seeds = [params.seed + i for params in requests for i in range(params.num_images)]  # type: ignore[operator]
         prompts = [params.prompt for params in requests for _ in range(params.num_images)]
@@ -295,6 +299,7 @@ class TransparentSDXLPipeline:
     ) -> torch.Tensor:
         """Run the sampler; returns model-space latents ``[B, 4, H/8, W/8]``."""
         total = params.num_inference_steps
+        width, height = params.size
 
         def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if on_step is not None:
@@ -306,11 +311,11 @@ class TransparentSDXLPipeline:
         self.sdxl.scheduler = make_scheduler(params.scheduler, self.sdxl.scheduler.config)
         output = self.sdxl(
             **embeddings,
-            height=params.height,
-            width=params.width,
+            height=height,
+            width=width,
             num_inference_steps=total,
             guidance_scale=params.guidance_scale,
-            latents=self.initial_noise(seeds, params.height, params.width),
+            latents=self.initial_noise(seeds, height, width),
             # Used only by stochastic samplers (ancestral, SDE): one stream per image, seeded like its noise.
             generator=[torch.Generator("cpu").manual_seed(s + 2**32) for s in seeds],
             output_type="latent",

@@ -1,7 +1,8 @@
-"""Named model sets: ``sdxl`` (the real weights), ``tiny`` and ``sdxl-random`` (random weights).
+"""Named model sets: ``sdxl`` (the real weights), ``demo`` (a small model trained here, shipped
+with the package), ``tiny`` and ``sdxl-random`` (random weights).
 
 A preset is only a set of weight references (see :mod:`.sources`). The random presets are written
-to disk on first use, in the official file formats, and then loaded exactly like real weights.
+to disk on first use; every preset is in the official file formats and loads like real weights.
 """
 
 from __future__ import annotations
@@ -36,16 +37,20 @@ class ModelSources:
         base_variant: weight-file variant of a diffusers-layout base (``fp16`` on the hub's SDXL).
         layer_weights: LayerDiffuse attention weights, either official format.
         decoder: the transparent VAE decoder file.
+        encoder: the transparent VAE encoder file (image inputs), where the preset has one.
         safety_checker: a safety-checker model folder or repo, or ``None`` to load none.
         cpu_dtype: default dtype on CPU (bfloat16 is ~4× faster than float32 with AMX).
+        native_size: the side (pixels) it was trained at: what a request without a size gets.
     """
 
     base: str
     layer_weights: str
     decoder: str
+    encoder: str | None = None
     safety_checker: str | None = SAFETY_CHECKER
     base_variant: str | None = None
     cpu_dtype: torch.dtype = torch.float32
+    native_size: int = 1024
 
     def with_overrides(self, **overrides: str | None) -> ModelSources:
         """Replace some references (``None`` values are ignored); a new base drops the variant guess."""
@@ -60,8 +65,28 @@ SDXL_SOURCES = ModelSources(
     base_variant="fp16",
     layer_weights=f"{LAYERDIFFUSE_REPO}/layer_xl_transparent_attn.safetensors",
     decoder=f"{LAYERDIFFUSE_REPO}/vae_transparent_decoder.safetensors",
+    encoder=f"{LAYERDIFFUSE_REPO}/vae_transparent_encoder.safetensors",
     cpu_dtype=torch.bfloat16,
 )
+
+#: The demo model's files, shipped in the package (``layerdiffuse train-demo`` makes them).
+DEMO_FOLDER = Path(__file__).parents[1] / "demo" / "weights"
+#: The side of the demo's sprites: its native size.
+DEMO_SIZE = 128
+
+
+def demo_sources(folder: Path = DEMO_FOLDER) -> ModelSources:
+    """The demo preset's files in ``folder``, laid out as :func:`.demo_training.train_demo` writes them."""
+    return ModelSources(
+        base=str(folder / "base"),
+        base_variant="fp16",
+        layer_weights=str(folder / "layer_xl_transparent_attn.safetensors"),
+        decoder=str(folder / "vae_transparent_decoder.safetensors"),
+        encoder=str(folder / "vae_transparent_encoder.safetensors"),
+        safety_checker=str(folder / "safety_checker"),
+        native_size=DEMO_SIZE,
+    )
+
 
 #: Random presets: name → (spec, version). Bump the version when the generated files change.
 RANDOM_PRESETS: dict[str, tuple[ArchitectureSpec, int]] = {"tiny": (TINY_SPEC, 2), "sdxl-random": (SDXL_SPEC, 1)}
@@ -94,6 +119,13 @@ def preset_sources(name: str, presets_dir: Path) -> ModelSources:
     """The weight references of a preset, writing a random preset's files if needed."""
     if name == "sdxl":
         return SDXL_SOURCES
+    if name == "demo":
+        if not (DEMO_FOLDER / "MANIFEST.json").is_file():
+            raise ValueError(
+                f"the demo model's files are missing from {DEMO_FOLDER}; reinstall the package, or make them "
+                f"with `layerdiffuse train-demo {DEMO_FOLDER}`"
+            )
+        return demo_sources()
     if name not in RANDOM_PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
     folder = ensure_random_preset(name, presets_dir)

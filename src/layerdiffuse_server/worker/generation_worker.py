@@ -57,6 +57,7 @@ CANCEL_CHECK_SECONDS = 0.5
 class Engine(Protocol):
     device: Any
     dtype: Any
+    native_size: int  # the side of a request that names no size
 
     def generate_batch(
         self,
@@ -319,7 +320,8 @@ class GenerationWorker:
             attempt = f" (attempt {lease.attempts})" if lease.attempts > 1 else ""
             self._log(job, f"Request started{attempt} on worker {self.worker_id}.")
             try:
-                job.params = parse_params(lease)
+                assert self.engine is not None
+                job.params = parse_params(lease).with_size(self.engine.native_size)
             except ValidationError as error:  # stored by an older release that checked less
                 self._answer(job, outcomes.invalid_input(error))
 
