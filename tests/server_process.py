@@ -49,6 +49,7 @@ class ServerProcess:
     env: dict[str, str]
     role: str = "serve"
     without_engine: bool = False  # run as on a host where torch and diffusers cannot be imported
+    model: str = "tiny"
     extra_args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
@@ -80,7 +81,7 @@ class ServerProcess:
     def command(self) -> list[str]:
         common = ["--data-dir", str(self.data_dir), *self.extra_args]
         if self.role == "worker":
-            arguments = ["worker", "--model", "tiny", "--device", "cpu", "--port", str(self.port), *common]
+            arguments = ["worker", "--model", self.model, "--device", "cpu", "--port", str(self.port), *common]
         else:
             arguments = [
                 self.role, "--port", str(self.port), "--tls-port", str(self.tls_port),
@@ -88,7 +89,7 @@ class ServerProcess:
                 *[argument for host in FAL_HOSTS for argument in ("--tls-name", host)], *common,
             ]  # fmt: skip
             if self.role == "serve":
-                arguments += ["--model", "tiny", "--device", "cpu"]
+                arguments += ["--model", self.model, "--device", "cpu"]
         if self.without_engine:
             return [sys.executable, "-c", WITHOUT_ENGINE, *arguments]
         return [sys.executable, "-m", "layerdiffuse_server", *arguments]

@@ -1,6 +1,7 @@
-"""A real ``layerdiffuse serve --model tiny`` process on 127.0.0.1, and the plumbing that lets the
-official clients reach it unmodified: env-var hosts + the server's local CA for ``fal_client``,
-a CONNECT proxy for its hard-coded storage hosts, ``proxyUrl`` for ``@fal-ai/client``."""
+"""Real ``layerdiffuse serve`` processes on 127.0.0.1 (``--model tiny``; ``demo`` for the README's
+promises), and the plumbing that lets the official clients reach them unmodified: env-var hosts +
+the server's local CA for ``fal_client``, a CONNECT proxy for its hard-coded storage hosts,
+``proxyUrl`` for ``@fal-ai/client``."""
 
 from __future__ import annotations
 
@@ -42,6 +43,21 @@ def server(settings: Settings, tiny_folder: Path, tmp_path_factory: pytest.TempP
 @pytest.fixture(scope="session")
 def api_key(server: ServerProcess) -> str:
     return server.create_key("client")
+
+
+@pytest.fixture(scope="session")
+def demo_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``serve --model demo``: the README's first command, with the model that ships in the package."""
+    process = ServerProcess(tmp_path_factory.mktemp("demo-server") / "data", server_env(settings), model="demo")
+    process.create_key("conformance")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_key(demo_server: ServerProcess) -> str:
+    return demo_server.create_key("client")
 
 
 class _ConnectProxy(socketserver.ThreadingTCPServer):

@@ -57,6 +57,12 @@ def submit(args: dict) -> dict:
     return {"request_id": handle.request_id, "status": status_json(handle.status())}
 
 
+def run_many(args: dict) -> dict:
+    """Every input submitted at once, then each result: the way a batch job uses the client."""
+    handles = [fal_client.submit(APP, arguments) for arguments in args["inputs"]]
+    return {"outputs": [handle.get() for handle in handles]}
+
+
 def submit_and_get(args: dict) -> dict:
     handle = fal_client.submit(APP, args["input"], webhook_url=args.get("webhook_url"))
     events = [status_json(event) for event in handle.iter_events(with_logs=True, interval=0.05)]

@@ -1,4 +1,4 @@
-"""The README's client snippets, run as written against the server (only the address differs)."""
+"""The README's client snippets, run as written against ``serve --model demo`` (only the address differs)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
+
+from layerdiffuse_server.demo.quality import judge
+from layerdiffuse_server.engine.presets import DEMO_SIZE
 
 from .conftest import JS_DIR, ServerProcess, python_client_env
 
@@ -32,32 +36,35 @@ def file_name_for_javascript() -> str:
     return match.group(1)
 
 
-def assert_transparent_png(path: Path) -> None:
+def assert_the_red_star(path: Path) -> None:
+    """The snippets ask the demo model for a red star with a soft glow: that is what must arrive."""
     image = Image.open(path)
-    assert image.mode == "RGBA" and image.size == (1024, 1024)
+    assert image.mode == "RGBA" and image.size == (DEMO_SIZE, DEMO_SIZE)
+    verdict = judge(np.asarray(image))
+    assert (verdict.shape, verdict.colour) == ("star", "red") and verdict.soft_edge_pixels >= 20, verdict
 
 
-def test_python_snippet(server: ServerProcess, api_key: str, tmp_path: Path) -> None:
+def test_python_snippet(demo_server: ServerProcess, demo_key: str, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", snippet("python")],
-        env=python_client_env(server, api_key), cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        env=python_client_env(demo_server, demo_key), cwd=tmp_path, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert "Denoising step 1/20" in lines and lines[-1].startswith("42 http://")
     assert len(lines) == len(set(lines)), "a log line was printed twice"
-    assert_transparent_png(tmp_path / "teapot.png")
+    assert_the_red_star(tmp_path / "star.png")
 
 
-def test_javascript_snippet(node: str, server: ServerProcess, api_key: str, tmp_path: Path) -> None:
-    code = snippet("javascript").replace("http://127.0.0.1:8080", server.http_url)
+def test_javascript_snippet(node: str, demo_server: ServerProcess, demo_key: str, tmp_path: Path) -> None:
+    code = snippet("javascript").replace("http://127.0.0.1:8080", demo_server.http_url)
     folder = JS_DIR / f"readme-snippet-{tmp_path.name}"  # inside the package, so the import resolves
     folder.mkdir()
     script = folder / file_name_for_javascript()
     script.write_text(code)
     try:
         done = subprocess.run(
-            [node, str(script)], env={"PATH": os.environ["PATH"], "FAL_KEY": api_key}, cwd=tmp_path,
+            [node, str(script)], env={"PATH": os.environ["PATH"], "FAL_KEY": demo_key}, cwd=tmp_path,
             capture_output=True, text=True, timeout=900,
         )  # fmt: skip
     finally:
@@ -65,13 +72,13 @@ def test_javascript_snippet(node: str, server: ServerProcess, api_key: str, tmp_
         folder.rmdir()
     assert done.returncode == 0, done.stderr
     assert "Denoising step 1/20" in done.stdout
-    assert_transparent_png(tmp_path / "teapot.png")
+    assert_the_red_star(tmp_path / "star.png")
 
 
-def test_curl_snippet(server: ServerProcess, api_key: str, tmp_path: Path) -> None:
-    command = snippet("curl").replace("http://127.0.0.1:8080", server.http_url)
+def test_curl_snippet(demo_server: ServerProcess, demo_key: str, tmp_path: Path) -> None:
+    command = snippet("curl").replace("http://127.0.0.1:8080", demo_server.http_url)
     done = subprocess.run(
-        ["bash", "-c", command], env={"PATH": os.environ["PATH"], "FAL_KEY": api_key},
+        ["bash", "-c", command], env={"PATH": os.environ["PATH"], "FAL_KEY": demo_key},
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

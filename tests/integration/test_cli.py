@@ -99,7 +99,7 @@ def test_missing_weights_error_offline(settings: Settings, tmp_path: Path) -> No
 def test_help_lists_the_commands(settings: Settings) -> None:
     done = run_cli("--help", settings=settings)
     assert done.returncode == 0
-    for command in ("generate", "download", "serve"):
+    for command in ("generate", "download", "serve", "train-demo"):
         assert command in done.stdout
 
 

@@ -1,0 +1,61 @@
+"""The demo's data set and its judge: sprites are deterministic and soft-edged, and the judge
+recognises every ground-truth sprite (so a model that draws them is scored as right)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from layerdiffuse_server.demo.quality import evaluation_set, judge, score
+from layerdiffuse_server.demo.sprites import COLOURS, SHAPES, STYLES, render, sprite_for
+
+COMBINATIONS = len(SHAPES) * len(COLOURS) * len(STYLES)
+
+
+def test_a_sprite_is_a_pure_function_of_index_and_seed() -> None:
+    assert sprite_for(5) == sprite_for(5)
+    assert np.array_equal(render(sprite_for(5)), render(sprite_for(5)))
+    assert sprite_for(5, seed=1) != sprite_for(5, seed=0)
+    # Every (shape, colour, style) once per round, the pose drawn anew each round.
+    first_round = {(s.shape, s.colour, s.style) for s in map(sprite_for, range(COMBINATIONS))}
+    assert len(first_round) == COMBINATIONS
+    assert sprite_for(3).shape == sprite_for(3 + COMBINATIONS).shape and sprite_for(3) != sprite_for(3 + COMBINATIONS)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_every_style_has_semi_transparent_pixels_and_a_caption_that_says_so(style: str) -> None:
+    index = STYLES.index(style) * len(SHAPES) * len(COLOURS)
+    sprite = sprite_for(index)
+    alpha = render(sprite)[..., 3].astype(np.float64) / 255
+    soft = (alpha > 0.05) & (alpha < 0.95)
+    assert soft.sum() >= 50, "anti-aliased edges at least"
+    assert alpha.max() > 0.55 and alpha[0, 0] == 0
+    assert sprite.colour in sprite.caption and sprite.shape in sprite.caption
+    if style == "translucent":
+        assert "translucent" in sprite.caption and alpha.max() < 0.65
+    if style in ("glow", "shadow"):
+        assert {"glow": "soft glow", "shadow": "drop shadow"}[style] in sprite.caption
+        assert soft.sum() > 400, "a halo, not only an edge"
+
+
+def test_the_judge_recognises_every_ground_truth_sprite() -> None:
+    sprites = [sprite_for(index, seed=7) for index in range(2 * COMBINATIONS)]
+    judgements = [judge(render(sprite)) for sprite in sprites]
+    assert [j.shape for j in judgements] == [s.shape for s in sprites]
+    assert [j.colour for j in judgements] == [s.colour for s in sprites]
+
+
+def test_the_judge_scores_wrong_and_empty_images_as_wrong() -> None:
+    cases = evaluation_set()[:3]
+    wrong = [render(sprite_for(1)), np.zeros((128, 128, 4), np.uint8), render(sprite_for(2))]
+    scores = score(cases, wrong)
+    assert [j.shape for j in scores.judgements] == [sprite_for(1).shape, None, sprite_for(2).shape]
+    right = sum(case.shape == j.shape for case, j in zip(cases, scores.judgements, strict=True))
+    assert scores.shape_accuracy == right / 3 < 1
+    assert scores.soft_edge_images == pytest.approx(2 / 3)
+
+
+def test_the_evaluation_set_asks_for_every_shape_in_every_colour() -> None:
+    cases = evaluation_set()
+    assert {(case.shape, case.colour) for case in cases} == {(s, c) for s in SHAPES for c in COLOURS}
+    assert len({case.seed for case in cases}) == len(cases)
