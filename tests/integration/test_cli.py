@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from layerdiffuse_server.demo.quality import judge
+from layerdiffuse_server.engine.presets import DEMO_SIZE
 from layerdiffuse_server.settings import Settings
 
 
@@ -128,3 +130,16 @@ def test_full_size_generation_with_the_tiny_model(
     image = Image.open(output)
     assert image.mode == "RGBA" and image.size == (width, height)
     assert np.asarray(image).shape == (height, width, 4)
+
+
+def test_the_readme_generate_line_with_the_demo_model(settings: Settings, tmp_path: Path) -> None:
+    """No size given: the demo model's native 128², and the sprite the prompt names."""
+    done = run_cli(
+        "generate", "a blue heart with a drop shadow", "-o", str(tmp_path / "heart.png"), "--model", "demo",
+        "--seed", "7", "--preview", str(tmp_path / "heart-preview.png"), settings=settings,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    image = Image.open(tmp_path / "heart.png")
+    assert image.mode == "RGBA" and image.size == (DEMO_SIZE, DEMO_SIZE)
+    verdict = judge(np.asarray(image))
+    assert (verdict.shape, verdict.colour) == ("heart", "blue") and verdict.soft_edge_pixels > 0, verdict
