@@ -9,7 +9,7 @@ from pathlib import Path
 
 PRESETS = {
     "sdxl": "SDXL base 1.0 + LayerDiffuse (real weights; a GPU and a 7 GB download)",
-    "demo": "a small model trained here on procedural sprites, shipped with the package (128 px, CPU)",
+    "demo": "a small model trained on procedural sprites, shipped with the package (128 px, CPU)",
     "tiny": "a small random-weight model with SDXL's topology, written once (offline, CPU, tests)",
     "sdxl-random": "full-size SDXL with random weights, written once (~7 GB; benchmarks)",
 }

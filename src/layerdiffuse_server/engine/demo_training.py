@@ -1,5 +1,5 @@
 """Training the ``demo`` preset: a small SDXL-topology model that makes real transparent sprites,
-trained here on a CPU the way LayerDiffuse was trained, and written in the official file formats
+trained on a CPU the way LayerDiffuse was trained, and written in the official file formats
 so it loads through exactly the code that loads the real weights.
 
 The recipe, stage by stage (the paper's, scaled down):

@@ -1,4 +1,4 @@
-"""Named model sets: ``sdxl`` (the real weights), ``demo`` (a small model trained here, shipped
+"""Named model sets: ``sdxl`` (the real weights), ``demo`` (a small model made by ``train-demo``, shipped
 with the package), ``tiny`` and ``sdxl-random`` (random weights).
 
 A preset is only a set of weight references (see :mod:`.sources`). The random presets are written
