@@ -39,7 +39,8 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 PRESET_HELP = (
-    "Model preset: sdxl (real weights), tiny (small random model, offline) or sdxl-random. "
+    "Model preset: sdxl (real weights), demo (small trained model, offline, 128²), tiny (small random "
+    "model, tests) or sdxl-random. "
     "[default: $LAYERDIFFUSE_MODEL, else sdxl]"
 )
 CLI_FLAGS = {
