@@ -55,6 +55,14 @@ def test_the_judge_scores_wrong_and_empty_images_as_wrong() -> None:
     assert scores.soft_edge_images == pytest.approx(2 / 3)
 
 
+def test_the_judge_copes_with_a_body_that_fills_the_image_or_touches_its_edge() -> None:
+    full = np.full((128, 128, 4), 255, np.uint8)
+    assert judge(full).shape == "square"
+    corner = np.zeros((128, 128, 4), np.uint8)
+    corner[:40, 100:] = 255
+    assert judge(corner).shape is not None
+
+
 def test_the_evaluation_set_asks_for_every_shape_in_every_colour() -> None:
     cases = evaluation_set()
     assert {(case.shape, case.colour) for case in cases} == {(s, c) for s in SHAPES for c in COLOURS}

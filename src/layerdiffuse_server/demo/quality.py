@@ -32,9 +32,11 @@ def normalised_mask(alpha: np.ndarray) -> np.ndarray | None:
         return None
     top, bottom, left, right = rows.min(), rows.max() + 1, columns.min(), columns.max() + 1
     side = max(bottom - top, right - left)
-    centre_y, centre_x = (top + bottom) / 2, (left + right) / 2
+    # Padded by a side all round, so the square stays inside even for a body that fills the image.
+    centre_y, centre_x = (top + bottom) / 2 + side, (left + right) / 2 + side
     box = (centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2)
-    image = Image.fromarray(body.astype(np.uint8) * 255).resize((MASK_SIZE, MASK_SIZE), Image.BILINEAR, box=box)
+    canvas = np.pad(body, side).astype(np.uint8) * 255
+    image = Image.fromarray(canvas).resize((MASK_SIZE, MASK_SIZE), Image.BILINEAR, box=box)
     return np.asarray(image) >= 128
 
 
