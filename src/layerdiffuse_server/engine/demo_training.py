@@ -44,8 +44,6 @@ from .padding import pad_rgb
 from .presets import DEMO_SIZE
 from .random_weights import (
     DIFFUSERS_TO_SGM_BLOCKS,
-    SDXL_UNET_TOPOLOGY,
-    SDXL_VAE_TOPOLOGY,
     TINY_SPEC,
     build_sdxl_pipeline,
     write_safety_checker,
@@ -56,29 +54,22 @@ OFFSET_SCALE = 300.0
 #: What the demo's unconditional branch is trained on: no prompt, and the endpoint's default negative.
 UNCONDITIONAL_CAPTIONS = ("", "text, watermark")
 
-#: The tiny preset's text encoders and safety checker; a wider UNet and VAE, a transparent decoder
-#: twice the tiny one's width, and a LoRA of rank 16.
+#: The tiny preset's text encoders and safety checker; its UNet twice as wide, a wider VAE, a
+#: transparent decoder twice the tiny one's width, and a LoRA of rank 16.
 DEMO_SPEC = replace(
     TINY_SPEC,
     unet={
-        **SDXL_UNET_TOPOLOGY,
+        **TINY_SPEC.unet,
         "sample_size": 16,
         "block_out_channels": (32, 64, 128),
-        "norm_num_groups": 8,
-        "transformer_layers_per_block": (1, 1, 1),
         "attention_head_dim": (2, 4, 8),
-        "cross_attention_dim": 128,
-        "addition_time_embed_dim": 8,
-        "projection_class_embeddings_input_dim": 64 + 6 * 8,
     },
     vae={
-        **SDXL_VAE_TOPOLOGY,
+        **TINY_SPEC.vae,
         "block_out_channels": (16, 32, 32, 64),
         # Four channels or more per group: a group of one channel normalises a flat colour away.
         "norm_num_groups": 4,
-        "layers_per_block": 1,
         "sample_size": 128,
-        "force_upcast": False,
     },
     decoder={
         "block_out_channels": (8, 16, 16, 32, 32, 64, 64),
@@ -252,9 +243,7 @@ def trainable_caption_encoder(pipeline: Any) -> CaptionEncoder:
 def frozen_caption_encoder(pipeline: Any, captions: list[str]) -> CaptionEncoder:
     """Every caption encoded once, looked up afterwards: for stages where the text encoders are frozen."""
     unique = list(dict.fromkeys([*UNCONDITIONAL_CAPTIONS, *captions]))
-    embeds, _, pooled, _ = pipeline.encode_prompt(
-        unique, device=torch.device("cpu"), num_images_per_prompt=1, do_classifier_free_guidance=False
-    )
+    embeds, pooled = trainable_caption_encoder(pipeline)(unique)
     index = {caption: i for i, caption in enumerate(unique)}
 
     def encode(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
