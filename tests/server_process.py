@@ -4,14 +4,17 @@ again on the same data directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -141,6 +144,19 @@ class ServerProcess:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+
+@contextlib.contextmanager
+def running_server(data_dir: Path, env: dict[str, str], **options: Any) -> Iterator[ServerProcess]:
+    """A ``serve`` process, started and stopped around the block. A key exists before it starts,
+    so the server creates (and prints) no admin key of its own."""
+    process = ServerProcess(data_dir, env, **options)
+    process.create_key("bootstrap")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 def server_env(settings: Settings, **overrides: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ import pytest
 
 from layerdiffuse_server.settings import Settings
 
-from ..server_process import ServerProcess, server_env
+from ..server_process import ServerProcess, running_server, server_env
 
 ARTIFACTS = Path(os.environ.get("LAYERDIFFUSE_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
 # Chromium in a sandbox-less container with no network: these are the flags that keep it quiet and up.
@@ -65,11 +65,8 @@ def browser() -> Iterator[object]:
 def playground_server(
     settings: Settings, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("playground") / "data", server_env(settings))
-    process.create_key("bootstrap")
-    process.start()
-    yield process
-    process.stop()
+    with running_server(tmp_path_factory.mktemp("playground") / "data", server_env(settings)) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 
 from layerdiffuse_server.settings import Settings
 
-from ..server_process import ServerProcess, server_env
+from ..server_process import ServerProcess, running_server, server_env
 
 HERE = Path(__file__).parent
 JS_DIR = HERE / "js"
@@ -33,11 +33,8 @@ JS_DIR = HERE / "js"
 
 @pytest.fixture(scope="session")
 def server(settings: Settings, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("server") / "data", server_env(settings))
-    process.create_key("conformance")  # a key exists, so the server does not create one
-    process.start()
-    yield process
-    process.stop()
+    with running_server(tmp_path_factory.mktemp("server") / "data", server_env(settings)) as process:
+        yield process
 
 
 @pytest.fixture(scope="session")
@@ -48,11 +45,8 @@ def api_key(server: ServerProcess) -> str:
 @pytest.fixture(scope="session")
 def demo_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """``serve --model demo``: the README's first command, with the model that ships in the package."""
-    process = ServerProcess(tmp_path_factory.mktemp("demo-server") / "data", server_env(settings), model="demo")
-    process.create_key("conformance")
-    process.start()
-    yield process
-    process.stop()
+    with running_server(tmp_path_factory.mktemp("demo-server") / "data", server_env(settings), model="demo") as process:
+        yield process
 
 
 @pytest.fixture(scope="session")
