@@ -17,6 +17,7 @@ from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block
 from torch import nn
 
 from ..errors import WeightFormatError
+from .group_norm import widen_group_norms
 
 #: The latent (H/8) is added to the input of this down block, the first one at 1/8 resolution.
 LATENT_INJECTION_BLOCK = 3
@@ -102,6 +103,8 @@ class TransparentDecoderNetwork(ModelMixin, ConfigMixin):
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
+        # Few groups over full-resolution images: see group_norm.py.
+        widen_group_norms(self)
 
     def forward(self, pixels: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         injected = self.latent_conv_in(latent)
