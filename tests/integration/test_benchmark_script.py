@@ -38,6 +38,7 @@ def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Pa
     names = [row["name"] for row in results["rows"]]
     expected = [
         "plain diffusers SDXL → RGB PNG (baseline)",
+        "baseline PNG encode",
         "ours end to end → RGBA PNG",
         "text encoding",
         "denoising",
@@ -58,6 +59,6 @@ def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Pa
     ]
     assert names == expected
     assert all(row["seconds"] > 0 for row in results["rows"])
-    assert results["rows"][1]["png_bytes"] > 0 and results["rows"][1]["ratio"] > 0
+    assert results["rows"][2]["png_bytes"] > 0 and results["rows"][2]["ratio"] > 0
     assert len(results["rows"][0]["samples"]) == 1 and results["baseline"] == results["rows"][0]["seconds"]
     assert "max pixel Δ 0," in results["rows"][-1]["note"]  # the low-memory mode keeps every pixel

@@ -24,9 +24,9 @@ logger = logging.getLogger(__name__)
 MemoryMode = Literal["fast", "default", "low", "offload"]
 
 #: Transparent-decoder passes per forward call on a GPU, by memory mode. At 1024² in fp16 each pass
-#: in flight holds about 0.8 GB (H100: 8 per call +6.5 GB in 261 ms, 4 +3.3 GB in 399 ms, 2 +1.7 GB
-#: in 660 ms, 1 +0.9 GB in 1154 ms). ``default`` stays within plain SDXL's own decode peak (its VAE
-#: decodes in float32, about 4.5 GB at 1024²) plus 1 GB; ``fast`` is for GPUs with room to spare.
+#: in flight holds about 0.8 GB (H200, with the SDXL VAE decode: 8 per call +6.1 GB in 192 ms,
+#: 4 +3.1 GB in 138 ms, 2 +2.4 GB in 244 ms, 1 +2.4 GB in 485 ms). ``default`` stays within plain
+#: SDXL's own decode peak (its VAE decodes in float32); ``fast`` is for GPUs with room to spare.
 DECODER_BATCH = {"fast": 8, "default": 4, "low": 2, "offload": 1}
 
 
@@ -38,7 +38,7 @@ class RuntimeOptions:
         memory_mode: how many decoder passes run per forward call: ``fast`` 8, ``default`` 4,
             ``low`` 2, all with every model resident on the accelerator; ``offload`` runs them one
             at a time and also moves the text encoders, UNet and VAE to the accelerator only while
-            each runs (diffusers' model CPU offload). All give the same pixels. On a CPU the passes
+            each runs (diffusers' model CPU offload). All give the same pixels up to float rounding. On a CPU the passes
             always run one at a time: batching them is slower there.
         vae_tiling: decode the SDXL VAE in tiles (less memory at large sizes; seams are blended,
             so pixels differ slightly).
