@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="First retry delay; doubles per attempt, capped at one hour."
     )
     webhook_timeout_seconds: float = Field(default=15.0, gt=0, description="Timeout of one delivery attempt.")
+    image_input_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="Time limit for fetching one image input given as an external URL (image_url …), "
+        "from connecting to the last byte.",
+    )
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, description="Comment interval on status streams.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="Process logs as text lines or as one JSON object per line (with request ids)."
