@@ -96,6 +96,18 @@ def _output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i}{output.suffix or '.png'}") for i in range(count)]
 
 
+def _endpoint_for_files(given: set[str], num_images: int) -> Any:
+    """The endpoint whose image inputs are exactly the files given (a clear error otherwise)."""
+    from .endpoints import ENDPOINTS
+
+    for endpoint in ENDPOINTS:
+        if {name for name in endpoint.input_model.model_fields if name.endswith("image_url")} == given:
+            if num_images != 1:
+                raise _fail("--num-images: image inputs make one image per run", 2)
+            return endpoint
+    raise _fail("give --image alone, or --foreground or --background alone, or one of them with --blended", 2)
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")] = "",
@@ -105,18 +117,42 @@ def generate(
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 8.0,
     width: Annotated[
-        int | None, typer.Option(help="Width in pixels, a multiple of 64; absent: the model's native size.")
+        int | None, typer.Option(help="Width in pixels (64–2048); absent: the model's native size.")
     ] = None,
     height: Annotated[
-        int | None, typer.Option(help="Height in pixels, a multiple of 64; absent: the model's native size.")
+        int | None, typer.Option(help="Height in pixels (64–2048); absent: the model's native size.")
     ] = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images to generate.")] = 1,
     scheduler: Annotated[
-        str, typer.Option(help="Sampler: dpmpp_2m_karras, dpmpp_2m_sde_karras, euler, euler_ancestral, unipc, ddim.")
-    ] = "dpmpp_2m_karras",
+        str | None,
+        typer.Option(
+            help="Sampler: dpmpp_2m_karras (default), dpmpp_2m_sde_karras, euler, euler_ancestral (default of the "
+            "conditioned layers), unipc, ddim."
+        ),
+    ] = None,
+    image: Annotated[
+        Path | None, typer.Option(help="Image to image: re-generate this (RGBA) image; see --strength.")
+    ] = None,
+    strength: Annotated[float, typer.Option(help="Image to image: how much to change it (0–1].")] = 0.7,
+    foreground: Annotated[Path | None, typer.Option(help="Conditioned layers: a transparent foreground.")] = None,
+    background: Annotated[Path | None, typer.Option(help="Conditioned layers: a background image.")] = None,
+    blended: Annotated[
+        Path | None,
+        typer.Option(
+            help="Conditioned layers: the blended image. --foreground alone makes a blend, --background alone "
+            "too; with --blended they make the background (from --foreground) or the transparent foreground "
+            "(from --background)."
+        ),
+    ] = None,
+    stop_at: Annotated[
+        float, typer.Option(help="Conditioned layers: fraction of the denoising that uses the layer model.")
+    ] = 1.0,
     model: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
     base: Annotated[str | None, typer.Option(help="SDXL base: hub repo id, diffusers folder or .safetensors.")] = None,
-    layer_weights: Annotated[str | None, typer.Option(help="LayerDiffuse attention weights (either format).")] = None,
+    layer_weights: Annotated[
+        str | None,
+        typer.Option(help="LayerDiffuse transparency weights: attention (either format) or layer_xl_transparent_conv."),
+    ] = None,
     layer_strength: Annotated[float, typer.Option(help="Strength of the LayerDiffuse weights.")] = 1.0,
     decoder: Annotated[str | None, typer.Option(help="Transparent VAE decoder file.")] = None,
     decoder_passes: Annotated[int, typer.Option(help="Decoder test-time passes: 8 (best), 4, 2 or 1.")] = 8,
@@ -128,27 +164,42 @@ def generate(
     dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose/--quiet", help="Show model loading messages.")] = True,
 ) -> None:
-    """Generate transparent images from a prompt and write them as RGBA PNG files."""
+    """Generate transparent images from a prompt and write them as RGBA PNG files.
+
+    With --image it re-generates an image (image to image); with --foreground, --background and
+    --blended it runs the conditioned-layer models, like the server's endpoints of those names.
+    """
     from .engine.catalog import check_choices
-    from .schemas import GenerationParams
+    from .files.image_inputs import decode_rgba
+    from .schemas import GenerationParams, ImageToImageInput
 
     _configure_logging(verbose)
     settings = Settings()
+    files = {"image_url": image, "foreground_image_url": foreground, "background_image_url": background}
+    files = {name: path for name, path in (files | {"blended_image_url": blended}).items() if path is not None}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise _fail(f"no such image file: {', '.join(missing)}", 2)
     # Everything that can be checked without torch is checked first: a typo is answered in a second,
     # not after the model has loaded.
     try:
-        params = GenerationParams(
-            prompt=prompt,
-            negative_prompt=negative,
-            seed=seed,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            width=width,
-            height=height,
-            num_images=num_images,
-            scheduler=scheduler,
-            enable_safety_checker=safety_checker,
-        ).with_seed()
+        common = {
+            "prompt": prompt,
+            "negative_prompt": negative,
+            "seed": seed,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "width": width,
+            "height": height,
+            "enable_safety_checker": safety_checker,
+        } | ({"scheduler": scheduler} if scheduler else {})
+        if files:
+            endpoint = _endpoint_for_files(set(files), num_images)
+            extra = {"strength": strength} if "strength" in endpoint.input_model.model_fields else {"stop_at": stop_at}
+            params = endpoint.input_model(**common, **extra, **{name: str(path) for name, path in files.items()})
+            params = params.with_seed()
+        else:
+            params = GenerationParams(**common, num_images=num_images).with_seed()
     except ValidationError as error:
         problems = [
             f"{CLI_FLAGS.get(str(e['loc'][0]), e['loc'][0])}: {plain_message(e['msg'])}" for e in error.errors()
@@ -180,9 +231,17 @@ def generate(
             decoder_passes=decoder_passes,
             safety_checker=safety_checker,
         )
-        with step_reporter(params.num_inference_steps) as on_step:
-            result = pipeline.generate(params, on_step=on_step)
-    except (LayerDiffuseError, ValueError) as error:
+        if files:
+            arrays = {name: decode_rgba(path.read_bytes()) for name, path in files.items()}
+            total = params.num_inference_steps
+            if isinstance(params, ImageToImageInput):  # only the end of the schedule runs
+                total = max(1, min(int(total * params.strength), total))
+            with step_reporter(total) as on_step:
+                result = pipeline.generate_from_images(params, arrays, on_step=on_step)
+        else:
+            with step_reporter(params.num_inference_steps) as on_step:
+                result = pipeline.generate(params, on_step=on_step)  # type: ignore[arg-type]
+    except (LayerDiffuseError, ValueError, OSError) as error:
         raise _fail(str(error)) from None
 
     for image, path in zip(result.images, _output_paths(output, len(result.images)), strict=True):
@@ -257,8 +316,13 @@ def train_demo(
 def download(
     model: Annotated[str, typer.Option(help="Preset whose weights to fetch.")] = "sdxl",
     base: Annotated[str | None, typer.Option(help="Another SDXL base (hub repo id).")] = None,
-    layer_weights: Annotated[str | None, typer.Option(help="Another attention weights file.")] = None,
+    layer_weights: Annotated[
+        str | None, typer.Option(help="Other transparency weights (attention or conv file).")
+    ] = None,
     decoder: Annotated[str | None, typer.Option(help="Another decoder file.")] = None,
+    layers: Annotated[
+        bool, typer.Option(help="Also the four conditioned-layer models (5.7 GB for sdxl; else fetched on first use).")
+    ] = False,
 ) -> None:
     """Fetch a preset's weights into the Hugging Face cache (or write a random preset's files)."""
     from .engine.presets import download as fetch
@@ -270,7 +334,7 @@ def download(
         sources = preset_sources(model, settings.presets_dir).with_overrides(
             base=base, layer_weights=layer_weights, decoder=decoder
         )
-        paths = fetch(sources)
+        paths = fetch(sources, layers=layers)
     except (LayerDiffuseError, ValueError) as error:
         raise _fail(str(error)) from None
     for name, path in paths.items():

@@ -52,6 +52,13 @@ class InvalidInputError(LayerDiffuseError):
         self.location = location  # "body", "query" or "header": the first element of fal's ``loc``
 
 
+class NotFoundError(LayerDiffuseError):
+    """There is nothing at this address."""
+
+    status_code = 404
+    error_type = "not_found"
+
+
 class QueueFullError(LayerDiffuseError):
     """The queue is full; try again later."""
 

@@ -26,8 +26,12 @@ def _integral_number(value: Any) -> Any:
 
 #: An integer as JSON Schema means it: any number without a fractional part (never a string or bool).
 JsonInt = Annotated[int, BeforeValidator(_integral_number)]
-#: The transparent decoder downsamples six times by 2: other sizes cannot pass its skip connections.
-ImageSide = Annotated[int, Field(ge=64, le=2048, multiple_of=64), BeforeValidator(_integral_number)]
+#: Any side from 64 to 2048 pixels. The transparent decoder needs multiples of 64 (it halves the
+#: resolution six times), so other sizes are generated at the next multiple of 64 and centre-cropped.
+ImageSide = Annotated[int, Field(ge=64, le=2048), BeforeValidator(_integral_number)]
+#: An image input: this server's file URL (what the clients' upload returns), a data: URI, or an
+#: http(s) URL the server fetches. Data URIs make these long; the request body limit bounds them.
+ImageUrl = Annotated[str, Field(min_length=1)]
 
 
 def random_seed() -> int:
@@ -59,11 +63,11 @@ class LayerDiffusionInput(BaseModel):
     )
     width: ImageSide | None = Field(
         default=None,
-        description="Image width in pixels, a multiple of 64; absent: the model's native size (1024 for sdxl).",
+        description="Image width in pixels; absent: the model's native size (1024 for sdxl).",
     )
     height: ImageSide | None = Field(
         default=None,
-        description="Image height in pixels, a multiple of 64; absent: the model's native size (1024 for sdxl).",
+        description="Image height in pixels; absent: the model's native size (1024 for sdxl).",
     )
     scheduler: SchedulerName = Field(default="dpmpp_2m_karras", description="Sampler.")
 
@@ -85,12 +89,96 @@ class LayerDiffusionInput(BaseModel):
         return self.width, self.height
 
 
+def padded_side(side: int) -> int:
+    """The side an image is generated at: the next multiple of 64 (see :data:`ImageSide`)."""
+    return -(-side // 64) * 64
+
+
+class ImageToImageInput(LayerDiffusionInput):
+    """The input of ``fal-ai/layer-diffusion/image-to-image``: a transparent image re-generated."""
+
+    image_url: ImageUrl = Field(description="The RGBA image to start from (transparency is kept and re-generated).")
+    strength: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=1.0,
+        description="How much to change the image: the fraction of the denoising schedule that runs (1: from noise).",
+    )
+    width: ImageSide | None = Field(
+        default=None, description="Output width; absent: the input image's (it is cropped and resized to fit)."
+    )
+    height: ImageSide | None = Field(
+        default=None, description="Output height; absent: the input image's (it is cropped and resized to fit)."
+    )
+
+
+class ConditionedLayerInput(LayerDiffusionInput):
+    """What the four conditioned-layer endpoints share (Forge's "… to …" LayerDiffuse methods)."""
+
+    stop_at: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description='Fraction of the denoising (by timestep, as Forge\'s "Stop At") that uses the layer model; '
+        "the plain SDXL UNet does the rest.",
+    )
+    scheduler: SchedulerName = Field(
+        default="euler_ancestral",
+        description="Sampler. LayerDiffuse's authors recommend a non-DPM one (Euler a, UniPC) for these models.",
+    )
+    width: ImageSide | None = Field(
+        default=None, description="Output width; absent: the first input image's (inputs are cropped and resized)."
+    )
+    height: ImageSide | None = Field(
+        default=None, description="Output height; absent: the first input image's (inputs are cropped and resized)."
+    )
+
+
+_FOREGROUND = Field(description="The transparent foreground layer (RGBA).")
+_BACKGROUND = Field(description="The background image.")
+_BLENDED = Field(description="The blended image: foreground over background.")
+
+
+class ForegroundToBlendedInput(ConditionedLayerInput):
+    """``…/foreground-to-blended``: a scene generated around a transparent foreground."""
+
+    foreground_image_url: ImageUrl = _FOREGROUND
+
+
+class BackgroundToBlendedInput(ConditionedLayerInput):
+    """``…/background-to-blended``: a subject generated into a background."""
+
+    background_image_url: ImageUrl = _BACKGROUND
+
+
+class ForegroundBlendedToBackgroundInput(ConditionedLayerInput):
+    """``…/foreground-blended-to-background``: the background behind a foreground, recovered from a blend."""
+
+    foreground_image_url: ImageUrl = _FOREGROUND
+    blended_image_url: ImageUrl = _BLENDED
+
+
+class BackgroundBlendedToForegroundInput(ConditionedLayerInput):
+    """``…/background-blended-to-foreground``: the transparent foreground of a blend over a known background."""
+
+    background_image_url: ImageUrl = _BACKGROUND
+    blended_image_url: ImageUrl = _BLENDED
+
+
+def image_fields(params: LayerDiffusionInput) -> list[str]:
+    """The names of an input's image fields, in declaration order (the first sets the default size)."""
+    return [name for name in type(params).model_fields if name.endswith("image_url")]
+
+
 def batch_key(params: LayerDiffusionInput) -> str:
     """What requests must share to be denoised in one batch: one sampler run, one latent shape.
 
     Stored with each queued request, so a worker picks a batch in SQL without reading inputs; an
     absent side is the worker's model's native one, the same for every request that worker runs.
+    Requests with image inputs run alone: their key is unique.
     """
+    if image_fields(params):
+        return f"alone:{secrets.token_hex(8)}"
     width, height = params.width or "native", params.height or "native"
     return f"{width}x{height}:{params.num_inference_steps}:{params.scheduler}:{params.guidance_scale!r}"
 

@@ -4,18 +4,22 @@ schema fuzzer or a load test needs an engine that answers at once, not a diffusi
 :class:`FakeEngine` keeps the engine's contract — one image per request of the requested size,
 the seed it ran with, a step callback per step and cancellation between steps — and draws a
 semi-transparent disc whose colour follows the seed, so its images are real straight-alpha PNGs.
+For endpoints with image inputs the disc takes the mean colour of the first input's visible
+pixels and the output its size, so a test sees that the image it sent was the one read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from .engine.image_sizing import size_from_image
 from .engine.images import TransparentImage
 from .engine.results import GenerationResult
 from .errors import GenerationCancelled
-from .schemas import GenerationParams
+from .schemas import GenerationParams, LayerDiffusionInput, image_fields
 
 
 class FakeEngine:
@@ -49,14 +53,38 @@ class FakeEngine:
             for params in requests
         ]
 
+    def generate_from_images(
+        self,
+        params: LayerDiffusionInput,
+        images: dict[str, Any],
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        first = images[image_fields(params)[0]]
+        width, height = size_from_image(params.width, params.height, first.shape[1], first.shape[0])
+        params = params.model_copy(update={"width": width, "height": height}).with_seed()
+        steps = GenerationParams(num_inference_steps=params.num_inference_steps, width=64, height=64)
+        self.generate_batch([steps], on_step=on_step, should_cancel=should_cancel)
+        visible = first[..., 3] > 0
+        colour = first[..., :3][visible].mean(axis=0) if visible.any() else np.zeros(3)
+        image = _disc(params, params.seed, colour=colour)  # type: ignore[arg-type]
+        return GenerationResult(
+            images=[image],
+            seed=params.seed,  # type: ignore[arg-type]
+            params=params,  # type: ignore[arg-type]
+            has_nsfw_concepts=[False] if params.enable_safety_checker else None,
+            timings={"denoising": 0.0, "decoding": 0.0},
+        )
 
-def _disc(params: GenerationParams, seed: int) -> TransparentImage:
+
+def _disc(params: LayerDiffusionInput, seed: int, colour: Any = None) -> TransparentImage:
     width, height = params.size
     rows, columns = np.ogrid[:height, :width]
     radius = min(width, height) / 3
     distance = np.hypot(rows - height / 2, columns - width / 2)
     alpha = np.clip((radius - distance) / 4 + 0.5, 0, 1)
     rgba = np.zeros((height, width, 4), dtype=np.uint8)
-    rgba[..., :3] = [(seed * 67) % 256, (seed * 131) % 256, (seed * 197) % 256]
+    rgba[..., :3] = [(seed * 67) % 256, (seed * 131) % 256, (seed * 197) % 256] if colour is None else colour
     rgba[..., 3] = (alpha * 255).astype(np.uint8)
     return TransparentImage(rgba=rgba, seed=seed)

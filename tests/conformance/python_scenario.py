@@ -106,6 +106,17 @@ def uploads(args: dict) -> dict:
     }
 
 
+def layer(args: dict) -> dict:
+    """An endpoint with image inputs: the first image uploaded with ``upload_file`` (its URL is sent),
+    the others sent inline as data: URIs (``encode_file``), the client's two ways of passing a file."""
+    files = dict(args["files"])
+    first, *others = files
+    image_input = {first: fal_client.upload_file(Path(files[first]))}
+    image_input |= {name: fal_client.encode_file(Path(files[name])) for name in others}
+    output = fal_client.subscribe(f"{APP}/{args['path']}", args["input"] | image_input, with_logs=True)
+    return {"output": output}
+
+
 def main() -> None:
     scenario, arguments = sys.argv[1], json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")
     try:

@@ -55,7 +55,11 @@ def test_sdxl_preset_loads_from_the_hub_cache_offline(offline_cache: Path, tmp_p
     write_random_preset(replace(TINY_SPEC, variant="fp16"), generated)
     shutil.copytree(generated / "base", _snapshot(offline_cache, SDXL_BASE), dirs_exist_ok=True)
     layer_repo = _snapshot(offline_cache, LAYERDIFFUSE_REPO)
-    for name in ("layer_xl_transparent_attn.safetensors", "vae_transparent_decoder.safetensors"):
+    for name in (
+        "layer_xl_transparent_attn.safetensors",
+        "vae_transparent_decoder.safetensors",
+        "vae_transparent_encoder.safetensors",
+    ):
         shutil.copy(generated / name, layer_repo / name)
     shutil.copytree(generated / "safety_checker", _snapshot(offline_cache, SAFETY_CHECKER), dirs_exist_ok=True)
 

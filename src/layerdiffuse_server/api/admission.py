@@ -9,13 +9,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.datastructures import Headers
 
+from ..endpoints import ENDPOINTS, Endpoint
 from ..errors import InvalidInputError
 from ..lifecycle import Submission
+from ..schemas import image_fields
 from ..store.contracts import Priority, RequestRecord
 from ..webhooks.targets import check_webhook_url
-from .services import APP_ID, Services
+from .services import Services
 
 
 def parse_priority(headers: Headers) -> Priority:
@@ -43,21 +46,49 @@ def parse_start_deadline(headers: Headers, now: float) -> float | None:
     return now + seconds
 
 
+def store_image_inputs(
+    services: Services, endpoint: Endpoint, key_id: str, raw_input: dict[str, Any]
+) -> dict[str, Any]:
+    """The input with each image URL replaced by this server's stored copy (see files.image_inputs).
+
+    Only a schema-valid input is read: an invalid one is reported by the manager as it stands."""
+    try:
+        params = endpoint.input_model.model_validate(raw_input)
+    except ValidationError:
+        return raw_input
+    fields = image_fields(params)
+    if not fields:
+        return raw_input
+    return services.store_image_inputs(raw_input, fields, key_id=key_id)
+
+
 def admit(
     services: Services,
     key_id: str,
     raw_input: dict[str, Any],
     headers: Headers,
     *,
+    endpoint: Endpoint = ENDPOINTS[0],
     webhook_url: str | None = None,
     mode: str = "queue",
 ) -> RequestRecord:
     """Store a new request (queued, or already completed when its input is invalid). Blocking:
-    the webhook target is resolved, and the store written."""
+    the webhook target is resolved, image inputs are fetched and stored, and the store written.
+
+    An image input that cannot be read is answered at once on a sync run and, on the queue, as the
+    request's result (like every input error there)."""
+    rejection = None
+    try:
+        raw_input = store_image_inputs(services, endpoint, key_id, raw_input)
+    except InvalidInputError as error:
+        if mode == "sync":
+            raise
+        rejection = error
     submission = Submission(
         key_id=key_id,
-        app_id=APP_ID,
+        app_id=endpoint.app_id,
         input=raw_input,
+        rejection=rejection,
         priority=parse_priority(headers),
         webhook_url=check_webhook_url(webhook_url, services.webhook_networks) if webhook_url is not None else None,
         start_deadline=parse_start_deadline(headers, time.time()),

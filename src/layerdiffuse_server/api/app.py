@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from .. import __version__
-from ..schemas import LayerDiffusionInput
+from ..endpoints import APP_ID, ENDPOINTS
 from ..store.contracts import Notice, NoticeKind
 from . import (
     docs_routes,
@@ -32,7 +32,7 @@ from .access_log import AccessLog
 from .errors import install_error_handlers
 from .hosts import FalHostRouting
 from .security_headers import SecurityHeaders
-from .services import APP_ID, Services, ServicesDep
+from .services import Services, ServicesDep
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 #: Bodies that routes read themselves (strictly, see :mod:`.bodies`), so FastAPI does not see them.
-SELF_READ_BODIES: tuple[type[BaseModel], ...] = (LayerDiffusionInput, storage_routes.InitiateUpload)
+SELF_READ_BODIES: tuple[type[BaseModel], ...] = (
+    *(endpoint.input_model for endpoint in ENDPOINTS),
+    storage_routes.InitiateUpload,
+)
 
 
 def _openapi_with_body_schemas(app: FastAPI) -> dict[str, Any]:

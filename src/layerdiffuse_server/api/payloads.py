@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..endpoints import APP_ID
 from ..store.contracts import LogEntry, RequestRecord, RequestState
-from .services import APP_ID
 
 QueueState = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
 

@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from .services import APP_ID, Services
+from ..endpoints import APP_ID
+from .services import Services
 
 ASSETS = files("layerdiffuse_server") / "playground"
 

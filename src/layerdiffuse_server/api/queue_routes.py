@@ -11,6 +11,7 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
 from ..lifecycle import wait_for_change
 from ..schemas import LayerDiffusionOutput
 from ..store.contracts import ApiKey, CancelOutcome, RequestRecord, RequestState
@@ -26,14 +27,19 @@ from .payloads import (
     status_document,
     wants_logs,
 )
-from .services import APP_ID, KeyDep, Services, ServicesDep
+from .services import KeyDep, Services, ServicesDep
 
 router = APIRouter(prefix=f"/queue/{APP_ID}", tags=["queue"])
 
-INPUT_SCHEMA = {"$ref": "#/components/schemas/LayerDiffusionInput"}
-SUBMIT_DOC = {
-    "requestBody": {"content": {"application/json": {"schema": INPUT_SCHEMA}}, "required": False},
-}
+
+def input_doc(endpoint: Endpoint) -> dict[str, Any]:
+    """The request body of an endpoint, for routes that read it themselves (see app.SELF_READ_BODIES)."""
+    schema = {"$ref": f"#/components/schemas/{endpoint.input_model.__name__}"}
+    # Text to image needs no body at all (every field has a default); the others need their images.
+    return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": bool(endpoint.path)}}
+
+
+SUBMIT_DOC = input_doc(ENDPOINTS[0])
 LogsQuery = Annotated[str | None, Query(description="1/true to include log lines (0/false without)")]
 
 
@@ -59,10 +65,12 @@ def not_found(request_id: str) -> JSONResponse:
     return fal_error(404, f"Request {request_id} not found", "not_found")
 
 
-async def _submit(request: Request, services: Services, key: ApiKey, fal_webhook: str | None) -> JSONResponse:
+async def _submit(
+    request: Request, services: Services, key: ApiKey, fal_webhook: str | None, endpoint: Endpoint
+) -> JSONResponse:
     raw_input = await read_json_object(request)
     record = await anyio.to_thread.run_sync(
-        lambda: admit(services, key.id, raw_input, request.headers, webhook_url=fal_webhook)
+        lambda: admit(services, key.id, raw_input, request.headers, endpoint=endpoint, webhook_url=fal_webhook)
     )
     position = await anyio.to_thread.run_sync(services.manager.queue_position, record)
     base = fal_base(request)
@@ -87,7 +95,29 @@ async def submit(
     request: Request, services: ServicesDep, key: KeyDep, fal_webhook: WebhookQuery = None
 ) -> JSONResponse:
     """Queue a request. Input errors surface at result time (status COMPLETED with an error), as on fal."""
-    return await _submit(request, services, key, fal_webhook)
+    return await _submit(request, services, key, fal_webhook, ENDPOINTS[0])
+
+
+def _submit_to(endpoint: Endpoint) -> Any:
+    async def submit_endpoint(
+        request: Request, services: ServicesDep, key: KeyDep, fal_webhook: WebhookQuery = None
+    ) -> JSONResponse:
+        return await _submit(request, services, key, fal_webhook, endpoint)
+
+    submit_endpoint.__doc__ = f"Queue a request for {endpoint.title.lower()}; status and result as above."
+    return submit_endpoint
+
+
+for _endpoint in ENDPOINTS[1:]:
+    router.add_api_route(
+        f"/{_endpoint.path}",
+        _submit_to(_endpoint),
+        methods=["POST"],
+        summary=f"Submit: {_endpoint.title.lower()}",
+        openapi_extra=input_doc(_endpoint),
+        response_model=Submitted,
+        responses=error_responses(401, 413, 422, 429, 503),
+    )
 
 
 @router.post("/{subpath:path}", include_in_schema=False)
@@ -97,7 +127,7 @@ async def submit_subpath(
     if subpath == "requests" or subpath.startswith("requests/"):
         # The request routes are GET and PUT; a POST there is a mistake, not a submission.
         return fal_error(405, "Method not allowed", "bad_request", Allow="GET, PUT")
-    return await _submit(request, services, key, fal_webhook)
+    return await _submit(request, services, key, fal_webhook, endpoint_at(subpath))
 
 
 @router.get(

@@ -8,27 +8,32 @@ result once this connection is gone.
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
 from ..lifecycle import outcomes, wait_for_change
-from ..schemas import LayerDiffusionInput, LayerDiffusionOutput
+from ..schemas import LayerDiffusionOutput
 from ..store.contracts import RequestRecord, RequestState
 from .admission import admit
 from .bodies import read_json_object
 from .errors import fal_error
 from .payloads import error_responses
-from .queue_routes import SUBMIT_DOC, result_response
-from .services import APP_ID, KeyDep, Services, ServicesDep
+from .queue_routes import SUBMIT_DOC, input_doc, result_response
+from .services import KeyDep, Services, ServicesDep
 
 router = APIRouter(prefix=f"/run/{APP_ID}", tags=["run"])
 
 
-async def _run(request: Request, services: Services, key_id: str) -> JSONResponse:
+async def _run(request: Request, services: Services, key_id: str, endpoint: Endpoint) -> JSONResponse:
     raw_input = await read_json_object(request)
-    LayerDiffusionInput.model_validate(raw_input)  # invalid input: 422 now, nothing stored
-    record = await anyio.to_thread.run_sync(lambda: admit(services, key_id, raw_input, request.headers, mode="sync"))
+    endpoint.input_model.model_validate(raw_input)  # invalid input: 422 now, nothing stored
+    record = await anyio.to_thread.run_sync(
+        lambda: admit(services, key_id, raw_input, request.headers, endpoint=endpoint, mode="sync")
+    )
     final = await wait_for_result(services, record, request)
     if final is None:
         return fal_error(499, "The client disconnected; the request was cancelled", "client_disconnected")
@@ -70,9 +75,32 @@ async def wait_for_result(services: Services, record: RequestRecord, request: Re
 )
 async def run(request: Request, services: ServicesDep, key: KeyDep) -> JSONResponse:
     """Run the model and answer with its output; invalid input is answered with 422 at once."""
-    return await _run(request, services, key.id)
+    return await _run(request, services, key.id, ENDPOINTS[0])
+
+
+def _run_at(endpoint: Endpoint) -> Any:
+    async def run_endpoint(request: Request, services: ServicesDep, key: KeyDep) -> JSONResponse:
+        return await _run(request, services, key.id, endpoint)
+
+    run_endpoint.__doc__ = (
+        f"{endpoint.title}, answered when done; invalid input (or an unreadable image) is a 422 at once."
+    )
+    return run_endpoint
+
+
+for _endpoint in ENDPOINTS[1:]:
+    router.add_api_route(
+        f"/{_endpoint.path}",
+        _run_at(_endpoint),
+        methods=["POST"],
+        summary=_endpoint.title,
+        openapi_extra=input_doc(_endpoint),
+        response_model=LayerDiffusionOutput,
+        responses=error_responses(401, 413, 422, 429, 500, 503, 504),
+    )
 
 
 @router.post("/{subpath:path}", include_in_schema=False)
 async def run_subpath(subpath: str, request: Request, services: ServicesDep, key: KeyDep) -> JSONResponse:
-    return await _run(request, services, key.id)
+    """The app's other endpoints (``…/image-to-image`` and the conditioned layers); see endpoints.py."""
+    return await _run(request, services, key.id, endpoint_at(subpath))

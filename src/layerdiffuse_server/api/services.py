@@ -6,14 +6,16 @@ process also runs a worker, which the API only knows through :class:`LocalWorker
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from ..auth import authenticate
 from ..files import BlobStore
+from ..files.image_inputs import ImageInputPolicy, store_image_inputs
 from ..lifecycle import Housekeeper, RequestEvents, RequestManager
 from ..observability import Metrics
 from ..settings import Settings
@@ -22,8 +24,6 @@ from ..store.contracts import ApiKey, Store, WorkerState
 from ..webhooks.delivery import WebhookDeliverer
 from ..webhooks.targets import IPNetwork
 from .draining import Draining
-
-APP_ID = "fal-ai/layer-diffusion"
 
 
 class LocalWorker(Protocol):
@@ -66,6 +66,21 @@ class Services:
     @property
     def base_url(self) -> str:
         return self.settings.base_url
+
+    def store_image_inputs(self, raw_input: dict[str, Any], fields: list[str], *, key_id: str) -> dict[str, Any]:
+        """Blocking: fetch, check and store the image inputs (see files.image_inputs); the input then
+        names this server's copies. They are kept as long as uploads are (``retention_hours``)."""
+        hours = self.settings.retention_hours
+        return store_image_inputs(
+            raw_input,
+            fields,
+            blobs=self.blobs,
+            catalog=self.store.files,
+            base_url=self.base_url,
+            key_id=key_id,
+            policy=ImageInputPolicy.from_settings(self.settings),
+            expires_at=time.time() + hours * 3600 if hours else None,
+        )
 
 
 def get_services(request: Request) -> Services:

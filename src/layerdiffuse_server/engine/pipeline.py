@@ -1,13 +1,15 @@
-"""SDXL + LayerDiffuse: prompt in, straight-alpha RGBA images out.
+"""SDXL + LayerDiffuse: prompt (and images) in, straight-alpha RGBA images out.
 
-Stages, in call order: load (base SDXL, LayerDiffuse attention weights merged into the UNet once,
-transparent decoder, safety checker), then per request: encode prompts, prepare per-image noise,
-denoise with diffusers' SDXL pipeline (progress and cooperative cancel at every step), decode with
-the SDXL VAE and the transparent decoder, safety check.
+Stages, in call order: load (base SDXL, LayerDiffuse weights merged into the UNet once,
+transparent decoder and encoder, safety checker), then per request: encode prompts, prepare
+per-image noise (or encode the input image), denoise with diffusers' SDXL pipelines (progress and
+cooperative cancel at every step), decode with the SDXL VAE and the transparent decoder, crop to
+the size asked for, safety check. The conditioned-layer methods are in :mod:`.layers`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,14 +18,24 @@ from typing import Any
 
 import torch
 
-from ..errors import GenerationCancelled, InvalidInputError
-from ..schemas import GenerationParams, batch_key
+from ..endpoints import endpoint_for_input
+from ..errors import GenerationCancelled, InvalidInputError, MissingWeightsError
+from ..schemas import (
+    ConditionedLayerInput,
+    GenerationParams,
+    ImageToImageInput,
+    LayerDiffusionInput,
+    batch_key,
+    image_fields,
+)
 from ..settings import Settings
 from .acceleration import RuntimeOptions, apply_runtime_options
-from .attention_weights import AttentionWeights, merge_attention_weights
 from .decoder import TransparentDecoder
 from .devices import resolve_device, resolve_dtype, vae_dtype
+from .encoder import TransparentEncoder
+from .image_sizing import centre_crop, crop_and_resize, pad_to, run_size, size_from_image
 from .images import TransparentImage
+from .layer_weights import TEXT_TO_IMAGE, transparency_patch
 from .presets import (
     ModelSources,
     preset_sources,
@@ -36,6 +48,7 @@ from .safety import SafetyChecker
 from .schedulers import make_scheduler
 from .sources import resolve_file
 from .timing import StageTimer
+from .unet_patches import UNetPatches
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +80,17 @@ class TransparentSDXLPipeline:
         device: torch.device,
         dtype: torch.dtype,
         native_size: int = 1024,
+        encoder: TransparentEncoder | None = None,
+        patches: UNetPatches | None = None,
+        layer_files: dict[str, str] | None = None,
     ) -> None:
         self.sdxl = sdxl
         self.decoder = decoder
+        self.encoder = encoder
+        #: The UNet's LayerDiffuse weights, switched per request (see unet_patches.py).
+        self.patches = patches or UNetPatches(sdxl.unet)
+        #: Conditioned-layer model files by task (``fg2ble`` …), loaded on first use.
+        self.layer_files = layer_files or {}
         self.safety_checker = safety_checker
         self.device = device
         self.dtype = dtype
@@ -125,7 +146,7 @@ class TransparentSDXLPipeline:
         torch_dtype = resolve_dtype(dtype, torch_device, sources.cpu_dtype)
         # Resolve every file first: a missing one is reported before minutes of loading.
         base_path = resolve_base(sources)
-        layer_path = resolve_file(sources.layer_weights, what="LayerDiffuse attention weights", flag="--layer-weights")
+        layer_path = resolve_file(sources.layer_weights, what="LayerDiffuse weights", flag="--layer-weights")
         decoder_path = resolve_file(sources.decoder, what="Transparent VAE decoder", flag="--decoder")
         checker_path = (
             resolve_safety_checker(sources.safety_checker) if (safety_checker and sources.safety_checker) else None
@@ -134,8 +155,11 @@ class TransparentSDXLPipeline:
         started = time.perf_counter()
         logger.info("Loading SDXL from %s (%s)", base_path, str(torch_dtype).removeprefix("torch."))
         sdxl = cls.load_sdxl(base_path, sources.base_variant, torch_dtype)
-        logger.info("Merging LayerDiffuse attention weights from %s", layer_path.name)
-        merged = merge_attention_weights(sdxl.unet, AttentionWeights.load(layer_path), layer_strength)
+        logger.info("Merging LayerDiffuse weights from %s", layer_path.name)
+        patches = UNetPatches(sdxl.unet)
+        keys, merge = transparency_patch(layer_path, sdxl.unet, layer_strength)
+        patches.register(TEXT_TO_IMAGE, keys, merge)
+        patches.use(TEXT_TO_IMAGE)
         decode_dtype = vae_dtype(torch_dtype, torch_device, bool(sdxl.vae.config.force_upcast))
         if decode_dtype != sdxl.vae.dtype:
             sdxl.vae.to(dtype=decode_dtype)
@@ -145,13 +169,29 @@ class TransparentSDXLPipeline:
         transparent_decoder = TransparentDecoder.from_file(
             decoder_path, device=torch_device, dtype=torch_dtype, passes=decoder_passes, max_batch=decoder_max_batch
         )
+        encoder = None
+        if sources.encoder:
+            try:
+                encoder_path = resolve_file(sources.encoder, what="Transparent VAE encoder", flag="--encoder")
+            except MissingWeightsError as error:  # an offline cache from before image inputs: text to image still works
+                logger.warning("%s Image to image is off until it is there.", error)
+            else:
+                encoder = TransparentEncoder.from_file(encoder_path, device=torch_device, dtype=torch_dtype)
         checker = None
         if checker_path is not None:
             logger.info("Loading the safety checker from %s", checker_path)
             checker = SafetyChecker.from_folder(checker_path, device=torch_device, dtype=torch_dtype)
-        logger.info("Models ready in %.1f s (%d attention weights merged)", time.perf_counter() - started, merged)
+        logger.info("Models ready in %.1f s (%d weights patched)", time.perf_counter() - started, len(keys))
         pipeline = cls(
-            sdxl, transparent_decoder, checker, device=torch_device, dtype=torch_dtype, native_size=sources.native_size
+            sdxl,
+            transparent_decoder,
+            checker,
+            device=torch_device,
+            dtype=torch_dtype,
+            native_size=sources.native_size,
+            encoder=encoder,
+            patches=patches,
+            layer_files=dict(sources.layers),
         )
         apply_runtime_options(pipeline, runtime)
         return pipeline
@@ -223,22 +263,16 @@ class TransparentSDXLPipeline:
 
         if should_cancel and should_cancel():
             raise GenerationCancelled("cancelled before start")
+        self.use_text_to_image_weights()
         with timer("text_encoding"):
             embeddings = self.encode_prompts(prompts, negatives, first.guidance_scale)
         with timer("denoising"):
             latents = self.denoise(first, seeds, embeddings, on_step=on_step, should_cancel=should_cancel)
         with timer("decoding"):
-            rgba = self.decoder.decode(latents, self.sdxl.vae, timer)
+            rgba = [centre_crop(image, *first.size) for image in self.decoder.decode(latents, self.sdxl.vae, timer)]
+        owners = [index for index, params in enumerate(requests) for _ in range(params.num_images)]
         checked = [params.enable_safety_checker and self.safety_checker is not None for params in requests]
-        flags = [False] * len(rgba)
-        if any(checked):
-            owners = [index for index, params in enumerate(requests) for _ in range(params.num_images)]
-            subset = [i for i, owner in enumerate(owners) if checked[owner]]
-            with timer("safety_check"):
-                assert self.safety_checker is not None
-                cleaned, subset_flags = self.safety_checker.apply([rgba[i] for i in subset])
-            for i, pixels, flag in zip(subset, cleaned, subset_flags, strict=True):
-                rgba[i], flags[i] = pixels, flag
+        flags = self.safety_check(rgba, [checked[owner] for owner in owners], timer)
         results = []
         offset = 0
         for params, was_checked in zip(requests, checked, strict=True):
@@ -256,6 +290,18 @@ class TransparentSDXLPipeline:
                 )
             )
         return results
+
+    def safety_check(self, rgba: list[Any], wanted: list[bool], timer: StageTimer) -> list[bool]:
+        """Check the images where ``wanted`` (replacing flagged ones in ``rgba``); the flags, per image."""
+        flags = [False] * len(rgba)
+        subset = [i for i, want in enumerate(wanted) if want and self.safety_checker is not None]
+        if subset:
+            with timer("safety_check"):
+                assert self.safety_checker is not None
+                cleaned, subset_flags = self.safety_checker.apply([rgba[i] for i in subset])
+            for i, pixels, flag in zip(subset, cleaned, subset_flags, strict=True):
+                rgba[i], flags[i] = pixels, flag
+        return flags
 
     def encode_prompts(
         self, prompts: list[str], negative_prompts: list[str], guidance_scale: float
@@ -297,16 +343,9 @@ class TransparentSDXLPipeline:
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> torch.Tensor:
-        """Run the sampler; returns model-space latents ``[B, 4, H/8, W/8]``."""
+        """Run the sampler; returns model-space latents ``[B, 4, H/8, W/8]`` at the size the model runs at."""
         total = params.num_inference_steps
-        width, height = params.size
-
-        def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step(step + 1, total)
-            if should_cancel is not None and should_cancel() and step + 1 < total:
-                raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
-            return tensors
+        width, height = run_size(*params.size)
 
         self.sdxl.scheduler = make_scheduler(params.scheduler, self.sdxl.scheduler.config)
         output = self.sdxl(
@@ -319,6 +358,129 @@ class TransparentSDXLPipeline:
             # Used only by stochastic samplers (ancestral, SDE): one stream per image, seeded like its noise.
             generator=[torch.Generator("cpu").manual_seed(s + 2**32) for s in seeds],
             output_type="latent",
-            callback_on_step_end=step_end,
+            callback_on_step_end=step_callback(total, on_step, should_cancel),
         )
         return output.images
+
+    # -- image inputs ----------------------------------------------------------------------------
+
+    def use_text_to_image_weights(self) -> None:
+        """The transparent UNet (after a conditioned-layer request switched it away)."""
+        if self.patches.has(TEXT_TO_IMAGE):
+            self.patches.use(TEXT_TO_IMAGE)
+
+    def generate_from_images(
+        self,
+        params: LayerDiffusionInput,
+        images: dict[str, Any],
+        *,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> GenerationResult:
+        """A request of an endpoint with image inputs (``images``: field name → RGBA ``uint8`` array)."""
+        from .layers import generate_layer
+
+        task = endpoint_for_input(params).task
+        if isinstance(params, ImageToImageInput):
+            return self.image_to_image(params, images["image_url"], on_step=on_step, should_cancel=should_cancel)
+        if isinstance(params, ConditionedLayerInput):
+            return generate_layer(self, params, task, images, on_step=on_step, should_cancel=should_cancel)
+        raise TypeError(f"{type(params).__name__} has no image inputs")
+
+    def with_image_size(self, params: LayerDiffusionInput, images: dict[str, Any]) -> LayerDiffusionInput:
+        """``params`` with its size fixed by its first image input where it names none."""
+        first = images[image_fields(params)[0]]
+        width, height = size_from_image(params.width, params.height, first.shape[1], first.shape[0])
+        return params.model_copy(update={"width": width, "height": height})
+
+    def fit_image(self, image: Any, params: LayerDiffusionInput) -> Any:
+        """An input image cropped and resized to the asked size, padded to the size the model runs at."""
+        width, height = params.size
+        return pad_to(crop_and_resize(image, width, height), *run_size(width, height))
+
+    def encode_image(self, image: Any) -> torch.Tensor:
+        """A fitted RGBA image → its model-space latent (transparent encoder, official semantics)."""
+        if self.encoder is None:
+            raise InvalidInputError(
+                "this server's model has no transparent encoder (vae_transparent_encoder.safetensors), so image to "
+                "image is off; `layerdiffuse download` fetches it",
+                field="image_url",
+            )
+        config = self.sdxl.vae.config
+        unscaled = self.encoder.encode([image], self.sdxl.vae)
+        shift = float(getattr(config, "shift_factor", None) or 0.0)
+        return ((unscaled - shift) * float(config.scaling_factor)).to(self.device, self.dtype)
+
+    def image_to_image(
+        self,
+        params: ImageToImageInput,
+        image: Any,
+        *,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> GenerationResult:
+        """Re-generate a transparent image: its latent (with the transparency offset) is noised to
+        ``strength`` of the schedule and denoised with the transparent UNet, as the official CLI does."""
+        params = self.with_image_size(params, {"image_url": image}).with_seed()  # type: ignore[assignment]
+        steps = min(int(params.num_inference_steps * params.strength), params.num_inference_steps)
+        if steps < 1:
+            raise InvalidInputError(
+                f"strength {params.strength} of {params.num_inference_steps} steps runs no step; raise either",
+                field="strength",
+            )
+        timings: dict[str, float] = {}
+        timer = StageTimer(timings, self.device)
+        width, height = run_size(*params.size)
+        self.use_text_to_image_weights()
+        with timer("image_encoding"):
+            latent = self.encode_image(self.fit_image(image, params))
+        with timer("text_encoding"):
+            embeddings = self.encode_prompts([params.prompt], [params.negative_prompt], params.guidance_scale)
+        pipe = self.image_to_image_pipe
+        pipe.scheduler = make_scheduler(params.scheduler, self.sdxl.scheduler.config)
+        seed = int(params.seed)  # type: ignore[arg-type]
+        with timer("denoising"):
+            latents = pipe(
+                **embeddings,
+                image=latent,
+                strength=params.strength,
+                height=height,
+                width=width,
+                num_inference_steps=params.num_inference_steps,
+                guidance_scale=params.guidance_scale,
+                generator=[torch.Generator("cpu").manual_seed(seed)],
+                output_type="latent",
+                callback_on_step_end=step_callback(steps, on_step, should_cancel),
+            ).images
+        with timer("decoding"):
+            rgba = [centre_crop(x, *params.size) for x in self.decoder.decode(latents, self.sdxl.vae, timer)]
+        flags = self.safety_check(rgba, [params.enable_safety_checker], timer)
+        return GenerationResult(
+            [TransparentImage(rgba=rgba[0], seed=seed, nsfw=flags[0])],
+            seed,
+            params,
+            has_nsfw_concepts=flags if params.enable_safety_checker and self.safety_checker is not None else None,
+            timings=timings,
+        )
+
+    @functools.cached_property
+    def image_to_image_pipe(self) -> Any:
+        """diffusers' SDXL image-to-image pipeline on the same models (nothing is copied)."""
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(self.sdxl)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+def step_callback(total: int, on_step: StepCallback | None, should_cancel: CancelCheck | None) -> Any:
+    """diffusers' ``callback_on_step_end``: progress after every step, cancel between steps."""
+
+    def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if on_step is not None:
+            on_step(step + 1, total)
+        if should_cancel is not None and should_cancel() and step + 1 < total:
+            raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
+        return tensors
+
+    return step_end

@@ -11,7 +11,8 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 LAYERDIFFUSE_REPO = "LayerDiffusion/layerdiffusion-v1"
+#: The conditioned-layer models, named as their files (``layer_xl_<task>.safetensors``).
+LAYER_TASKS = ("fg2ble", "bg2ble", "fgble2bg", "bgble2fg")
 SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
@@ -38,6 +41,8 @@ class ModelSources:
         layer_weights: LayerDiffuse attention weights, either official format.
         decoder: the transparent VAE decoder file.
         encoder: the transparent VAE encoder file (image inputs), where the preset has one.
+        layers: the conditioned-layer models by task (``fg2ble``, ``bg2ble``, ``fgble2bg``,
+            ``bgble2fg``), loaded on first use.
         safety_checker: a safety-checker model folder or repo, or ``None`` to load none.
         cpu_dtype: default dtype on CPU (bfloat16 is ~4× faster than float32 with AMX).
         native_size: the side (pixels) it was trained at: what a request without a size gets.
@@ -47,6 +52,7 @@ class ModelSources:
     layer_weights: str
     decoder: str
     encoder: str | None = None
+    layers: Mapping[str, str] = field(default_factory=dict)
     safety_checker: str | None = SAFETY_CHECKER
     base_variant: str | None = None
     cpu_dtype: torch.dtype = torch.float32
@@ -66,6 +72,7 @@ SDXL_SOURCES = ModelSources(
     layer_weights=f"{LAYERDIFFUSE_REPO}/layer_xl_transparent_attn.safetensors",
     decoder=f"{LAYERDIFFUSE_REPO}/vae_transparent_decoder.safetensors",
     encoder=f"{LAYERDIFFUSE_REPO}/vae_transparent_encoder.safetensors",
+    layers={task: f"{LAYERDIFFUSE_REPO}/layer_xl_{task}.safetensors" for task in LAYER_TASKS},
     cpu_dtype=torch.bfloat16,
 )
 
@@ -89,7 +96,7 @@ def demo_sources(folder: Path = DEMO_FOLDER) -> ModelSources:
 
 
 #: Random presets: name → (spec, version). Bump the version when the generated files change.
-RANDOM_PRESETS: dict[str, tuple[ArchitectureSpec, int]] = {"tiny": (TINY_SPEC, 2), "sdxl-random": (SDXL_SPEC, 1)}
+RANDOM_PRESETS: dict[str, tuple[ArchitectureSpec, int]] = {"tiny": (TINY_SPEC, 3), "sdxl-random": (SDXL_SPEC, 2)}
 PRESET_NAMES = tuple(PRESETS)
 
 
@@ -130,11 +137,14 @@ def preset_sources(name: str, presets_dir: Path) -> ModelSources:
         raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
     folder = ensure_random_preset(name, presets_dir)
     spec, _ = RANDOM_PRESETS[name]
+    layers = {task: str(folder / f"layer_xl_{task}.safetensors") for task in LAYER_TASKS} if spec.layer_models else {}
     return ModelSources(
         base=str(folder / "base"),
         base_variant=spec.variant,
         layer_weights=str(folder / "layer_xl_transparent_attn.safetensors"),
         decoder=str(folder / "vae_transparent_decoder.safetensors"),
+        encoder=str(folder / "vae_transparent_encoder.safetensors"),
+        layers=layers,
         safety_checker=str(folder / "safety_checker"),
         cpu_dtype=torch.float32 if name == "tiny" else torch.bfloat16,
     )
@@ -187,15 +197,19 @@ def resolve_safety_checker(reference: str) -> Path:
     return folder
 
 
-def download(sources: ModelSources) -> dict[str, Path]:
-    """Fetch every file of ``sources`` into the hub cache (progress bars from the hub library)."""
+def download(sources: ModelSources, *, layers: bool = False) -> dict[str, Path]:
+    """Fetch the files of ``sources`` into the hub cache (progress bars from the hub library); the
+    conditioned-layer models (5.7 GB for SDXL) only with ``layers``, else on their first use."""
     paths = {
         "base": resolve_base(sources),
-        "layer_weights": resolve_file(
-            sources.layer_weights, what="LayerDiffuse attention weights", flag="--layer-weights"
-        ),
+        "layer_weights": resolve_file(sources.layer_weights, what="LayerDiffuse weights", flag="--layer-weights"),
         "decoder": resolve_file(sources.decoder, what="Transparent VAE decoder", flag="--decoder"),
     }
+    if sources.encoder:
+        paths["encoder"] = resolve_file(sources.encoder, what="Transparent VAE encoder", flag="--encoder")
     if sources.safety_checker:
         paths["safety_checker"] = resolve_safety_checker(sources.safety_checker)
+    if layers:
+        for task, reference in sources.layers.items():
+            paths[task] = resolve_file(reference, what=f"LayerDiffuse {task} weights", flag="--layers")
     return paths

@@ -11,17 +11,21 @@ deterministic for a given torch version.
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import save_file
 
 from .attention_weights import SGM_TO_DIFFUSERS_BLOCKS, AttentionWeights, attention_projection_keys
 from .decoder_network import TransparentDecoderNetwork
+from .encoder_network import LatentTransparencyOffsetEncoder
 from .tokenizer_files import write_byte_level_clip_tokenizer
+from .unet_keys import sgm_names
 
 DIFFUSERS_TO_SGM_BLOCKS = {diffusers: sgm for sgm, diffusers in SGM_TO_DIFFUSERS_BLOCKS.items()}
 
@@ -40,6 +44,9 @@ class ArchitectureSpec:
     variant: str | None
     safety_checker: dict[str, Any] = field(default_factory=dict)
     text_vocab_size: int | None = None
+    #: Also write the conv-injection file and the four conditioned-layer models (for full-size
+    #: SDXL they add 9 GB, which the benchmark does not need).
+    layer_models: bool = True
 
 
 SCHEDULER_CONFIG = {
@@ -117,6 +124,7 @@ SDXL_SPEC = ArchitectureSpec(
         "projection_dim": 768,
     },
     text_vocab_size=49408,
+    layer_models=False,
 )
 
 #: SDXL's topology (same block layout and key names) at a size that runs in seconds on a CPU.
@@ -282,6 +290,16 @@ def write_safety_checker(spec: ArchitectureSpec, folder: Path) -> None:
     ).save_pretrained(folder)
 
 
+def encoder_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A transparent encoder in the official format (fp16), its last layer small but not zero, so
+    the ×300 offset it adds is visible (an untrained official-shape encoder offsets nothing)."""
+    torch.manual_seed(seed)
+    network = LatentTransparencyOffsetEncoder()
+    last = network.blocks[-1]
+    torch.nn.init.normal_(last.weight, std=1e-5)
+    return {key: value.to(torch.float16).contiguous() for key, value in network.state_dict().items()}
+
+
 def write_random_preset(spec: ArchitectureSpec, folder: Path, seed: int = 0) -> None:
     """Write every file of a random-weight preset into ``folder`` (which must be empty or absent)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -291,11 +309,85 @@ def write_random_preset(spec: ArchitectureSpec, folder: Path, seed: int = 0) -> 
         pipeline = build_sdxl_pipeline(spec, folder / "base")
     pipeline.save_pretrained(folder / "base", variant=spec.variant)
     unet_shapes = {key: value.shape for key, value in pipeline.unet.state_dict().items()}
+    if spec.layer_models:
+        save_file(conv_diff_state_dict(pipeline.unet, seed), folder / "layer_xl_transparent_conv.safetensors")
+        for kind in CONDITION_LATENTS:
+            state = conditioned_diff_state_dict(pipeline.unet, kind, seed)  # type: ignore[arg-type]
+            save_file(state, folder / f"layer_xl_{kind}.safetensors")
     del pipeline
     save_file(
         forge_lora_state_dict(unet_shapes, spec.lora_rank, generator), folder / "layer_xl_transparent_attn.safetensors"
     )
     with _default_dtype(torch.float32):
         save_file(decoder_state_dict(spec), folder / "vae_transparent_decoder.safetensors")
+        save_file(encoder_state_dict(seed), folder / "vae_transparent_encoder.safetensors")
         if spec.safety_checker:
             write_safety_checker(spec, folder / "safety_checker")
+
+
+#: The LayerDiffuse "diff" files: the conv-injection file and the four conditioned layer models.
+DiffKind = Literal["conv", "fg2ble", "bg2ble", "fgble2bg", "bgble2fg"]
+#: Condition latents each conditioned model concatenates to the noisy latent (fg, bg, or fg/bg + blend).
+CONDITION_LATENTS: dict[str, int] = {"fg2ble": 1, "bg2ble": 1, "fgble2bg": 2, "bgble2fg": 2}
+_ATTENTION_QKV = re.compile(r"\.attn[12]\.to_[qkv]\.weight$")
+_EMBEDDING_MLPS = ("time_embedding.", "add_embedding.")
+
+
+def diff_file_shapes(unet: Any, kind: DiffKind) -> dict[str, torch.Size]:
+    """Diffusers name → Δ shape of every tensor a LayerDiffuse "diff" file of ``kind`` holds for ``unet``.
+
+    ``conv`` (``layer_xl_transparent_conv``, 3.62 GB) and ``bgble2fg`` (also 3.62 GB): every parameter
+    except the attention q/k/v weights and the time/add-embedding MLPs — the reference's reading of
+    "all layers that are not q,k,v", which matches the sizes (§1.4). ``fg2ble``, ``bg2ble`` and
+    ``fgble2bg`` (702 MB each): their key list is not published; we take every parameter outside the
+    transformers and the embedding MLPs (resnets, down/upsamplers, conv_in, conv_norm_out, conv_out),
+    the only natural layer family whose SDXL size fits: 350,977,284 fp16 values = 701.95 MB, where
+    adding proj_in/out would give 750 MB and the attention output projections 1.1 GB. The conditioned
+    kinds widen conv_in by one latent per condition (8 or 12 input channels on SDXL).
+    """
+    shapes = {name: parameter.shape for name, parameter in unet.named_parameters()}
+    if kind in ("conv", "bgble2fg"):
+        names = [n for n in shapes if not _ATTENTION_QKV.search(n) and not n.startswith(_EMBEDDING_MLPS)]
+    else:
+        names = [n for n in shapes if ".attentions." not in n and not n.startswith(_EMBEDDING_MLPS)]
+    selected = {name: shapes[name] for name in sorted(names)}
+    if kind != "conv":
+        out_channels, latent_channels, *kernel = selected["conv_in.weight"]
+        widened = latent_channels * (1 + CONDITION_LATENTS[kind])
+        selected["conv_in.weight"] = torch.Size((out_channels, widened, *kernel))
+    return selected
+
+
+def _random_diff_state_dict(unet: Any, kind: DiffKind, seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    names = sgm_names(unet.config, (name for name, _ in unet.named_parameters()))
+    state: dict[str, torch.Tensor] = {}
+    for name, shape in diff_file_shapes(unet, kind).items():
+        # Like the random attention LoRA: offsets a tenth of a unit-variance layer's weights, so a
+        # random model still makes finite images; vectors (norms, biases) move by about 0.01.
+        scale = 0.1 / math.sqrt(math.prod(shape[1:])) if len(shape) > 1 else 0.01
+        delta = torch.randn(shape, generator=generator) * scale
+        state[f"diffusion_model.{names[name]}::diff::0"] = delta.half()
+    return state
+
+
+def conv_diff_state_dict(unet: Any, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random ``layer_xl_transparent_conv.safetensors`` for ``unet``: SGM ``::diff::0`` keys → fp16 Δ.
+
+    The key set is :func:`diff_file_shapes` ``"conv"``; ``unet`` may live on the meta device.
+    """
+    return _random_diff_state_dict(unet, "conv", seed)
+
+
+def conditioned_diff_state_dict(
+    unet: Any, kind: Literal["fg2ble", "bg2ble", "fgble2bg", "bgble2fg"], seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """A random ``layer_xl_<kind>.safetensors`` for ``unet``, conv_in widened to 8 or 12 channels on SDXL.
+
+    Key sets (and why) as in :func:`diff_file_shapes`.
+    """
+    if kind not in CONDITION_LATENTS:
+        raise ValueError(
+            f"unknown conditioned LayerDiffuse model {kind!r}; choose one of {', '.join(CONDITION_LATENTS)}"
+        )
+    return _random_diff_state_dict(unet, kind, seed)

@@ -24,8 +24,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import ServiceUnavailableError
-from ..schemas import LayerDiffusionInput, batch_key
+from ..endpoints import endpoint_of
+from ..errors import InvalidInputError, ServiceUnavailableError
+from ..schemas import batch_key
 from ..store.contracts import (
     ApiKey,
     CancelOutcome,
@@ -56,6 +57,7 @@ class Submission:
     priority: Priority = Priority.normal
     webhook_url: str | None = None
     start_deadline: float | None = None
+    rejection: InvalidInputError | None = None  # found by the API before (an unreadable image input)
 
 
 class RequestManager:
@@ -95,15 +97,19 @@ class RequestManager:
             start_deadline=submission.start_deadline,
         )
         try:
-            params = LayerDiffusionInput.model_validate(submission.input)
+            params = endpoint_of(submission.app_id).input_model.model_validate(submission.input)
         except ValidationError as error:
-            completion = outcomes.invalid_input(error)
-            record = self.store.requests.create(request, now, completion=completion)
-            self._on_completed(completion)
-            return record
+            return self._reject(request, now, outcomes.invalid_input(error))
+        if submission.rejection is not None:
+            return self._reject(request, now, outcomes.rejected_input(submission.rejection))
         self._refuse_when_no_worker_can_run(now)
         request = replace(request, batch_key=batch_key(params))
         return self.store.requests.create(request, now, max_queued=self.max_queue_length)
+
+    def _reject(self, request: NewRequest, now: float, completion: Completion) -> RequestRecord:
+        record = self.store.requests.create(request, now, completion=completion)
+        self._on_completed(completion)
+        return record
 
     def _refuse_when_no_worker_can_run(self, now: float) -> None:
         """503 when every live worker failed to load its model; with no live worker at all the request

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import LayerDiffuseError, validation_details
+from ..errors import InvalidInputError, LayerDiffuseError, validation_details
 from ..store.contracts import Completion
 
 
@@ -55,6 +55,13 @@ def internal_error() -> Completion:
 def invalid_input(error: ValidationError) -> Completion:
     """fal's 422 body: a list of ``{loc, msg, type}`` with ``loc`` starting at ``body``."""
     details = validation_details(error.errors(include_url=False), location="body")
+    return Completion(422, {"detail": details}, error="Invalid input", error_type="validation_error")
+
+
+def rejected_input(error: InvalidInputError) -> Completion:
+    """An input refused after its schema passed (an image URL that cannot be read), in the same 422 form."""
+    loc = [error.location, error.field] if error.field else [error.location]
+    details = [{"loc": loc, "msg": error.message, "type": "value_error"}]
     return Completion(422, {"detail": details}, error="Invalid input", error_type="validation_error")
 
 

@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
+from ..endpoints import endpoint_of
 from ..errors import GenerationCancelled, LayerDiffuseError
 from ..files import BlobStore
+from ..files.image_inputs import read_image_input
 from ..lifecycle import RequestManager, outcomes
 from ..lifecycle.local_processes import process_scope
 from ..observability import Metrics, request_id_context
-from ..schemas import GenerationParams, LayerDiffusionInput
+from ..schemas import GenerationParams, LayerDiffusionInput, image_fields
 from ..store.contracts import (
     Completion,
     Notice,
@@ -67,11 +69,23 @@ class Engine(Protocol):
         should_cancel: Callable[[], bool] | None = None,
     ) -> list[GenerationResult]: ...
 
+    def generate_from_images(
+        self,
+        params: LayerDiffusionInput,
+        images: dict[str, Any],
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        """One request of an endpoint with image inputs (``images``: field name → RGBA array)."""
+        ...
+
 
 @dataclass
 class _Job:
     lease: RequestRecord
-    params: GenerationParams | None = None  # parsed from the input when the job starts
+    params: LayerDiffusionInput | None = None  # parsed from the input when the job starts
+    images: dict[str, Any] | None = None  # the image inputs, read from the store, for endpoints that have them
     claimed_at: float = field(default_factory=time.monotonic)
     answered: bool = False  # completed (by us, or elsewhere: cancel, lost lease)
     outputs: list[StoredOutput] = field(default_factory=list)
@@ -321,9 +335,20 @@ class GenerationWorker:
             self._log(job, f"Request started{attempt} on worker {self.worker_id}.")
             try:
                 assert self.engine is not None
-                job.params = parse_params(lease).with_size(self.engine.native_size)
+                params = parse_params(lease)
+                fields = image_fields(params)
+                if fields:
+                    job.images = {
+                        name: read_image_input(getattr(params, name), blobs=self.blobs, catalog=self.store.files)
+                        for name in fields
+                    }
+                    job.params = params
+                else:
+                    job.params = params.with_size(self.engine.native_size)
             except ValidationError as error:  # stored by an older release that checked less
                 self._answer(job, outcomes.invalid_input(error))
+            except LayerDiffuseError as error:  # an input image that is gone (expired) or unreadable
+                self._answer(job, outcomes.failed(error))
 
     def _hand_back(self, jobs: list[_Job]) -> None:
         for job in jobs:
@@ -347,10 +372,11 @@ class GenerationWorker:
                 f"loaded in {self.load_seconds or 0:.1f} s at startup.",
             )
             batched = f", batched with {len(jobs) - 1} other request(s)" if len(jobs) > 1 else ""
+            size = f"{params.width}x{params.height}" if params.width and params.height else "the input's size"
             self._log(
                 job,
-                f"Generating {params.width}x{params.height}, {params.num_inference_steps} steps, "
-                f"guidance {params.guidance_scale:g}, seed {params.seed}{batched}.",
+                f"Generating {endpoint_of(job.lease.app_id).title.lower()}: {size}, {params.num_inference_steps} "
+                f"steps, guidance {params.guidance_scale:g}, seed {params.seed}{batched}.",
             )
 
         estimate = _Estimate(time.monotonic())
@@ -389,7 +415,12 @@ class GenerationWorker:
 
         started = time.perf_counter()
         try:
-            results = engine.generate_batch(batch, on_step=on_step, should_cancel=should_cancel)
+            if jobs[0].images is not None:  # requests with image inputs run alone (see schemas.batch_key)
+                results = [
+                    engine.generate_from_images(batch[0], jobs[0].images, on_step=on_step, should_cancel=should_cancel)
+                ]
+            else:
+                results = engine.generate_batch(batch, on_step=on_step, should_cancel=should_cancel)  # type: ignore[arg-type]
         except GenerationCancelled:
             if any(job.live for job in jobs):  # not everyone was cancelled: the worker is stopping
                 raise _Interrupted() from None
@@ -476,7 +507,11 @@ class GenerationWorker:
             logger.warning("lost the lease of %s; dropping it", job.id)
 
 
-def parse_params(record: RequestRecord) -> GenerationParams:
-    """The request's input as engine parameters, with its seed fixed (drawn now when absent)."""
-    request = LayerDiffusionInput.model_validate(record.input)
-    return GenerationParams(**request.model_dump()).with_seed()
+def parse_params(record: RequestRecord) -> LayerDiffusionInput:
+    """The request's input as engine parameters, with its seed fixed (drawn now when absent):
+    :class:`GenerationParams` for text to image, else the endpoint's own input model."""
+    model = endpoint_of(record.app_id).input_model
+    request = model.model_validate(record.input)
+    if model is LayerDiffusionInput:
+        return GenerationParams(**request.model_dump()).with_seed()
+    return request.with_seed()

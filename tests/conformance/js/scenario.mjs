@@ -61,6 +61,17 @@ const scenarios = {
     const response = await fetch(url);
     return { url, status: response.status, contentType: response.headers.get("content-type"), size: (await response.arrayBuffer()).byteLength };
   },
+  async layer() {
+    // Image inputs as Blobs: the client uploads them itself and sends the URLs.
+    const images = Object.fromEntries(
+      Object.entries(args.files).map(([name, base64]) => [
+        name,
+        new Blob([Uint8Array.from(Buffer.from(base64, "base64"))], { type: "image/png" }),
+      ]),
+    );
+    const { data, requestId } = await fal.subscribe(`${APP}/${args.path}`, { input: { ...args.input, ...images }, logs: true });
+    return { data, requestId };
+  },
   async autoUpload() {
     const bytes = Uint8Array.from(Buffer.from(args.base64, "base64"));
     return { transformed: await fal.storage.transformInput({ image: new Blob([bytes], { type: "image/png" }), prompt: "x" }) };

@@ -1,0 +1,86 @@
+"""The endpoints this server answers: fal's app id, plus one sub-path per LayerDiffuse method.
+
+fal addresses an app's extra endpoints by sub-path (``fal-ai/layer-diffusion/image-to-image``);
+submissions go to the full path while status, result and cancel stay under the app id. Each
+request stores the endpoint it was sent to, so the worker runs the method that was asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import NotFoundError
+from .schemas import (
+    BackgroundBlendedToForegroundInput,
+    BackgroundToBlendedInput,
+    ForegroundBlendedToBackgroundInput,
+    ForegroundToBlendedInput,
+    ImageToImageInput,
+    LayerDiffusionInput,
+)
+
+APP_ID = "fal-ai/layer-diffusion"
+
+#: The engine methods. The conditioned ones are named after their official weight files
+#: (``layer_xl_fg2ble.safetensors`` …).
+Task = Literal["text-to-image", "image-to-image", "fg2ble", "bg2ble", "fgble2bg", "bgble2fg"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    path: str  # after the app id; "" for text to image
+    task: Task
+    input_model: type[LayerDiffusionInput]
+    title: str
+    transparent: bool  # the result is a transparent layer (else an opaque image, alpha 255)
+
+    @property
+    def app_id(self) -> str:
+        return f"{APP_ID}/{self.path}" if self.path else APP_ID
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("", "text-to-image", LayerDiffusionInput, "Text to transparent image", True),
+    Endpoint("image-to-image", "image-to-image", ImageToImageInput, "Transparent image to transparent image", True),
+    Endpoint("foreground-to-blended", "fg2ble", ForegroundToBlendedInput, "Foreground to blended image", False),
+    Endpoint("background-to-blended", "bg2ble", BackgroundToBlendedInput, "Background to blended image", False),
+    Endpoint(
+        "foreground-blended-to-background",
+        "fgble2bg",
+        ForegroundBlendedToBackgroundInput,
+        "Foreground and blended image to background",
+        False,
+    ),
+    Endpoint(
+        "background-blended-to-foreground",
+        "bgble2fg",
+        BackgroundBlendedToForegroundInput,
+        "Background and blended image to transparent foreground",
+        True,
+    ),
+)
+_BY_PATH = {endpoint.path: endpoint for endpoint in ENDPOINTS}
+_BY_APP_ID = {endpoint.app_id: endpoint for endpoint in ENDPOINTS}
+
+
+def endpoint_at(subpath: str) -> Endpoint:
+    """The endpoint of a sub-path of the app (``""`` or ``"image-to-image"``, slashes trimmed)."""
+    endpoint = _BY_PATH.get(subpath.strip("/"))
+    if endpoint is None:
+        known = ", ".join(f"{APP_ID}/{e.path}" for e in ENDPOINTS if e.path)
+        raise NotFoundError(f"No endpoint {APP_ID}/{subpath.strip('/')}; this app has {APP_ID} and {known}")
+    return endpoint
+
+
+def endpoint_for_input(params: LayerDiffusionInput) -> Endpoint:
+    """The endpoint whose input model ``params`` is (text to image for its engine subclass)."""
+    for endpoint in reversed(ENDPOINTS):
+        if isinstance(params, endpoint.input_model):
+            return endpoint
+    raise TypeError(type(params).__name__)
+
+
+def endpoint_of(app_id: str) -> Endpoint:
+    """The endpoint a stored request was sent to (requests of older releases: text to image)."""
+    return _BY_APP_ID.get(app_id, ENDPOINTS[0])

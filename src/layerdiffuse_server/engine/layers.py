@@ -1,0 +1,196 @@
+"""Foreground/background-conditioned layers: LayerDiffuse's four "… to …" SDXL models.
+
+As Forge runs them (``forge_layerdiffusion.py``): each condition image is composited over 50 % grey
+(``0.5 + (rgb − 0.5)·α``), fitted to the output size, VAE-encoded (the posterior mean, so a seed
+means one image) and scaled into model space; the latents are concatenated to the noisy latent
+along channels at every UNet call, for the conditional and the unconditional half alike
+(``c_concat``), through the model's widened conv_in. ``stop_at`` hands the rest of the schedule to
+plain SDXL once the timestep falls below ``(1 − stop_at)`` of the training schedule. fg2ble,
+bg2ble and fgble2bg make opaque images (the SDXL VAE decodes them); bgble2fg makes a transparent
+foreground, decoded with the transparent decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..errors import GenerationCancelled, InvalidInputError
+from ..schemas import ConditionedLayerInput
+from .diff_weights import DiffWeights, merge_diff_weights
+from .image_sizing import centre_crop, run_size
+from .images import TransparentImage
+from .results import GenerationResult
+from .sources import resolve_file
+from .timing import StageTimer
+from .unet_patches import BASE
+
+if TYPE_CHECKING:
+    from .pipeline import TransparentSDXLPipeline
+
+#: Input fields in the order their latents are concatenated (Forge: ``cat([fg|bg, blend])``).
+CONDITIONS: dict[str, tuple[str, ...]] = {
+    "fg2ble": ("foreground_image_url",),
+    "bg2ble": ("background_image_url",),
+    "fgble2bg": ("foreground_image_url", "blended_image_url"),
+    "bgble2fg": ("background_image_url", "blended_image_url"),
+}
+#: Tasks whose result is a transparent layer.
+TRANSPARENT = {"bgble2fg"}
+
+
+def grey_composite(rgba: np.ndarray) -> torch.Tensor:
+    """``[1, 3, H, W]`` in [-1, 1]: the image over 50 % grey (opaque images are unchanged)."""
+    image = torch.from_numpy(rgba.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    composited = 0.5 + (image[:, :3] - 0.5) * image[:, 3:]
+    return composited * 2.0 - 1.0
+
+
+@torch.no_grad()
+def condition_latents(pipeline: TransparentSDXLPipeline, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """The model-space latents of the fitted condition images, concatenated along channels."""
+    vae = pipeline.sdxl.vae
+    scaling = float(vae.config.scaling_factor)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    latents = []
+    for image in images:
+        pixels = grey_composite(image).to(vae.device, vae.dtype)
+        mean = vae.encode(pixels).latent_dist.mean.float()
+        latents.append((mean - shift) * scaling)
+    return torch.cat(latents, dim=1).to(pipeline.device, pipeline.dtype)
+
+
+@contextmanager
+def concatenated(conv_in: torch.nn.Module, condition: torch.Tensor) -> Iterator[Callable[[], None]]:
+    """Concatenate ``condition`` to every conv_in input (repeated over the CFG halves) while active;
+    yields a function that stops it early (for ``stop_at``)."""
+
+    def prepend(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        sample = args[0]
+        repeats = sample.shape[0] // condition.shape[0]
+        return (torch.cat([sample, condition.to(sample.dtype).repeat(repeats, 1, 1, 1)], dim=1), *args[1:])
+
+    handle = conv_in.register_forward_pre_hook(prepend)
+    try:
+        yield handle.remove
+    finally:
+        handle.remove()
+
+
+def ensure_layer_model(pipeline: TransparentSDXLPipeline, task: str) -> None:
+    """Load a conditioned model's file on its first use and register it as a UNet patch."""
+    if pipeline.patches.has(task):
+        return
+    reference = pipeline.layer_files.get(task)
+    if reference is None:
+        raise InvalidInputError(f"this model has no {task} layer weights (layer_xl_{task}.safetensors)")
+    path = resolve_file(reference, what=f"LayerDiffuse {task} weights", flag=f"--layer-model {task}")
+    weights = DiffWeights.load(path)
+    channels = weights.check(pipeline.patches.base_shapes())
+    expected = 4 * len(CONDITIONS[task])
+    if channels != expected:
+        raise InvalidInputError(f"{path.name} widens conv_in by {channels} channels; {task} needs {expected}")
+    pipeline.patches.register(task, set(weights.deltas), lambda unet: merge_diff_weights(unet, weights))
+
+
+def generate_layer(
+    pipeline: TransparentSDXLPipeline,
+    params: ConditionedLayerInput,
+    task: str,
+    images: dict[str, np.ndarray],
+    *,
+    on_step: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> GenerationResult:
+    """One image of a conditioned-layer model (``images``: input field → RGBA array)."""
+    params = pipeline.with_image_size(params, images).with_seed()  # type: ignore[assignment]
+    seed = int(params.seed)  # type: ignore[arg-type]
+    timings: dict[str, float] = {}
+    timer = StageTimer(timings, pipeline.device)
+    ensure_layer_model(pipeline, task)
+    with timer("image_encoding"):
+        condition = condition_latents(
+            pipeline, [pipeline.fit_image(images[field], params) for field in CONDITIONS[task]]
+        )
+    with timer("text_encoding"):
+        embeddings = pipeline.encode_prompts([params.prompt], [params.negative_prompt], params.guidance_scale)
+    with timer("denoising"):
+        latents = _denoise(pipeline, params, task, seed, condition, embeddings, on_step, should_cancel)
+    with timer("decoding"):
+        if task in TRANSPARENT:
+            rgba = pipeline.decoder.decode(latents, pipeline.sdxl.vae, timer)
+        else:
+            rgba = opaque_decode(pipeline, latents)
+        rgba = [centre_crop(image, *params.size) for image in rgba]
+    flags = pipeline.safety_check(rgba, [params.enable_safety_checker], timer)
+    return GenerationResult(
+        [TransparentImage(rgba=rgba[0], seed=seed, nsfw=flags[0])],
+        seed,
+        params,  # type: ignore[arg-type]
+        has_nsfw_concepts=flags if params.enable_safety_checker and pipeline.safety_checker is not None else None,
+        timings=timings,
+    )
+
+
+def _denoise(
+    pipeline: TransparentSDXLPipeline,
+    params: ConditionedLayerInput,
+    task: str,
+    seed: int,
+    condition: torch.Tensor,
+    embeddings: dict[str, torch.Tensor],
+    on_step: Callable[[int, int], None] | None,
+    should_cancel: Callable[[], bool] | None,
+) -> torch.Tensor:
+    from .schedulers import make_scheduler
+
+    total = params.num_inference_steps
+    width, height = run_size(*params.size)
+    sdxl = pipeline.sdxl
+    sdxl.scheduler = make_scheduler(params.scheduler, sdxl.scheduler.config)
+    stop_timestep = (1.0 - params.stop_at) * sdxl.scheduler.config.num_train_timesteps
+    pipeline.patches.use(task if params.stop_at > 0 else BASE)
+    with concatenated(pipeline.patches.unet.conv_in, condition) as stop_conditioning:
+        if params.stop_at == 0:
+            stop_conditioning()
+
+        def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(step + 1, total)
+            if should_cancel is not None and should_cancel() and step + 1 < total:
+                raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
+            upcoming = pipe.scheduler.timesteps[step + 1 :]
+            if pipeline.patches.active == task and len(upcoming) and float(upcoming[0]) < stop_timestep:
+                stop_conditioning()
+                pipeline.patches.use(BASE)
+            return tensors
+
+        return sdxl(
+            **embeddings,
+            height=height,
+            width=width,
+            num_inference_steps=total,
+            guidance_scale=params.guidance_scale,
+            latents=pipeline.initial_noise([seed], height, width),
+            generator=[torch.Generator("cpu").manual_seed(seed + 2**32)],
+            output_type="latent",
+            callback_on_step_end=step_end,
+        ).images
+
+
+@torch.no_grad()
+def opaque_decode(pipeline: TransparentSDXLPipeline, latents: torch.Tensor) -> list[np.ndarray]:
+    """Model-space latents → opaque RGBA ``uint8`` images (alpha 255) with the SDXL VAE alone."""
+    vae = pipeline.sdxl.vae
+    scaling = float(vae.config.scaling_factor)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    images = []
+    for latent in latents.split(1):
+        decoded = vae.decode((latent / scaling + shift).to(vae.dtype)).sample
+        rgb = ((decoded[0].float() * 0.5 + 0.5).clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
+        images.append(np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=-1))
+    return images
