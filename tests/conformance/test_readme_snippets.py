@@ -84,3 +84,21 @@ def test_curl_snippet(demo_server: ServerProcess, demo_key: str, tmp_path: Path)
     assert done.returncode == 0, done.stderr
     output = json.loads(done.stdout)
     assert output["seed"] == 42 and output["image"]["content_type"] == "image/png"
+
+
+def test_python_image_to_image_snippet(demo_server: ServerProcess, demo_key: str, tmp_path: Path) -> None:
+    import httpx
+
+    star = httpx.post(
+        f"{demo_server.http_url}/run/fal-ai/layer-diffusion",
+        json={"prompt": "a red star with a soft glow", "seed": 42},
+        headers={"Authorization": f"Key {demo_key}"},
+        timeout=900,
+    ).json()
+    (tmp_path / "star.png").write_bytes(httpx.get(star["image"]["url"]).content)
+    done = subprocess.run(
+        [sys.executable, "-c", snippet("python-image-to-image")],
+        env=python_client_env(demo_server, demo_key), cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert_the_red_star(tmp_path / "star-again.png")
