@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -229,9 +231,9 @@ def test_numbers_out_of_the_schemas_bounds_are_caught_before_sending(
     page.on("request", lambda request: submitted.append(request.url) if request.method == "POST" else None)
     page.goto(playground_server.http_url)
     enter_key(page, playground_key)
-    fill_small_request(page, "a width that is no multiple of 64")
+    fill_small_request(page, "a width beyond the schema's maximum")
     width = page.get_by_label("Width", exact=True)
-    width.fill("500")
+    width.fill("3000")
     page.locator("#advanced > summary").click()  # folded away again: the error must still be found
     assert not page.locator("#advanced").evaluate("details => details.open")
     page.get_by_role("button", name="Generate").click()
@@ -239,7 +241,7 @@ def test_numbers_out_of_the_schemas_bounds_are_caught_before_sending(
     error = page.locator("#form-error")
     expect(error).to_be_visible()
     expect(error).to_contain_text("Not sent.")
-    expect(error).to_contain_text("Width must be a multiple of 64, for example 512 (not 500).")
+    expect(error).to_contain_text("Width must be at most 2048 (not 3000).")
     expect(width).to_have_attribute("aria-invalid", "true")
     expect(width).to_have_attribute("aria-describedby", "form-error")
     expect(width).to_be_focused()
@@ -460,3 +462,275 @@ def test_the_page_runs_under_a_policy_that_blocks_injected_script(
         assert any("Content Security Policy" in text for text in violations)
     finally:
         context.close()
+
+
+# -- the endpoints with image inputs -------------------------------------------------------------------
+
+
+def write_png(path: Path, width: int, height: int, *, opaque: bool = False) -> Path:
+    """A small test image: colour gradients and, unless opaque, a disc of full alpha on a transparent field."""
+    rows, columns = np.mgrid[0:height, 0:width]
+    pixels = np.zeros((height, width, 4), dtype=np.uint8)
+    pixels[..., 0] = columns * 255 // max(width - 1, 1)
+    pixels[..., 1] = 128
+    pixels[..., 2] = rows * 255 // max(height - 1, 1)
+    disc = (columns - width / 2) ** 2 + (rows - height / 2) ** 2 < (min(width, height) / 3) ** 2
+    pixels[..., 3] = 255 if opaque else np.where(disc, 255, 0)
+    Image.fromarray(pixels, "RGBA").save(path)
+    return path
+
+
+def drop_file(page: Page, selector: str, path: Path) -> None:
+    """Drags a file from outside the browser onto an element, as a user does from a file manager."""
+    transfer = page.evaluate_handle(
+        """([bytes, name]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], name, { type: "image/png" }));
+            return transfer;
+        }""",
+        [list(path.read_bytes()), path.name],
+    )
+    page.dispatch_event(selector, "dragover", {"dataTransfer": transfer})
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
+def record_submissions(page: Page) -> list[tuple[str, Any]]:
+    """(URL, JSON body) of every submission the page makes (the queue's POSTs)."""
+    submitted: list[tuple[str, Any]] = []
+
+    def on_request(request: Any) -> None:
+        if request.method == "POST" and "/queue/" in request.url:
+            submitted.append((request.url, request.post_data_json))
+
+    page.on("request", on_request)
+    return submitted
+
+
+def natural_size(page: Page, element_id: str) -> tuple[int, int]:
+    width, height = page.evaluate(
+        "(id) => [document.getElementById(id).naturalWidth, document.getElementById(id).naturalHeight]", element_id
+    )
+    return width, height
+
+
+def check_snippets_parse(page: Page, tmp_path: Path) -> None:
+    """The Python snippet compiles; the JavaScript one passes ``node --check`` where Node.js is installed."""
+    code = page.locator("#code-text")
+    page.get_by_role("tab", name="Python").click()
+    compile(code.text_content() or "", "snippet.py", "exec")
+    page.get_by_role("tab", name="JavaScript").click()
+    node = shutil.which("node")
+    if node:
+        script = tmp_path / "snippet.mjs"
+        script.write_text(code.text_content() or "")
+        checked = subprocess.run([node, "--check", str(script)], capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, checked.stderr
+    page.get_by_role("tab", name="Python").click()
+
+
+def test_image_to_image_from_a_chosen_file_previewed_uploaded_and_generated_at_its_size(
+    page: Page, playground_server: ServerProcess, playground_key: str, tmp_path: Path
+) -> None:
+    submitted = record_submissions(page)
+    page.goto(playground_server.http_url)
+    enter_key(page, playground_key)
+    chooser = page.get_by_label("Endpoint", exact=True)
+    image = page.get_by_label("Image", exact=True)
+    expect(chooser).to_have_value("")  # text to image stays the default
+    expect(image).to_be_hidden()
+    expect(page.get_by_label("Strength", exact=True)).to_be_hidden()
+
+    chooser.select_option(label="Transparent image to transparent image")
+    expect(page.locator("#endpoint-id")).to_have_text("fal-ai/layer-diffusion/image-to-image")
+    expect(image).to_be_visible()
+    expect(page.get_by_label("Image URL", exact=True)).to_be_visible()
+    expect(page.get_by_label("Strength", exact=True)).to_have_value("0.7")  # the schema's default
+    expect(page.get_by_label("Stop at", exact=True)).to_be_hidden()
+    expect(page.get_by_label("Width", exact=True)).to_have_attribute("placeholder", "input's size")
+
+    # Without an image (or with a strength of 0) nothing is sent.
+    page.get_by_label("Prompt", exact=True).fill("the same apple, in glass")
+    page.get_by_label("Strength", exact=True).fill("0")
+    page.get_by_role("button", name="Generate").click()
+    error = page.locator("#form-error")
+    expect(error).to_contain_text("Not sent.")
+    expect(error).to_contain_text("Image: choose or drop a file, or paste its URL.")
+    expect(error).to_contain_text("Strength must be more than 0 (not 0).")
+    expect(image).to_have_attribute("aria-invalid", "true")
+    expect(image).to_be_focused()
+    page.get_by_label("Strength", exact=True).fill("0.6")
+
+    # A picked file is previewed at once, on the results' checkerboard.
+    image.set_input_files(write_png(tmp_path / "apple.png", 96, 80))
+    expect(image).not_to_have_attribute("aria-invalid", "true")
+    expect(error).to_be_hidden()
+    preview = page.get_by_role("img", name="Image: preview")
+    expect(preview).to_be_visible()
+    assert natural_size(page, "image_url-preview") == (96, 80)
+    expect(page.locator("#image_url-caption")).to_contain_text("apple.png")
+    expect(page.locator("#image_url-caption")).to_contain_text("96×80")
+    checkers = page.evaluate(
+        """() => [document.querySelector("#image_url-field .preview"), document.getElementById("stage")]
+                   .map((element) => getComputedStyle(element).backgroundImage)"""
+    )
+    assert checkers[0] == checkers[1] and "linear-gradient" in checkers[0], checkers
+
+    open_section(page, "#advanced")
+    page.get_by_label("Steps", exact=True).fill("4")
+    page.get_by_label("Seed", exact=True).fill("9")
+
+    # The snippets call the sub-path endpoint and let the clients upload the file.
+    open_section(page, "#code")
+    code = page.locator("#code-text")
+    expect(code).to_contain_text('fal_client.subscribe(\n    "fal-ai/layer-diffusion/image-to-image"')
+    expect(code).to_contain_text('arguments={"image_url": fal_client.upload_file("apple.png"), "prompt": ')
+    expect(code).to_contain_text('"strength": 0.6')
+    expect(code).to_contain_text("rest.fal.ai")  # where upload_file sends files, and how to point it here
+    page.get_by_role("tab", name="JavaScript").click()
+    expect(code).to_contain_text('import { readFile } from "node:fs/promises";')
+    expect(code).to_contain_text('await fal.subscribe("fal-ai/layer-diffusion/image-to-image"')
+    expect(code).to_contain_text('"image_url":new Blob([await readFile("apple.png")], { type: "image/png" })')
+    page.get_by_role("tab", name="curl").click()
+    expect(code).to_contain_text(f"curl -X POST {playground_server.http_url}/run/fal-ai/layer-diffusion/image-to-image")
+    expect(code).to_contain_text('"image_url":"https://example.com/apple.png"')
+    expect(code).to_contain_text("# Replace https://example.com/apple.png with your image's http(s) URL")
+    check_snippets_parse(page, tmp_path)
+
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status")).to_have_text("Done: seed 9.", timeout=120_000)
+    endpoint_url = f"{playground_server.http_url}/queue/fal-ai/layer-diffusion/image-to-image"
+    assert [url for url, _ in submitted] == [endpoint_url]
+    sent = submitted[0][1]
+    # The file was uploaded to this server first; the request names its URL.
+    assert re.fullmatch(rf"{re.escape(playground_server.http_url)}/files/[^/]+/apple\.png", sent["image_url"]), sent
+    assert httpx.get(sent["image_url"]).content == (tmp_path / "apple.png").read_bytes()
+    assert sent["strength"] == 0.6 and sent["num_inference_steps"] == 4 and "stop_at" not in sent, sent
+
+    # The result has the input's size, shown on the checkerboard like every transparent result.
+    expect(page.locator("#result-image")).to_be_visible()
+    assert natural_size(page, "result-image") == (96, 80)
+    expect(page.locator("#result-caption")).to_contain_text("96×80 · seed 9")
+    expect(page.locator("#stage")).to_have_class("stage bg-checker")
+    result = httpx.get(page.evaluate("document.getElementById('result-image').src")).content
+    with Image.open(io.BytesIO(result)) as png:
+        assert png.mode == "RGBA" and png.size == (96, 80)
+
+    # Its tile brings its endpoint and its image (this server's copy, previewed) back into the form.
+    tile = page.get_by_role("button", name="the same apple, in glass: show image")
+    expect(tile).to_have_attribute("title", "Transparent image to transparent image")
+    chooser.select_option(label="Text to transparent image")
+    expect(image).to_be_hidden()
+    expect(code).to_contain_text('"fal-ai/layer-diffusion",\n')
+    tile.click()
+    expect(chooser).to_have_value("image-to-image")
+    expect(page.get_by_label("Image URL", exact=True)).to_have_value(sent["image_url"])
+    expect(preview).to_be_visible()
+    expect(page.get_by_label("Strength", exact=True)).to_have_value("0.6")
+    expect(code).to_contain_text(f'"image_url": "{sent["image_url"]}"')  # a URL is sent as it is
+
+    # And so does a reload.
+    page.reload()
+    expect(chooser).to_have_value("image-to-image")
+    expect(page.get_by_label("Image URL", exact=True)).to_have_value(sent["image_url"])
+    expect(preview).to_be_visible()
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("the same apple, in glass")
+
+
+def test_a_conditioned_endpoint_takes_a_picked_and_a_dropped_image(
+    page: Page, playground_server: ServerProcess, playground_key: str, tmp_path: Path
+) -> None:
+    submitted = record_submissions(page)
+    page.goto(playground_server.http_url)
+    enter_key(page, playground_key)
+    sampler = page.get_by_label("Sampler")
+    expect(sampler).to_have_value("dpmpp_2m_karras")
+    page.get_by_label("Endpoint", exact=True).select_option("background-blended-to-foreground")
+    expect(page.locator("#endpoint-id")).to_have_text("fal-ai/layer-diffusion/background-blended-to-foreground")
+    expect(page.locator("#endpoint-result")).to_have_text("a transparent image")
+    background = page.get_by_label("Background image", exact=True)
+    blended = page.get_by_label("Blended image", exact=True)
+    expect(background).to_be_visible()
+    expect(blended).to_be_visible()
+    expect(page.get_by_label("Image", exact=True)).to_be_hidden()
+    expect(page.get_by_label("Strength", exact=True)).to_be_hidden()
+    expect(page.get_by_label("Stop at", exact=True)).to_have_value("1")
+    expect(sampler).to_have_value("euler_ancestral")  # the conditioned endpoints' default sampler
+
+    background.set_input_files(write_png(tmp_path / "background.png", 112, 72, opaque=True))
+    drop_file(page, "#blended_image_url-field .drop-zone", write_png(tmp_path / "blend.png", 112, 72, opaque=True))
+    expect(page.get_by_role("img", name="Background image: preview")).to_be_visible()
+    expect(page.get_by_role("img", name="Blended image: preview")).to_be_visible()
+    expect(page.locator("#blended_image_url-caption")).to_contain_text("blend.png")
+    assert blended.evaluate("input => input.files[0].name") == "blend.png"  # the picker shows the dropped file
+
+    page.get_by_label("Prompt", exact=True).fill("a glass bottle")
+    page.get_by_label("Stop at", exact=True).fill("0.5")
+    open_section(page, "#advanced")
+    page.get_by_label("Steps", exact=True).fill("4")
+    page.get_by_label("Seed", exact=True).fill("4")
+
+    open_section(page, "#code")
+    code = page.locator("#code-text")
+    expect(code).to_contain_text('"fal-ai/layer-diffusion/background-blended-to-foreground"')
+    expect(code).to_contain_text(
+        '"background_image_url": fal_client.upload_file("background.png"), '
+        '"blended_image_url": fal_client.upload_file("blend.png")'
+    )
+    expect(code).to_contain_text('"stop_at": 0.5')
+    assert "scheduler" not in (code.text_content() or "")  # euler_ancestral is this endpoint's default
+    page.get_by_role("tab", name="curl").click()
+    expect(code).to_contain_text("/run/fal-ai/layer-diffusion/background-blended-to-foreground")
+    expect(code).to_contain_text(
+        "# Replace https://example.com/background.png and https://example.com/blend.png with your images'"
+    )
+    check_snippets_parse(page, tmp_path)
+
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status")).to_have_text("Done: seed 4.", timeout=120_000)
+    assert [url for url, _ in submitted] == [
+        f"{playground_server.http_url}/queue/fal-ai/layer-diffusion/background-blended-to-foreground"
+    ]
+    sent = submitted[0][1]
+    assert sent["background_image_url"].endswith("/background.png") and sent["blended_image_url"].endswith("/blend.png")
+    assert sent["stop_at"] == 0.5 and "scheduler" not in sent and "strength" not in sent, sent
+    # The first image sets the size; the foreground is a transparent layer.
+    assert natural_size(page, "result-image") == (112, 72)
+    expect(page.locator("#result-caption")).to_contain_text("112×72 · seed 4")
+    with Image.open(io.BytesIO(httpx.get(page.evaluate("document.getElementById('result-image').src")).content)) as png:
+        assert png.mode == "RGBA" and png.size == (112, 72)
+
+    # Back to text to image: its own default sampler again, and no image fields.
+    page.get_by_label("Endpoint", exact=True).select_option("")
+    expect(sampler).to_have_value("dpmpp_2m_karras")
+    expect(background).to_be_hidden()
+
+
+def test_inputs_that_are_no_images_are_explained_before_and_after_sending(
+    page: Page, playground_server: ServerProcess, playground_key: str, tmp_path: Path
+) -> None:
+    page.goto(playground_server.http_url)
+    enter_key(page, playground_key)
+    page.get_by_label("Endpoint", exact=True).select_option("image-to-image")
+    image = page.get_by_label("Image", exact=True)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    image.set_input_files(notes)
+    error = page.locator("#form-error")
+    expect(error).to_have_text("Image: notes.txt is not a PNG, JPEG or WebP image.")
+    expect(image).to_have_attribute("aria-invalid", "true")
+
+    # A URL the page cannot check is sent; the server's 422 names the field, as for any other input.
+    url = page.get_by_label("Image URL", exact=True)
+    url.fill("data:text/plain;base64,aGVsbG8=")
+    expect(image).not_to_have_attribute("aria-invalid", "true")
+    expect(error).to_be_hidden()
+    url.press("Tab")
+    expect(page.locator("#image_url-caption")).to_have_text("No preview: this data: URI is not an image.")
+    page.get_by_label("Prompt", exact=True).fill("not an image")
+    page.get_by_role("button", name="Generate").click()
+    expect(error).to_contain_text("Invalid input:")
+    expect(error).to_contain_text("image_url: ")
+    expect(url).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#status")).to_have_text("Failed.")
+    failed = page.get_by_role("button", name="not an image: failed")
+    expect(failed).to_contain_text("Invalid input (422)")

@@ -18,6 +18,7 @@ router = APIRouter(tags=["requests"])
 
 class RequestSummary(BaseModel):
     request_id: str
+    endpoint_id: str = Field(description="The endpoint it was sent to, e.g. fal-ai/layer-diffusion/image-to-image")
     status: str = Field(description="IN_QUEUE, IN_PROGRESS or COMPLETED")
     created_at: str
     completed_at: str | None
@@ -38,6 +39,7 @@ def summary(record: RequestRecord, queue_base: str) -> RequestSummary:
     succeeded = record.status_code == 200
     return RequestSummary(
         request_id=record.id,
+        endpoint_id=record.app_id,
         status=record.state.value,
         created_at=utc_stamp(record.created_at, "seconds"),
         completed_at=utc_stamp(record.completed_at, "seconds") if record.completed_at is not None else None,

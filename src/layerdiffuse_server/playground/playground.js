@@ -10,6 +10,33 @@ const LAST_STORAGE = "layerdiffuse.lastRequest";
 const FIELDS = ["prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "seed", "scheduler",
   "width", "height", "enable_safety_checker"];
 const NUMBER_FIELDS = ["guidance_scale", "num_inference_steps", "seed", "width", "height"];
+// The app's endpoints (endpoints.py): the sub-path, the schema of its input, its image fields, its
+// own number fields, and whether its result is a transparent layer (else an opaque image).
+const ENDPOINTS = [
+  { path: "", title: "Text to transparent image", model: "LayerDiffusionInput", images: [], extras: [], transparent: true },
+  { path: "image-to-image", title: "Transparent image to transparent image", model: "ImageToImageInput",
+    images: ["image_url"], extras: ["strength"], transparent: true },
+  { path: "foreground-to-blended", title: "Foreground to blended image", model: "ForegroundToBlendedInput",
+    images: ["foreground_image_url"], extras: ["stop_at"], transparent: false },
+  { path: "background-to-blended", title: "Background to blended image", model: "BackgroundToBlendedInput",
+    images: ["background_image_url"], extras: ["stop_at"], transparent: false },
+  { path: "foreground-blended-to-background", title: "Foreground and blended image to background",
+    model: "ForegroundBlendedToBackgroundInput", images: ["foreground_image_url", "blended_image_url"], extras: ["stop_at"],
+    transparent: false },
+  { path: "background-blended-to-foreground", title: "Background and blended image to transparent foreground",
+    model: "BackgroundBlendedToForegroundInput", images: ["background_image_url", "blended_image_url"], extras: ["stop_at"],
+    transparent: true },
+].map((endpoint) => ({ ...endpoint, id: endpoint.path ? `${APP_ID}/${endpoint.path}` : APP_ID }));
+// Each image field: its label, and the file name the code snippets read it from when no URL is given.
+const IMAGE_FIELDS = {
+  image_url: { label: "Image", file: "input.png" },
+  foreground_image_url: { label: "Foreground image", file: "foreground.png" },
+  background_image_url: { label: "Background image", file: "background.png" },
+  blended_image_url: { label: "Blended image", file: "blended.png" },
+};
+const EXTRA_FIELDS = ["strength", "stop_at"];
+const IMAGE_TYPES = ["image/png", "image/jpeg", "image/webp"]; // what the server's storage accepts
+const EMPTY_PREVIEW = "Drop a PNG, JPEG or WebP image here, choose a file, or paste its URL below.";
 const STEP_LINE = /^Denoising step (\d+)\/(\d+)/;
 const GALLERY_LIMIT = 24;
 const MIN_DISPLAY = 256; // CSS pixels: smaller images are shown scaled up by a whole factor, pixels crisp
@@ -24,6 +51,12 @@ let shown = null; // the image on the stage: {url, fileName, requestId}
 let gallery = []; // request summaries, newest first, as /api/requests lists them
 let codeLanguage = "python";
 let formTouched = false;
+let endpoint = ENDPOINTS[0]; // the one the form is for
+let inputSchemas = {}; // the input models of /openapi.json, by name
+// Per image field, the file chosen for it: {file, preview (an object URL), uploaded (its URL here, once sent)}.
+const chosen = {};
+// Origins previews may load from: the page's policy allows its own and the file URLs' (never other sites').
+const fileOrigins = new Set([window.location.origin]);
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -131,10 +164,20 @@ function valueOf(element) {
   return element.value;
 }
 
-/** The request's input: the prompt always, every other field only where it differs from its default. */
+/** The fields of an endpoint's input, in the order requests and snippets list them: images first. */
+function fieldsOf(target) {
+  return [...target.images, ...FIELDS, ...target.extras];
+}
+
+/** The request's input: the prompt and the images always, every other field only where it differs from
+ * its default. An image is its URL, typed or (once uploaded) that of the file chosen for it. */
 function readInput() {
   const input = {};
-  for (const name of FIELDS) {
+  for (const name of endpoint.images) {
+    const url = $(name).value.trim() || (chosen[name] && chosen[name].uploaded);
+    if (url) input[name] = url;
+  }
+  for (const name of [...FIELDS, ...endpoint.extras]) {
     const element = $(name);
     const value = valueOf(element);
     if (value === null) continue;
@@ -145,7 +188,8 @@ function readInput() {
 }
 
 function fillForm(input) {
-  for (const name of FIELDS) {
+  for (const name of endpoint.images) setImageUrl(name, typeof input[name] === "string" ? input[name] : "");
+  for (const name of [...FIELDS, ...endpoint.extras]) {
     const element = $(name);
     const value = name in input ? input[name] : defaultOf(element);
     if (element.type === "checkbox") element.checked = Boolean(value);
@@ -156,35 +200,88 @@ function fillForm(input) {
 }
 
 function saveForm() {
-  remember(FORM_STORAGE, readInput());
+  remember(FORM_STORAGE, { endpoint: endpoint.path, input: readInput() });
 }
 
 function restoreForm() {
   if (formTouched) return; // typed into while the page was starting: that wins
   const saved = recall(FORM_STORAGE);
-  if (saved && typeof saved === "object" && !Array.isArray(saved)) fillForm(saved);
+  if (!isObject(saved)) return;
+  // Pages before the endpoint chooser kept the input alone.
+  const input = isObject(saved.input) ? saved.input : saved;
+  selectEndpoint(ENDPOINTS.find((other) => other.path === saved.endpoint) || endpointOf(input));
+  fillForm(input);
 }
 
-/** Bounds, defaults and sampler names come from the server's own schema, so the form never drifts from it. */
-async function applySchema() {
+function isObject(value) {
+  return Boolean(value) && typeof value === "object" && !Array.isArray(value);
+}
+
+/** The endpoint an input was sent to, from its image fields (each endpoint has its own set of them). */
+function endpointOf(input) {
+  const images = Object.keys(IMAGE_FIELDS).filter((name) => name in input);
+  return ENDPOINTS.find((other) => other.images.length === images.length && images.every((name) => other.images.includes(name))) ||
+    ENDPOINTS.find((other) => images.length && images.every((name) => other.images.includes(name))) ||
+    ENDPOINTS[0];
+}
+
+/** The endpoint a listed request was sent to (as the server reports it; else from its input). */
+function endpointOfRequest(request) {
+  return ENDPOINTS.find((other) => other.id === request.endpoint_id) || endpointOf(request.input || {});
+}
+
+/** Shows the fields of an endpoint (its images, strength or stop_at), with the bounds and defaults of its schema. */
+function selectEndpoint(target) {
+  endpoint = target;
+  $("endpoint").value = target.path;
+  $("endpoint-id").textContent = target.id;
+  $("endpoint-result").textContent = target.transparent ? "a transparent image" : "an opaque image";
+  for (const name of Object.keys(IMAGE_FIELDS)) $(`${name}-field`).hidden = !target.images.includes(name);
+  for (const name of EXTRA_FIELDS) $(`${name}-field`).hidden = !target.extras.includes(name);
+  const size = !target.images.length ? "model's own" : target.extras.includes("strength") ? "input's size" : "first image's size";
+  for (const name of ["width", "height"]) $(name).placeholder = size;
+  applySchema(target);
+  updateCode();
+}
+
+/** The input schemas of the server's OpenAPI document, so the form never drifts from them. */
+async function loadSchemas() {
   const response = await fetch("/openapi.json");
   if (!response.ok) return;
-  const schema = (await response.json()).components?.schemas?.LayerDiffusionInput?.properties || {};
+  inputSchemas = (await response.json()).components?.schemas || {};
+  applySchema(endpoint);
+  updateCode();
+}
+
+/** Bounds, defaults and sampler names of an endpoint's fields, from its schema. A field still at its
+ * default follows the new one (the conditioned endpoints' sampler); a value the user chose stays. */
+function applySchema(target) {
+  const schema = inputSchemas[target.model]?.properties || {};
   for (const [name, property] of Object.entries(schema)) {
     const element = $(name);
     if (!element) continue;
     const options = property.enum || (property.anyOf || []).flatMap((part) => part.enum || []);
-    const previous = element.value;
+    const previous = element.tagName === "SELECT" ? element.value : null;
+    const unedited = element.type === "checkbox"
+      ? element.checked === element.defaultChecked
+      : element.tagName === "SELECT"
+        ? previous === defaultOf(element) || !options.includes(previous)
+        : element.value === element.defaultValue;
     if (element.tagName === "SELECT") {
       element.replaceChildren(...options.map((option) => new Option(option, option)));
+      if (options.includes(previous)) element.value = previous;
     }
-    // Defaults only: a value the user already typed or picked stays (an unedited field follows its default).
     if (property.default !== undefined && property.default !== null) {
-      if (element.type === "checkbox") element.defaultChecked = property.default;
-      else if (element.tagName === "SELECT") {
+      if (element.type === "checkbox") {
+        element.defaultChecked = property.default;
+        if (unedited) element.checked = property.default;
+      } else if (element.tagName === "SELECT") {
         [...element.options].forEach((option) => (option.defaultSelected = option.value === property.default));
-        element.value = options.includes(previous) ? previous : property.default;
-      } else element.defaultValue = property.default;
+        if (unedited) element.value = property.default;
+      } else {
+        element.defaultValue = property.default;
+        if (unedited) element.value = property.default;
+      }
     }
     // A nullable number (the seed) keeps its bounds in the anyOf part that is a number.
     const number = ["integer", "number"].includes(property.type)
@@ -192,6 +289,10 @@ async function applySchema() {
       : (property.anyOf || []).find((part) => ["integer", "number"].includes(part.type));
     if (number && element.type === "number") {
       if (number.minimum !== undefined) element.min = number.minimum;
+      if (number.exclusiveMinimum !== undefined) {
+        element.min = number.exclusiveMinimum;
+        element.dataset.exclusiveMinimum = "";
+      } else if (number.minimum !== undefined) delete element.dataset.exclusiveMinimum;
       if (number.maximum !== undefined) element.max = number.maximum;
       if (number.multipleOf !== undefined) {
         element.dataset.multipleOf = number.multipleOf;
@@ -200,9 +301,11 @@ async function applySchema() {
       if (number.type === "integer") element.dataset.integer = "";
       else delete element.dataset.integer;
     }
-    if (property.description) element.title = property.description;
+    if (property.description) {
+      element.title = property.description;
+      if (name in IMAGE_FIELDS) $(`${name}-file`).title = property.description;
+    }
   }
-  updateCode();
 }
 
 function labelOf(element) {
@@ -221,6 +324,9 @@ function problemOf(element) {
   const max = element.max === "" ? undefined : Number(element.max);
   const step = element.dataset.multipleOf ? Number(element.dataset.multipleOf) : undefined;
   if ("integer" in element.dataset && !Number.isInteger(value)) return `${name} must be a whole number.`;
+  if (min !== undefined && "exclusiveMinimum" in element.dataset && value <= min) {
+    return `${name} must be more than ${min} (not ${element.value}).`;
+  }
   if (min !== undefined && value < min) return `${name} must be at least ${min} (not ${element.value}).`;
   if (max !== undefined && value > max) return `${name} must be at most ${max} (not ${element.value}).`;
   if (step && Math.abs(value / step - Math.round(value / step)) > 1e-9) {
@@ -244,11 +350,18 @@ function unmark(element) {
   element.removeAttribute("aria-describedby");
 }
 
-/** Checks every number field before anything is sent; marks the wrong ones and says why. */
+/** Checks the images and every number field before anything is sent; marks the wrong ones and says why. */
 function validateForm() {
   const problems = [];
   let first = null;
-  for (const name of NUMBER_FIELDS) {
+  for (const name of endpoint.images) {
+    if ($(name).value.trim() || chosen[name]) continue;
+    problems.push(`${IMAGE_FIELDS[name].label}: choose or drop a file, or paste its URL.`);
+    markInvalid($(`${name}-file`));
+    markInvalid($(name));
+    first = first || $(`${name}-file`);
+  }
+  for (const name of [...NUMBER_FIELDS, ...endpoint.extras]) {
     const element = $(name);
     const problem = problemOf(element);
     if (!problem) continue;
@@ -263,18 +376,34 @@ function validateForm() {
   return false;
 }
 
-/** A field marked invalid loses its mark once edited into a valid value. */
+/** A field marked invalid loses its mark once edited into a valid value (an image once it has one). */
 function recheck(event) {
   const element = event.target;
-  if (!FIELDS.includes(element.id) || element.getAttribute("aria-invalid") !== "true") return;
+  if (element.id in IMAGE_FIELDS) {
+    if (element.value.trim()) unmarkImage(element.id); // its file picker's mark too
+    return;
+  }
+  if (!fieldsOf(endpoint).includes(element.id) || element.getAttribute("aria-invalid") !== "true") return;
   if (problemOf(element)) return;
   unmark(element);
-  if (!FIELDS.some((name) => $(name).getAttribute("aria-invalid") === "true")) $("form-error").hidden = true;
+  hideFixedError();
+}
+
+function unmarkImage(name) {
+  const marked = [$(name), $(`${name}-file`)].filter((element) => element.getAttribute("aria-invalid") === "true");
+  if (!marked.length) return;
+  marked.forEach(unmark);
+  hideFixedError();
+}
+
+/** The message goes with the last mark it explains. */
+function hideFixedError() {
+  if (!document.querySelector("#generate-form [aria-invalid=true]")) $("form-error").hidden = true;
 }
 
 function clearErrors() {
   $("form-error").hidden = true;
-  for (const name of FIELDS) unmark($(name));
+  for (const element of document.querySelectorAll("#generate-form [aria-invalid]")) unmark(element);
 }
 
 function showError(error) {
@@ -286,13 +415,174 @@ function showError(error) {
   const detail = error.body && Array.isArray(error.body.detail) ? error.body.detail : [];
   for (const item of detail) {
     const element = $(String((item.loc || [])[1]));
-    if (element && FIELDS.includes(element.id)) markInvalid(element);
+    if (element && fieldsOf(endpoint).includes(element.id)) markInvalid(element);
   }
   const cancelled = error.status === 499;
   setStatus(cancelled ? "Cancelled." : "Failed.");
   $("form-error").textContent = message;
   $("form-error").hidden = cancelled;
   $("progress").hidden = true;
+}
+
+// -- image inputs --------------------------------------------------------------------------
+
+/** One drop zone, file picker, URL field and preview per image field, from the page's template. */
+function buildImageInputs() {
+  const template = $("image-input-template").content.firstElementChild;
+  for (const [name, { label }] of Object.entries(IMAGE_FIELDS)) {
+    const block = template.cloneNode(true);
+    const part = (key) => block.querySelector(`[data-part=${key}]`);
+    block.id = `${name}-field`;
+    part("file-label").htmlFor = part("file").id = `${name}-file`;
+    part("file-label").textContent = label;
+    part("url-label").htmlFor = part("url").id = part("url").name = name;
+    part("url-label").textContent = `${label} URL`;
+    part("preview").id = `${name}-preview`;
+    part("preview").alt = `${label}: preview`;
+    part("caption").id = `${name}-caption`;
+    part("caption").textContent = EMPTY_PREVIEW;
+    part("file").setAttribute("aria-describedby", `${name}-caption`);
+    part("file").addEventListener("change", () => {
+      const file = part("file").files[0];
+      if (file) chooseFile(name, file);
+    });
+    part("url").addEventListener("input", (event) => {
+      if (chosen[name]) forgetFile(name, EMPTY_PREVIEW); // a typed URL replaces the chosen file
+      if (event.inputType === "insertFromPaste" || event.inputType === "insertFromDrop") previewUrl(name);
+    });
+    part("url").addEventListener("change", () => previewUrl(name));
+    part("preview").addEventListener("load", () => {
+      const image = part("preview");
+      image.hidden = false;
+      part("caption").textContent = [image.dataset.about, `${image.naturalWidth}×${image.naturalHeight}`].filter(Boolean).join(" · ");
+    });
+    part("preview").addEventListener("error", () => {
+      if (!part("preview").getAttribute("src")) return;
+      part("preview").hidden = true;
+      part("caption").textContent = "No preview: the browser cannot show this image.";
+    });
+    const zone = part("zone");
+    zone.addEventListener("dragover", (event) => {
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "copy";
+      zone.classList.add("dragover");
+    });
+    zone.addEventListener("dragleave", (event) => {
+      if (!zone.contains(event.relatedTarget)) zone.classList.remove("dragover");
+    });
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      event.stopPropagation();
+      zone.classList.remove("dragover");
+      const { files } = event.dataTransfer;
+      if (files.length) {
+        part("file").files = files;
+        chooseFile(name, files[0]);
+        return;
+      }
+      // An image dragged from another page comes as its address.
+      const url = (event.dataTransfer.getData("text/uri-list") || event.dataTransfer.getData("text/plain")).split(/\r?\n/)[0].trim();
+      if (url) {
+        setImageUrl(name, url);
+        updateCode();
+        saveForm();
+      }
+    });
+    $("image-inputs").append(block);
+  }
+}
+
+/** A file picked or dropped for an image field: previewed at once, uploaded when the request is sent. */
+function chooseFile(name, file) {
+  if (!IMAGE_TYPES.includes(file.type)) {
+    $(`${name}-file`).value = "";
+    markInvalid($(`${name}-file`));
+    $("form-error").textContent = `${IMAGE_FIELDS[name].label}: ${file.name} is not a PNG, JPEG or WebP image.`;
+    $("form-error").hidden = false;
+    return;
+  }
+  if (chosen[name]) URL.revokeObjectURL(chosen[name].preview);
+  chosen[name] = { file, preview: URL.createObjectURL(file), uploaded: null };
+  $(name).value = "";
+  unmarkImage(name);
+  showPreview(name, chosen[name].preview, `${file.name} · ${Math.max(1, Math.round(file.size / 1024))} KB`);
+  formTouched = true;
+  updateCode();
+  saveForm();
+}
+
+function forgetFile(name, caption) {
+  const entry = chosen[name];
+  if (!entry) return;
+  delete chosen[name];
+  URL.revokeObjectURL(entry.preview);
+  $(`${name}-file`).value = "";
+  if (caption !== undefined) showPreview(name, null, caption);
+}
+
+/** An image field set to a URL (a saved form, a request from the gallery, a dropped link). */
+function setImageUrl(name, url) {
+  forgetFile(name);
+  $(name).value = url;
+  previewUrl(name);
+}
+
+function showPreview(name, src, about) {
+  const image = $(`${name}-preview`);
+  image.hidden = true;
+  image.dataset.about = about || "";
+  if (src) {
+    $(`${name}-caption`).textContent = "Loading the preview…";
+    image.src = src;
+  } else {
+    image.removeAttribute("src");
+    $(`${name}-caption`).textContent = about || EMPTY_PREVIEW;
+  }
+}
+
+/** The URL typed into an image field, previewed where the page's policy lets it load (this server's files,
+ * data: URIs); the server fetches other sites' images itself when the request runs. */
+function previewUrl(name) {
+  if (chosen[name]) return;
+  const url = $(name).value.trim();
+  if (!url) {
+    showPreview(name, null, EMPTY_PREVIEW);
+    return;
+  }
+  let origin = null;
+  try {
+    origin = new URL(url).origin;
+  } catch {
+    // not a URL: the server says what it expects
+  }
+  if (url.startsWith("data:image/") || fileOrigins.has(origin)) showPreview(name, url, "");
+  else if (url.startsWith("data:")) showPreview(name, null, "No preview: this data: URI is not an image.");
+  else showPreview(name, null, "No preview of other sites' images here: the server fetches this one when the request runs.");
+}
+
+function noteFileOrigin(url) {
+  try {
+    fileOrigins.add(new URL(url).origin);
+  } catch {
+    // not a URL
+  }
+}
+
+/** Stores a chosen file on the server the way fal's JS client does (a signed, single-use PUT), so images of
+ * any size allowed for uploads fit, not only what a request body takes; sent again, it is not uploaded again. */
+async function upload(name) {
+  const entry = chosen[name];
+  if (entry.uploaded) return entry.uploaded;
+  const { file } = entry;
+  const { upload_url: uploadUrl, file_url: fileUrl } = await api("/rest/storage/upload/initiate", {
+    method: "POST",
+    body: { file_name: file.name, content_type: file.type },
+  });
+  const response = await fetch(uploadUrl, { method: "PUT", headers: { "Content-Type": file.type }, body: file });
+  if (!response.ok) throw new ApiError(response.status, await readBody(response));
+  entry.uploaded = fileUrl;
+  noteFileOrigin(fileUrl);
+  return fileUrl;
 }
 
 // -- running a request ---------------------------------------------------------------------
@@ -466,16 +756,31 @@ async function generate(event) {
     return;
   }
   if (!validateForm()) return;
+  const target = endpoint;
   const input = readInput();
   saveForm();
-  setStatus("Submitting…");
   $("generate").disabled = true;
   let submitted;
+  let uploading = null;
   try {
-    submitted = await api(`/queue/${APP_ID}`, { method: "POST", body: input });
+    for (const name of target.images) {
+      if (input[name]) continue;
+      uploading = { name, file: chosen[name].file };
+      setStatus(`Uploading ${uploading.file.name}…`);
+      input[name] = await upload(name);
+    }
+    uploading = null;
+    if (target === endpoint) saveForm(); // with the uploaded files' URLs, for a reload
+    setStatus("Submitting…");
+    submitted = await api(`/queue/${target.id}`, { method: "POST", body: input });
   } catch (error) {
     $("generate").disabled = false;
     showError(error);
+    if (uploading && error.status !== 401) {
+      markInvalid($(`${uploading.name}-file`));
+      const label = IMAGE_FIELDS[uploading.name].label;
+      $("form-error").textContent = `${label}: could not upload ${uploading.file.name}. ${$("form-error").textContent}`;
+    }
     return;
   }
   const request = {
@@ -546,6 +851,7 @@ function display(request) {
 function showOutput(output, input, requestId) {
   const { image } = output;
   const element = $("result-image");
+  noteFileOrigin(image.url);
   element.crossOrigin = "anonymous"; // the matte reads pixels back, also when files come from another origin
   element.src = image.url;
   element.alt = input && input.prompt ? `Generated image: ${input.prompt}` : "Generated image";
@@ -661,6 +967,7 @@ function galleryItem(request) {
   thumb.className = "thumb";
   if (request.output) {
     const image = document.createElement("img");
+    noteFileOrigin(request.output.image.url);
     image.src = request.output.image.url;
     image.alt = "";
     image.loading = "lazy";
@@ -678,6 +985,7 @@ function galleryItem(request) {
   caption.textContent = prompt;
   button.append(thumb, caption);
   button.setAttribute("aria-label", `${prompt}: ${stateOf(request)}`);
+  button.title = endpointOfRequest(request).title;
   if (request.request_id === displayed) button.setAttribute("aria-current", "true");
   button.addEventListener("click", () => openRequest(request.request_id));
   item.append(button);
@@ -688,6 +996,7 @@ function openRequest(requestId) {
   const request = gallery.find((other) => other.request_id === requestId);
   if (!request) return;
   clearErrors();
+  selectEndpoint(endpointOfRequest(request));
   fillForm(request.input || {});
   saveForm();
   showRequest(request);
@@ -758,40 +1067,85 @@ async function restoreLast() {
 
 // -- copy as code --------------------------------------------------------------------------
 
+/** An image the snippet reads from a local file (the clients upload it; curl gets a placeholder URL). */
+class LocalFile {
+  constructor(name, type) {
+    this.name = name;
+    this.type = type;
+  }
+
+  get placeholder() {
+    return `https://example.com/${encodeURIComponent(this.name)}`;
+  }
+}
+
+/** The input as the snippets send it: an image field holds its typed URL, else the file chosen for it
+ * (or a file name to replace), which the official clients upload themselves. */
+function codeInput() {
+  const images = {};
+  for (const name of endpoint.images) {
+    const file = chosen[name] && chosen[name].file;
+    images[name] = $(name).value.trim() || (file ? new LocalFile(file.name, file.type) : new LocalFile(IMAGE_FIELDS[name].file, "image/png"));
+  }
+  return { ...images, ...readInput(), ...images }; // the images first, as they are
+}
+
 function pythonLiteral(value) {
   if (value === true) return "True";
   if (value === false) return "False";
   if (value === null) return "None";
+  if (value instanceof LocalFile) return `fal_client.upload_file(${JSON.stringify(value.name)})`;
   if (typeof value === "object") {
     return `{${Object.entries(value).map(([key, item]) => `${JSON.stringify(key)}: ${pythonLiteral(item)}`).join(", ")}}`;
   }
   return JSON.stringify(value);
 }
 
-function codeFor(language, input) {
+/** JSON, but a local file is read into a Blob (which fal.subscribe uploads). */
+function javascriptLiteral(value) {
+  if (value instanceof LocalFile) {
+    return `new Blob([await readFile(${JSON.stringify(value.name)})], { type: ${JSON.stringify(value.type)} })`;
+  }
+  if (value && typeof value === "object") {
+    return `{${Object.entries(value).map(([key, item]) => `${JSON.stringify(key)}:${javascriptLiteral(item)}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+function codeFor(language, target, input) {
   const origin = window.location.origin;
+  const files = Object.values(input).filter((value) => value instanceof LocalFile);
   if (language === "python") {
     const host = `${window.location.hostname}:${HTTPS_PORT}`;
     const setup = HTTPS_PORT
       ? `# export FAL_KEY=<your key> FAL_RUN_HOST=${host}/run FAL_QUEUE_RUN_HOST=${host}/queue\n` +
         "# export SSL_CERT_FILE=<data dir>/tls/ca.pem   # the local CA, as `layerdiffuse serve` printed\n"
       : "# fal_client needs the server's https listener (start it without --tls-port 0)\n";
-    return `# pip install fal-client\n${setup}import fal_client\n\nresult = fal_client.subscribe(\n    "${APP_ID}",\n` +
+    const uploads = files.length
+      ? "# upload_file sends files to rest.fal.ai and v3.fal.media: point those names at this server (see its README),\n" +
+        "# or send small files inline with fal_client.encode_file(path) (a data: URI; request bodies up to 1 MiB)\n"
+      : "";
+    return `# pip install fal-client\n${setup}${uploads}import fal_client\n\nresult = fal_client.subscribe(\n    "${target.id}",\n` +
       `    arguments=${pythonLiteral(input)},\n    with_logs=True,\n)\nprint(result["seed"], result["image"]["url"])\n`;
   }
   if (language === "javascript") {
-    return `// npm install @fal-ai/client\nimport { fal } from "@fal-ai/client";\n\nfal.config({\n  credentials: process.env.FAL_KEY,\n` +
+    const read = files.length ? 'import { readFile } from "node:fs/promises";\n' : "";
+    return `// npm install @fal-ai/client\n${read}import { fal } from "@fal-ai/client";\n\nfal.config({\n  credentials: process.env.FAL_KEY,\n` +
       `  proxyUrl: { url: "${origin}/api/fal/proxy", when: "always" },\n});\n` +
-      `const { data } = await fal.subscribe("${APP_ID}", {\n  input: ${JSON.stringify(input)},\n  logs: true,\n});\n` +
+      `const { data } = await fal.subscribe("${target.id}", {\n  input: ${javascriptLiteral(input)},\n  logs: true,\n});\n` +
       "console.log(data.seed, data.image.url);\n";
   }
-  const body = JSON.stringify(input).replaceAll("'", "'\\''");
-  return `curl -X POST ${origin}/run/${APP_ID} \\\n  -H "Authorization: Key $FAL_KEY" \\\n  -H "Content-Type: application/json" \\\n  -d '${body}'\n`;
+  const replace = files.length
+    ? `# Replace ${files.map((file) => file.placeholder).join(" and ")} with ` +
+      (files.length > 1 ? "your images' http(s) URLs (or data: URIs)\n" : "your image's http(s) URL (or a data: URI)\n")
+    : "";
+  const body = JSON.stringify(input, (key, value) => (value instanceof LocalFile ? value.placeholder : value)).replaceAll("'", "'\\''");
+  return `${replace}curl -X POST ${origin}/run/${target.id} \\\n  -H "Authorization: Key $FAL_KEY" \\\n  -H "Content-Type: application/json" \\\n  -d '${body}'\n`;
 }
 
 /** A "Copied." note is about the text it copied: it goes when the text changes. */
 function updateCode() {
-  const text = codeFor(codeLanguage, readInput());
+  const text = codeFor(codeLanguage, endpoint, codeInput());
   if ($("code-text").textContent === text) return;
   $("code-text").textContent = text;
   $("copy-status").textContent = "";
@@ -835,6 +1189,20 @@ async function copyCode() {
 
 // -- start ---------------------------------------------------------------------------------
 
+buildImageInputs();
+$("endpoint").replaceChildren(...ENDPOINTS.map((other) => new Option(other.title, other.path)));
+$("endpoint").addEventListener("input", () => {
+  clearErrors();
+  selectEndpoint(ENDPOINTS.find((other) => other.path === $("endpoint").value) || ENDPOINTS[0]);
+});
+// A file dropped next to a drop zone must not replace the page (and its form) with the file.
+for (const type of ["dragover", "drop"]) {
+  window.addEventListener(type, (event) => {
+    if (event.defaultPrevented || ![...event.dataTransfer.types].includes("Files")) return; // a drop zone's
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "none";
+  });
+}
 $("key-form").addEventListener("submit", saveKey);
 $("change-key").addEventListener("click", () => showKeyPanel());
 $("generate-form").addEventListener("submit", generate);
@@ -860,11 +1228,11 @@ for (const tab of document.querySelectorAll("[role=tab]")) {
 $("copy-code").addEventListener("click", copyCode);
 
 async function start() {
-  updateCode();
+  selectEndpoint(ENDPOINTS[0]);
   const galleryLoaded = apiKey ? loadGallery() : null;
   if (apiKey) $("change-key").hidden = false;
   else showKeyPanel();
-  await applySchema().catch(() => {});
+  await loadSchemas().catch(() => {});
   restoreForm(); // after the schema: it sets the defaults the saved values differ from
   if (!galleryLoaded) return;
   try {
