@@ -19,6 +19,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import sys
@@ -43,7 +44,7 @@ from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline
 from layerdiffuse_server.engine.presets import preset_sources, resolve_base
 from layerdiffuse_server.engine.schedulers import make_scheduler
 from layerdiffuse_server.engine.timing import StageTimer
-from layerdiffuse_server.schemas import GenerationParams
+from layerdiffuse_server.schemas import ForegroundToBlendedInput, GenerationParams, ImageToImageInput
 from layerdiffuse_server.settings import Settings
 
 APP_ID = "fal-ai/layer-diffusion"
@@ -308,6 +309,81 @@ def decoder_rows(
     return rows
 
 
+def image_rows(
+    ours: TransparentSDXLPipeline,
+    params: GenerationParams,
+    reference: np.ndarray,
+    device: torch.device,
+    args: argparse.Namespace,
+    baseline: float,
+) -> list[Row]:
+    """The image endpoints beside text to image: image to image from ours' own image, and one
+    conditioned-layer model (fg2ble; written at random for presets without one), including what
+    switching the one UNet between the models costs."""
+    if args.no_images:
+        return []
+    common = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "width": args.width, "height": args.height}
+    common |= {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "seed": 42}
+    i2i = ImageToImageInput(image_url="bench", strength=0.7, **common)
+    memory: dict[str, float] = {}
+    with peak_memory(device, memory):
+        seconds, _ = timed_runs(
+            lambda: ours.generate_from_images(i2i, {"image_url": reference}), device, args.repeats, args.warmup
+        )
+    steps = min(int(args.steps * 0.7), args.steps)
+    rows = [
+        Row(
+            "image to image, strength 0.7",
+            statistics.median(seconds),
+            baseline,
+            note=f"{steps} of {args.steps} steps, + transparent encoder",
+            memory=memory["peak_extra_bytes"],
+        )
+    ]
+    scratch = Path(tempfile.mkdtemp(prefix="bench-layers-"))
+    if "fg2ble" not in ours.layer_files:
+        from safetensors.torch import save_file
+
+        from layerdiffuse_server.engine.random_weights import conditioned_diff_state_dict
+
+        save_file(conditioned_diff_state_dict(ours.patches.unet, "fg2ble"), scratch / "layer_xl_fg2ble.safetensors")
+        ours.layer_files["fg2ble"] = str(scratch / "layer_xl_fg2ble.safetensors")
+    layer = ForegroundToBlendedInput(foreground_image_url="bench", **common)
+    images = {"foreground_image_url": reference}
+    started = time.perf_counter()
+    ours.generate_from_images(layer, images)  # loads the file and registers it
+    first = time.perf_counter() - started
+    memory = {}
+    with peak_memory(device, memory):
+        seconds, _ = timed_runs(lambda: ours.generate_from_images(layer, images), device, args.repeats, 0)
+    switch: list[float] = []
+    for _ in range(args.repeats):
+        sync(device)
+        started = time.perf_counter()
+        ours.patches.use("text-to-image")
+        ours.patches.use("fg2ble")
+        sync(device)
+        switch.append(time.perf_counter() - started)
+    ours.patches.use("text-to-image")
+    shutil.rmtree(scratch, ignore_errors=True)
+    rows += [
+        Row(
+            "foreground to blended (fg2ble)",
+            statistics.median(seconds),
+            baseline,
+            note=f"the first call, loading its file: {first:.1f} s",
+            memory=memory["peak_extra_bytes"],
+        ),
+        Row(
+            "  switching the UNet: transparent → fg2ble → transparent",
+            statistics.median(switch),
+            baseline,
+            note=f"host memory for the base weights: {ours.patches.host_bytes / 1e9:.2f} GB",
+        ),
+    ]
+    return rows
+
+
 def variant_rows(
     args: argparse.Namespace,
     settings: Settings,
@@ -544,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", default="8,4,2,1", help='decoder pass counts to time alone ("" skips those rows)')
     parser.add_argument("--variants", default="", help="comma list: low, offload, vae_tiling, channels_last, compile")
     parser.add_argument("--no-server", action="store_true", help="skip the server measurements")
+    parser.add_argument("--no-images", action="store_true", help="skip image to image and the conditioned layers")
     parser.add_argument("--clients", type=int, default=4, help="concurrent fal_client users for throughput")
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--max-batch-size", type=int, default=4, help="server batching compared against 1")
@@ -569,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = engine_phase(args, settings, report)
     rows: list[Row] = report.pop("rows")
     params, reference = report.pop("params"), report.pop("reference_pixels")
+    rows += image_rows(ours, params, reference, ours.device, args, report["baseline"])
     if not args.no_server:
         rows += server_phase(args, settings, ours, report["direct_seconds"])
     # Variants last, compile last of all: its compiled graphs and worker pool stay in the process.
