@@ -101,7 +101,7 @@ def _endpoint_for_files(given: set[str], num_images: int) -> Any:
     from .endpoints import ENDPOINTS
 
     for endpoint in ENDPOINTS:
-        if {name for name in endpoint.input_model.model_fields if name.endswith("image_url")} == given:
+        if set(endpoint.image_fields) == given:
             if num_images != 1:
                 raise _fail("--num-images: image inputs make one image per run", 2)
             return endpoint

@@ -36,6 +36,11 @@ class Endpoint:
     transparent: bool  # the result is a transparent layer (else an opaque image, alpha 255)
 
     @property
+    def image_fields(self) -> list[str]:
+        """Its image inputs (``image_url``, ``foreground_image_url`` …), in declaration order."""
+        return [name for name in self.input_model.model_fields if name.endswith("image_url")]
+
+    @property
     def app_id(self) -> str:
         return f"{APP_ID}/{self.path}" if self.path else APP_ID
 

@@ -36,10 +36,6 @@ def input_png(index: int) -> bytes:
     return buffer.getvalue()
 
 
-def image_fields(endpoint: Endpoint) -> list[str]:
-    return [name for name in endpoint.input_model.model_fields if name.endswith("image_url")]
-
-
 def check_output(output: dict, endpoint: Endpoint) -> None:
     image = output["image"]
     assert (image["width"], image["height"]) == SIZE and output["seed"] == 5
@@ -56,7 +52,7 @@ def test_python_client(
     endpoint: Endpoint, server: ServerProcess, api_key: str, connect_proxy: str, tmp_path: Path
 ) -> None:
     files = {}
-    for index, name in enumerate(image_fields(endpoint)):
+    for index, name in enumerate(endpoint.image_fields):
         path = tmp_path / f"{name}.png"
         path.write_bytes(input_png(index))
         files[name] = str(path)
@@ -69,7 +65,7 @@ def test_python_client(
 
 @pytest.mark.parametrize("endpoint", IMAGE_ENDPOINTS, ids=lambda endpoint: endpoint.path)
 def test_js_client(endpoint: Endpoint, node: str, server: ServerProcess, api_key: str) -> None:
-    files = {name: base64.b64encode(input_png(index)).decode() for index, name in enumerate(image_fields(endpoint))}
+    files = {name: base64.b64encode(input_png(index)).decode() for index, name in enumerate(endpoint.image_fields)}
     outcome = run_js(node, server, api_key, "layer", {"path": endpoint.path, "input": SMALL, "files": files})
     assert outcome["ok"], outcome
     assert outcome["requestId"]

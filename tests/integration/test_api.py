@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -271,3 +272,29 @@ def test_a_model_that_fails_to_load_is_reported_not_waited_for(settings: Setting
         assert client.get("/healthz").status_code == 200
         response = client.post(f"/run{APP}", json=SMALL)
         assert response.status_code == 503 and "weights are corrupt" in response.json()["detail"]
+
+
+def test_an_image_input_can_come_inline_beyond_the_plain_json_limit(client: TestClient) -> None:
+    """A data: URI of a real photo is larger than the 1 MiB text endpoints read; image endpoints take
+    room for their images (and the stored copy is what the request then names)."""
+    import base64
+
+    noise = np.random.default_rng(0).integers(0, 256, (600, 600, 4), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    data_uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert len(data_uri) > 1.5 * 2**20
+    body = {"image_url": data_uri, "width": 64, "height": 64, "num_inference_steps": 2, "seed": 1}
+    answer = client.post(f"/run{APP}/image-to-image", json=body)
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["image"]["width"], answer.json()["image"]["height"]) == (64, 64)
+    assert client.post(f"/run{APP}", json={"prompt": "x" * (2 * 2**20)}).status_code == 413
+
+
+def test_a_queued_request_with_an_unreadable_image_completes_with_a_422(client: TestClient) -> None:
+    submitted = client.post(f"/queue{APP}/background-to-blended", json={"background_image_url": "ftp://x/y.png"})
+    assert submitted.status_code == 200
+    status = wait_completed(client, submitted.json()["request_id"])
+    assert status["status"] == "COMPLETED"
+    result = client.get(submitted.json()["response_url"].split("testserver")[-1])
+    assert result.status_code == 422 and result.json()["detail"][0]["loc"] == ["body", "background_image_url"]

@@ -18,6 +18,7 @@ from ..lifecycle import Submission
 from ..schemas import image_fields
 from ..store.contracts import Priority, RequestRecord
 from ..webhooks.targets import check_webhook_url
+from .bodies import input_body_limit
 from .services import Services
 
 
@@ -44,6 +45,11 @@ def parse_start_deadline(headers: Headers, now: float) -> float | None:
             f"must be a positive number of seconds, got {value!r}", field="x-fal-request-timeout", location="header"
         )
     return now + seconds
+
+
+def endpoint_body_limit(services: Services, endpoint: Endpoint) -> int:
+    """How large a body the endpoint reads (room for its images as data: URIs)."""
+    return input_body_limit(len(endpoint.image_fields), services.settings.max_upload_bytes)
 
 
 def store_image_inputs(

@@ -107,5 +107,11 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-async def read_json_object(request: Request) -> dict[str, Any]:
-    return parse_json_object(await read_limited_body(request, MAX_JSON_BYTES))
+async def read_json_object(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    return parse_json_object(await read_limited_body(request, limit))
+
+
+def input_body_limit(image_fields: int, max_upload_bytes: int) -> int:
+    """The body limit of an endpoint: 1 MiB, plus room for each image input sent inline as a base64
+    ``data:`` URI of an upload's largest size (base64 takes 4 bytes for 3)."""
+    return MAX_JSON_BYTES + image_fields * (max_upload_bytes * 4 // 3 + 64)

@@ -15,7 +15,7 @@ from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
 from ..lifecycle import wait_for_change
 from ..schemas import LayerDiffusionOutput
 from ..store.contracts import ApiKey, CancelOutcome, RequestRecord, RequestState
-from .admission import admit
+from .admission import admit, endpoint_body_limit
 from .bodies import read_json_object
 from .errors import fal_error
 from .payloads import (
@@ -68,7 +68,7 @@ def not_found(request_id: str) -> JSONResponse:
 async def _submit(
     request: Request, services: Services, key: ApiKey, fal_webhook: str | None, endpoint: Endpoint
 ) -> JSONResponse:
-    raw_input = await read_json_object(request)
+    raw_input = await read_json_object(request, endpoint_body_limit(services, endpoint))
     record = await anyio.to_thread.run_sync(
         lambda: admit(services, key.id, raw_input, request.headers, endpoint=endpoint, webhook_url=fal_webhook)
     )

@@ -18,7 +18,7 @@ from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
 from ..lifecycle import outcomes, wait_for_change
 from ..schemas import LayerDiffusionOutput
 from ..store.contracts import RequestRecord, RequestState
-from .admission import admit
+from .admission import admit, endpoint_body_limit
 from .bodies import read_json_object
 from .errors import fal_error
 from .payloads import error_responses
@@ -29,7 +29,7 @@ router = APIRouter(prefix=f"/run/{APP_ID}", tags=["run"])
 
 
 async def _run(request: Request, services: Services, key_id: str, endpoint: Endpoint) -> JSONResponse:
-    raw_input = await read_json_object(request)
+    raw_input = await read_json_object(request, endpoint_body_limit(services, endpoint))
     endpoint.input_model.model_validate(raw_input)  # invalid input: 422 now, nothing stored
     record = await anyio.to_thread.run_sync(
         lambda: admit(services, key_id, raw_input, request.headers, endpoint=endpoint, mode="sync")
