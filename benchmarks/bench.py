@@ -375,7 +375,7 @@ def image_rows(
             memory=memory["peak_extra_bytes"],
         ),
         Row(
-            "  switching the UNet: transparent → fg2ble → transparent",
+            "  switching the UNet: fg2ble → transparent → fg2ble",
             statistics.median(switch),
             baseline,
             note=f"host memory for the base weights: {ours.patches.host_bytes / 1e9:.2f} GB",

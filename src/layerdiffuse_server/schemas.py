@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 #: Seeds travel through JSON to JavaScript clients, whose numbers are exact only up to 2**53 - 1.
 MAX_SEED = 2**53 - 1
@@ -111,6 +111,15 @@ class ImageToImageInput(LayerDiffusionInput):
         default=None, description="Output height; absent: the input image's (it is cropped and resized to fit)."
     )
 
+    @model_validator(mode="after")
+    def _runs_a_step(self) -> Self:
+        if int(self.num_inference_steps * self.strength) < 1:
+            raise ValueError(
+                f"strength {self.strength} of {self.num_inference_steps} steps runs no step; raise either "
+                "(strength × num_inference_steps must reach 1)"
+            )
+        return self
+
 
 class ConditionedLayerInput(LayerDiffusionInput):
     """What the four conditioned-layer endpoints share (Forge's "… to …" LayerDiffuse methods)."""
@@ -122,10 +131,6 @@ class ConditionedLayerInput(LayerDiffusionInput):
         description='Fraction of the denoising (by timestep, as Forge\'s "Stop At") that uses the layer model; '
         "the plain SDXL UNet does the rest.",
     )
-    scheduler: SchedulerName = Field(
-        default="euler_ancestral",
-        description="Sampler. LayerDiffuse's authors recommend a non-DPM one (Euler a, UniPC) for these models.",
-    )
     width: ImageSide | None = Field(
         default=None, description="Output width; absent: the first input image's (inputs are cropped and resized)."
     )
@@ -135,6 +140,8 @@ class ConditionedLayerInput(LayerDiffusionInput):
 
 
 _FOREGROUND = Field(description="The transparent foreground layer (RGBA).")
+#: LayerDiffuse's authors recommend a non-DPM sampler (Euler a, UniPC) for the "… and blended to …" models.
+_BLENDING_SCHEDULER = Field(default="euler_ancestral", description="Sampler (Euler a by default, as recommended).")
 _BACKGROUND = Field(description="The background image.")
 _BLENDED = Field(description="The blended image: foreground over background.")
 
@@ -156,6 +163,7 @@ class ForegroundBlendedToBackgroundInput(ConditionedLayerInput):
 
     foreground_image_url: ImageUrl = _FOREGROUND
     blended_image_url: ImageUrl = _BLENDED
+    scheduler: SchedulerName = _BLENDING_SCHEDULER
 
 
 class BackgroundBlendedToForegroundInput(ConditionedLayerInput):
@@ -163,6 +171,7 @@ class BackgroundBlendedToForegroundInput(ConditionedLayerInput):
 
     background_image_url: ImageUrl = _BACKGROUND
     blended_image_url: ImageUrl = _BLENDED
+    scheduler: SchedulerName = _BLENDING_SCHEDULER
 
 
 def image_fields(params: LayerDiffusionInput) -> list[str]:

@@ -654,7 +654,7 @@ def test_a_conditioned_endpoint_takes_a_picked_and_a_dropped_image(
     expect(page.get_by_label("Image", exact=True)).to_be_hidden()
     expect(page.get_by_label("Strength", exact=True)).to_be_hidden()
     expect(page.get_by_label("Stop at", exact=True)).to_have_value("1")
-    expect(sampler).to_have_value("euler_ancestral")  # the conditioned endpoints' default sampler
+    expect(sampler).to_have_value("euler_ancestral")  # the blending models. default sampler
 
     background.set_input_files(write_png(tmp_path / "background.png", 112, 72, opaque=True))
     drop_file(page, "#blended_image_url-field .drop-zone", write_png(tmp_path / "blend.png", 112, 72, opaque=True))

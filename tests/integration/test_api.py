@@ -298,3 +298,32 @@ def test_a_queued_request_with_an_unreadable_image_completes_with_a_422(client: 
     assert status["status"] == "COMPLETED"
     result = client.get(submitted.json()["response_url"].split("testserver")[-1])
     assert result.status_code == 422 and result.json()["detail"][0]["loc"] == ["body", "background_image_url"]
+
+
+def test_a_refused_submission_keeps_no_copy_of_its_images(settings: Settings, tmp_path: Path) -> None:
+    """Images are stored before the queue is asked; when it refuses (full: 429), the copies go again."""
+    import base64
+
+    idle = build_services(server_settings(settings, tmp_path, max_queue_length=1), None, model_name="tiny")
+    image = "data:image/png;base64," + base64.b64encode(png_bytes((32, 32))).decode()
+    files = tmp_path / "data" / "files"
+
+    def stored() -> list[str]:
+        return sorted(path.name for path in files.rglob("*") if path.is_file()) if files.exists() else []
+
+    with TestClient(create_app(idle)) as client:
+        client.headers["Authorization"] = f"Key {issue_key(idle.store.keys, 'tests').value}"
+        assert client.post(f"/queue{APP}/image-to-image", json={"image_url": image}).status_code == 200
+        kept = stored()
+        assert len(kept) == 1  # the first request's copy
+        assert client.post(f"/queue{APP}/image-to-image", json={"image_url": image}).status_code == 429
+        assert stored() == kept
+
+
+def test_a_refused_input_is_kept_without_its_inline_image(idle_client: TestClient) -> None:
+    huge = "data:image/png;base64," + "A" * 10_000  # not a PNG: refused as the request's result
+    submitted = idle_client.post(f"/queue{APP}/image-to-image", json={"image_url": huge})
+    assert submitted.status_code == 200
+    listed = idle_client.get("/api/requests").json()["requests"][0]
+    assert listed["status_code"] == 422 and listed["input"]["image_url"] == "<10022 characters, not stored>"
+    assert listed["endpoint_id"] == "fal-ai/layer-diffusion/image-to-image"

@@ -53,7 +53,7 @@ def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Pa
         "transparent decode: 1 passes, 1 per call",
         "image to image, strength 0.7",
         "foreground to blended (fg2ble)",
-        "switching the UNet: transparent → fg2ble → transparent",
+        "switching the UNet: fg2ble → transparent → fg2ble",
         "server: fal_client.run (sync)",
         "server: fal_client.subscribe (queue)",
         "server: 2 clients × 1, batches of ≤1",

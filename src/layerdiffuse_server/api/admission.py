@@ -14,9 +14,9 @@ from starlette.datastructures import Headers
 
 from ..endpoints import ENDPOINTS, Endpoint
 from ..errors import InvalidInputError
-from ..lifecycle import Submission
+from ..lifecycle import Submission, outcomes
 from ..schemas import image_fields
-from ..store.contracts import Priority, RequestRecord
+from ..store.contracts import Completion, Priority, RequestRecord
 from ..webhooks.targets import check_webhook_url
 from .bodies import input_body_limit
 from .services import Services
@@ -52,20 +52,19 @@ def endpoint_body_limit(services: Services, endpoint: Endpoint) -> int:
     return input_body_limit(len(endpoint.image_fields), services.settings.max_upload_bytes)
 
 
-def store_image_inputs(
-    services: Services, endpoint: Endpoint, key_id: str, raw_input: dict[str, Any]
-) -> dict[str, Any]:
-    """The input with each image URL replaced by this server's stored copy (see files.image_inputs).
+#: Strings longer than this are not kept in the stored input of a refused request (a data: URI).
+MAX_KEPT_STRING = 4096
 
-    Only a schema-valid input is read: an invalid one is reported by the manager as it stands."""
-    try:
-        params = endpoint.input_model.model_validate(raw_input)
-    except ValidationError:
-        return raw_input
-    fields = image_fields(params)
-    if not fields:
-        return raw_input
-    return services.store_image_inputs(raw_input, fields, key_id=key_id)
+
+def storable(raw_input: dict[str, Any]) -> dict[str, Any]:
+    """A refused request's input as it is kept for its result and gallery: long strings (inline
+    images, mostly) replaced by a note of their length."""
+    return {
+        name: f"<{len(value)} characters, not stored>"
+        if isinstance(value, str) and len(value) > MAX_KEPT_STRING
+        else value
+        for name, value in raw_input.items()
+    }
 
 
 def admit(
@@ -81,24 +80,44 @@ def admit(
     """Store a new request (queued, or already completed when its input is invalid). Blocking:
     the webhook target is resolved, image inputs are fetched and stored, and the store written.
 
-    An image input that cannot be read is answered at once on a sync run and, on the queue, as the
-    request's result (like every input error there)."""
-    rejection = None
+    The header and webhook checks come first, so nothing is fetched for a request they refuse. An
+    image input that cannot be read is answered at once on a sync run and, on the queue, as the
+    request's result (like every input error there); copies stored for a request that is then
+    refused (a full queue, say) are deleted again.
+    """
+    priority = parse_priority(headers)
+    webhook = check_webhook_url(webhook_url, services.webhook_networks) if webhook_url is not None else None
+    start_deadline = parse_start_deadline(headers, time.time())
+    created: list[str] = []
+    rejection: Completion | None = None
+    stored = raw_input
     try:
-        raw_input = store_image_inputs(services, endpoint, key_id, raw_input)
-    except InvalidInputError as error:
-        if mode == "sync":
-            raise
-        rejection = error
+        params = endpoint.input_model.model_validate(raw_input)
+    except ValidationError as error:
+        rejection = outcomes.invalid_input(error)
+    else:
+        fields = image_fields(params)
+        if fields:
+            try:
+                stored = services.store_image_inputs(raw_input, fields, key_id=key_id, created=created)
+            except InvalidInputError as error:
+                services.discard_copies(created)
+                if mode == "sync":
+                    raise
+                rejection = outcomes.rejected_input(error)
     submission = Submission(
         key_id=key_id,
         app_id=endpoint.app_id,
-        input=raw_input,
+        input=storable(raw_input) if rejection is not None else stored,
         rejection=rejection,
-        priority=parse_priority(headers),
-        webhook_url=check_webhook_url(webhook_url, services.webhook_networks) if webhook_url is not None else None,
-        start_deadline=parse_start_deadline(headers, time.time()),
+        priority=priority,
+        webhook_url=webhook,
+        start_deadline=start_deadline,
     )
-    record = services.manager.submit(submission)
+    try:
+        record = services.manager.submit(submission)
+    except BaseException:
+        services.discard_copies(created)
+        raise
     services.metrics.submitted.labels(mode).inc()
     return record

@@ -13,11 +13,14 @@ import json
 import math
 from typing import Any
 
+import anyio
 from fastapi import Request
 
 from ..errors import InvalidInputError, LayerDiffuseError
 
 MAX_JSON_BYTES = 1 * 2**20
+#: An image sent inline (a base64 ``data:`` URI) is at most this large; larger ones are uploaded.
+MAX_INLINE_IMAGE_BYTES = 16 * 2**20
 #: Deeper than any input of ours; far below the interpreter's recursion limit.
 MAX_DEPTH = 32
 #: Longer integers are refused before Python's int parser spends time on them (seeds fit in 16).
@@ -108,10 +111,15 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 async def read_json_object(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
-    return parse_json_object(await read_limited_body(request, limit))
+    body = await read_limited_body(request, limit)
+    if len(body) <= MAX_JSON_BYTES:
+        return parse_json_object(body)
+    # Megabytes of JSON take a while to parse: not on the event loop, which serves everyone else.
+    return await anyio.to_thread.run_sync(parse_json_object, body)
 
 
 def input_body_limit(image_fields: int, max_upload_bytes: int) -> int:
     """The body limit of an endpoint: 1 MiB, plus room for each image input sent inline as a base64
-    ``data:`` URI of an upload's largest size (base64 takes 4 bytes for 3)."""
-    return MAX_JSON_BYTES + image_fields * (max_upload_bytes * 4 // 3 + 64)
+    ``data:`` URI (4 bytes for 3) of up to :data:`MAX_INLINE_IMAGE_BYTES` (or the upload limit)."""
+    inline = min(MAX_INLINE_IMAGE_BYTES, max_upload_bytes)
+    return MAX_JSON_BYTES + image_fields * (inline * 4 // 3 + 64)

@@ -70,7 +70,8 @@ async def _submit(
 ) -> JSONResponse:
     raw_input = await read_json_object(request, endpoint_body_limit(services, endpoint))
     record = await anyio.to_thread.run_sync(
-        lambda: admit(services, key.id, raw_input, request.headers, endpoint=endpoint, webhook_url=fal_webhook)
+        lambda: admit(services, key.id, raw_input, request.headers, endpoint=endpoint, webhook_url=fal_webhook),
+        limiter=services.image_admissions() if endpoint.image_fields else None,
     )
     position = await anyio.to_thread.run_sync(services.manager.queue_position, record)
     base = fal_base(request)

@@ -32,7 +32,8 @@ async def _run(request: Request, services: Services, key_id: str, endpoint: Endp
     raw_input = await read_json_object(request, endpoint_body_limit(services, endpoint))
     endpoint.input_model.model_validate(raw_input)  # invalid input: 422 now, nothing stored
     record = await anyio.to_thread.run_sync(
-        lambda: admit(services, key_id, raw_input, request.headers, endpoint=endpoint, mode="sync")
+        lambda: admit(services, key_id, raw_input, request.headers, endpoint=endpoint, mode="sync"),
+        limiter=services.image_admissions() if endpoint.image_fields else None,
     )
     final = await wait_for_result(services, record, request)
     if final is None:

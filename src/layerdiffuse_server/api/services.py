@@ -10,12 +10,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
+import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from ..auth import authenticate
 from ..files import BlobStore
-from ..files.image_inputs import ImageInputPolicy, store_image_inputs
+from ..files.image_inputs import ImageInputPolicy, discard_copies, store_image_inputs
 from ..lifecycle import Housekeeper, RequestEvents, RequestManager
 from ..observability import Metrics
 from ..settings import Settings
@@ -45,6 +46,10 @@ class LocalWorker(Protocol):
     def stop(self, grace_seconds: float | None = None) -> None: ...
 
 
+#: Requests with image inputs admitted at once per API node (each may download for seconds).
+IMAGE_ADMISSIONS = 8
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -58,6 +63,7 @@ class Services:
     local_worker: LocalWorker | None = None
     webhook_networks: list[IPNetwork] = field(default_factory=list)
     draining: Draining = field(default_factory=Draining)
+    _image_admissions: anyio.CapacityLimiter | None = None
 
     @property
     def store(self) -> Store:
@@ -67,7 +73,20 @@ class Services:
     def base_url(self) -> str:
         return self.settings.base_url
 
-    def store_image_inputs(self, raw_input: dict[str, Any], fields: list[str], *, key_id: str) -> dict[str, Any]:
+    def discard_copies(self, file_ids: list[str]) -> None:
+        if file_ids:
+            discard_copies(file_ids, blobs=self.blobs, catalog=self.store.files)
+
+    def image_admissions(self) -> anyio.CapacityLimiter:
+        """The threads that admit requests with image inputs (each may wait on a slow download), kept
+        apart from the pool every other blocking call of the API uses."""
+        if self._image_admissions is None:
+            self._image_admissions = anyio.CapacityLimiter(IMAGE_ADMISSIONS)
+        return self._image_admissions
+
+    def store_image_inputs(
+        self, raw_input: dict[str, Any], fields: list[str], *, key_id: str, created: list[str] | None = None
+    ) -> dict[str, Any]:
         """Blocking: fetch, check and store the image inputs (see files.image_inputs); the input then
         names this server's copies. They are kept as long as uploads are (``retention_hours``)."""
         hours = self.settings.retention_hours
@@ -80,6 +99,7 @@ class Services:
             key_id=key_id,
             policy=ImageInputPolicy.from_settings(self.settings),
             expires_at=time.time() + hours * 3600 if hours else None,
+            created=created,
         )
 
 

@@ -58,12 +58,16 @@ class TransparentEncoder:
         return next(self.network.parameters()).dtype
 
     @torch.no_grad()
-    def encode(self, images: Sequence[np.ndarray], vae: Any, *, offset: bool = True) -> torch.Tensor:
+    def encode(
+        self, images: Sequence[np.ndarray], vae: Any, *, offset: bool = True, device: torch.device | None = None
+    ) -> torch.Tensor:
         """``uint8 [H, W, 4]`` images of one size → un-scaled latents ``[B, 4, H/8, W/8]`` (float32).
 
-        ``offset=False`` gives the plain VAE posterior mean of the grey composite, for comparison.
+        ``device`` is where the VAE runs (the pipeline's device: with model offload the VAE itself
+        waits on the host between calls). ``offset=False`` gives the plain VAE posterior mean of
+        the grey composite, for comparison.
         """
-        pixels = torch.cat([vae_input(image) for image in images]).to(vae.device, vae.dtype)
+        pixels = torch.cat([vae_input(image) for image in images]).to(device or vae.device, vae.dtype)
         posterior = vae.encode(pixels).latent_dist
         mean, std = posterior.mean.float(), posterior.std.float()
         if not offset:

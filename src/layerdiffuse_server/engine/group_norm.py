@@ -17,18 +17,23 @@ from torch import nn
 def group_norm_by_reductions(
     x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """``F.group_norm`` computed from general reductions and one fused multiply-add."""
+    """``F.group_norm`` from general reductions: statistics in float32, one fused multiply-add."""
     samples, channels = x.shape[:2]
     grouped = x.reshape(samples, num_groups, -1)
-    # The mean in float32 (torch reads half inputs into a float32 reduction without a copy); the
-    # variance accumulates in float32 too and is rounded once.
+    count = grouped.shape[-1]
+    # Both moments accumulate in float32 straight from half inputs (torch reads them into a float32
+    # reduction without a copy), so no statistic overflows half's range (a std above 256 would).
     mean = grouped.mean(dim=-1, dtype=torch.float32)
-    variance = grouped.var(dim=-1, correction=0).float()
+    second = torch.linalg.vector_norm(grouped, dim=-1, dtype=torch.float32).square() / count
+    variance = (second - mean.square()).clamp(min=0.0)
     per_group = channels // num_groups
     scale = torch.rsqrt(variance + eps).repeat_interleave(per_group, dim=1) * weight.float()
-    shift = bias.float() - mean.repeat_interleave(per_group, dim=1) * scale
+    centre = mean.repeat_interleave(per_group, dim=1)
     shape = (samples, channels) + (1,) * (x.dim() - 2)
-    return torch.addcmul(shift.to(x.dtype).view(shape), x, scale.to(x.dtype).view(shape))
+    # (x − mean)·scale + bias: centring first keeps half precision where the mean is large beside
+    # the spread; scale stays within half's range (at most 1/sqrt(eps) times the weight).
+    centred = x - centre.to(x.dtype).view(shape)
+    return torch.addcmul(bias.to(x.dtype).view(1, channels, *shape[2:]), centred, scale.to(x.dtype).view(shape))
 
 
 class WideGroupNorm(nn.GroupNorm):

@@ -58,7 +58,7 @@ def condition_latents(pipeline: TransparentSDXLPipeline, images: Sequence[np.nda
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
     latents = []
     for image in images:
-        pixels = grey_composite(image).to(vae.device, vae.dtype)
+        pixels = grey_composite(image).to(pipeline.device, vae.dtype)  # with offload the VAE waits on the host
         mean = vae.encode(pixels).latent_dist.mean.float()
         latents.append((mean - shift) * scaling)
     return torch.cat(latents, dim=1).to(pipeline.device, pipeline.dtype)
@@ -153,9 +153,11 @@ def _denoise(
     sdxl = pipeline.sdxl
     sdxl.scheduler = make_scheduler(params.scheduler, sdxl.scheduler.config)
     stop_timestep = (1.0 - params.stop_at) * sdxl.scheduler.config.num_train_timesteps
-    pipeline.patches.use(task if params.stop_at > 0 else BASE)
+    sdxl.scheduler.set_timesteps(total)  # the pipeline sets the same ones again
+    layered_from_the_start = float(sdxl.scheduler.timesteps[0]) >= stop_timestep and params.stop_at > 0
+    pipeline.patches.use(task if layered_from_the_start else BASE)
     with concatenated(pipeline.patches.unet.conv_in, condition) as stop_conditioning:
-        if params.stop_at == 0:
+        if not layered_from_the_start:
             stop_conditioning()
 
         def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:

@@ -407,7 +407,7 @@ class TransparentSDXLPipeline:
                 field="image_url",
             )
         config = self.sdxl.vae.config
-        unscaled = self.encoder.encode([image], self.sdxl.vae)
+        unscaled = self.encoder.encode([image], self.sdxl.vae, device=self.device)
         shift = float(getattr(config, "shift_factor", None) or 0.0)
         return ((unscaled - shift) * float(config.scaling_factor)).to(self.device, self.dtype)
 

@@ -30,7 +30,7 @@ BASE = "base"
 class UNetPatches:
     def __init__(self, unet: torch.nn.Module) -> None:
         self.unet = unet
-        self.active = BASE
+        self.active: str | None = BASE  # None while a switch is under way (or failed half way)
         self._base: dict[str, torch.Tensor] = {}  # host copies of the base values of every touched weight
         self._changed: set[str] = set()
         self._merges: dict[str, Merge] = {}
@@ -61,13 +61,21 @@ class UNetPatches:
             return
         if not self.has(name):
             raise KeyError(name)
-        started = time.perf_counter()
-        self._restore()
-        if name != BASE:
-            self._keep_base(self._keys[name])
-            self._changed = self._keys[name]
-            self._merges[name](self.unet)
-        logger.debug("UNet switched from %s to %s in %.2f s", self.active, name, time.perf_counter() - started)
+        started, previous = time.perf_counter(), self.active
+        self.active = None
+        try:
+            self._restore()
+            if name != BASE:
+                self._keep_base(self._keys[name])
+                self._changed = self._keys[name]
+                self._merges[name](self.unet)
+        except BaseException:
+            # Half merged (out of memory, say): back to the base weights, so the next request's
+            # switch starts from a known state rather than trusting a name the weights no longer match.
+            self._restore()
+            self.active = BASE
+            raise
+        logger.debug("UNet switched from %s to %s in %.2f s", previous, name, time.perf_counter() - started)
         self.active = name
 
     def _keep_base(self, keys: set[str]) -> None:

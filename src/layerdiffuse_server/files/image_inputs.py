@@ -87,6 +87,14 @@ class _Destination:
     base_url: str
     key_id: str
     expires_at: float | None
+    created: list[str]  # ids of the copies stored, so a refused request can take them back
+
+
+def discard_copies(file_ids: Sequence[str], *, blobs: BlobStore, catalog: FileCatalog) -> None:
+    """Delete copies that :func:`store_image_inputs` made for a request that was then refused."""
+    for file_id in file_ids:
+        blobs.delete(file_id)
+    catalog.delete(list(file_ids))
 
 
 def store_image_inputs(
@@ -100,6 +108,7 @@ def store_image_inputs(
     policy: ImageInputPolicy,
     expires_at: float | None,
     transport: httpx.AsyncBaseTransport | None = None,
+    created: list[str] | None = None,
 ) -> dict[str, Any]:
     """A copy of ``raw_input`` where each present image field is the URL of a checked file of this server.
 
@@ -117,6 +126,7 @@ def store_image_inputs(
         policy: Limits of fetching and decoding.
         expires_at: When the copies may be deleted (None: never).
         transport: The HTTP transport of external fetches (tests); default: real connections.
+        created: Receives the ids of the copies stored (also those of a call that then fails).
 
     Returns:
         The rewritten input; ``raw_input`` is not changed.
@@ -124,7 +134,7 @@ def store_image_inputs(
     Raises:
         InvalidInputError: A field holds something that is not a usable image (``field`` names it).
     """
-    destination = _Destination(blobs, catalog, base_url, key_id, expires_at)
+    destination = _Destination(blobs, catalog, base_url, key_id, expires_at, created if created is not None else [])
     stored = dict(raw_input)
     done: dict[str, str] = {}
     for field in fields:
@@ -350,6 +360,7 @@ def _store_copy(destination: _Destination, media_type: str, data: bytes, file_na
     )
     destination.blobs.put(record.id, data, media_type)
     destination.catalog.add(record)
+    destination.created.append(record.id)
     return file_url(destination.base_url, record.id, record.file_name)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..endpoints import endpoint_of
-from ..errors import InvalidInputError, ServiceUnavailableError
+from ..errors import ServiceUnavailableError
 from ..schemas import batch_key
 from ..store.contracts import (
     ApiKey,
@@ -57,7 +57,7 @@ class Submission:
     priority: Priority = Priority.normal
     webhook_url: str | None = None
     start_deadline: float | None = None
-    rejection: InvalidInputError | None = None  # found by the API before (an unreadable image input)
+    rejection: Completion | None = None  # the input was refused by the API already (an unreadable image)
 
 
 class RequestManager:
@@ -96,12 +96,12 @@ class RequestManager:
             webhook_url=submission.webhook_url,
             start_deadline=submission.start_deadline,
         )
+        if submission.rejection is not None:
+            return self._reject(request, now, submission.rejection)
         try:
             params = endpoint_of(submission.app_id).input_model.model_validate(submission.input)
         except ValidationError as error:
             return self._reject(request, now, outcomes.invalid_input(error))
-        if submission.rejection is not None:
-            return self._reject(request, now, outcomes.rejected_input(submission.rejection))
         self._refuse_when_no_worker_can_run(now)
         request = replace(request, batch_key=batch_key(params))
         return self.store.requests.create(request, now, max_queued=self.max_queue_length)

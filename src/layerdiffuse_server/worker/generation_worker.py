@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import ValidationError
 
 from ..endpoints import endpoint_of
-from ..errors import GenerationCancelled, LayerDiffuseError
+from ..errors import GenerationCancelled, InvalidInputError, LayerDiffuseError
 from ..files import BlobStore
 from ..files.image_inputs import read_image_input
 from ..lifecycle import RequestManager, outcomes
@@ -347,8 +347,8 @@ class GenerationWorker:
                     job.params = params.with_size(self.engine.native_size)
             except ValidationError as error:  # stored by an older release that checked less
                 self._answer(job, outcomes.invalid_input(error))
-            except LayerDiffuseError as error:  # an input image that is gone (expired) or unreadable
-                self._answer(job, outcomes.failed(error))
+            except InvalidInputError as error:  # an input image that is gone (expired) or unreadable
+                self._answer(job, outcomes.rejected_input(error))
 
     def _hand_back(self, jobs: list[_Job]) -> None:
         for job in jobs:
