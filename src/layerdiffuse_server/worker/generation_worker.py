@@ -339,7 +339,9 @@ class GenerationWorker:
                 fields = image_fields(params)
                 if fields:
                     job.images = {
-                        name: read_image_input(getattr(params, name), blobs=self.blobs, catalog=self.store.files)
+                        name: read_image_input(
+                            getattr(params, name), blobs=self.blobs, catalog=self.store.files, field=name
+                        )
                         for name in fields
                     }
                     job.params = params
