@@ -18,7 +18,6 @@ a file that slipped past the checks could not run script in this origin.
 from __future__ import annotations
 
 import base64
-import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -30,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from ..auth import AuthenticationError, authenticate
 from ..errors import LayerDiffuseError
-from ..files import check_content_type, check_image, file_url, new_file_id
+from ..files import check_content_type, check_image, file_url, new_file_id, safe_file_name
 from ..store.contracts import FileRecord
 from .bodies import read_json_object, read_limited_body
 from .payloads import error_responses
@@ -41,7 +40,6 @@ router = APIRouter(tags=["storage"])
 TOKEN_LIFETIME = 3600.0
 UPLOAD_URL_LIFETIME = 3600.0
 PRESIGNED_URL_SECONDS = 300
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 #: What every served file carries: never sniffed, never a document that runs script here.
 FILE_HEADERS = {
@@ -86,11 +84,6 @@ class InitiatedUpload(BaseModel):
 class WrittenUpload(BaseModel):
     file_url: str
     file_size: int
-
-
-def safe_file_name(name: str | None, fallback: str = "upload.bin") -> str:
-    cleaned = _UNSAFE_NAME.sub("_", (name or "").rsplit("/", 1)[-1]).strip("._")
-    return cleaned[:200] or fallback
 
 
 def _b64(data: bytes) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .blobs import BlobReader, BlobStore, StorageError, file_url, is_file_id, new_file_id
-from .content import UnsupportedContentError, check_content_type, check_image, decode_data_uri
+from .content import UnsupportedContentError, check_content_type, check_image, decode_data_uri, safe_file_name
 from .local import LocalBlobStore
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "is_file_id",
     "new_file_id",
     "open_blob_store",
+    "safe_file_name",
 ]
 
 

@@ -88,3 +88,13 @@ def decode_data_uri(uri: str, max_bytes: int, *, max_pixels: int = DEFAULT_MAX_P
     if len(data) > max_bytes:
         raise UnsupportedContentError(f"data URI larger than {max_bytes} bytes")
     return check_image(media_type, data, max_pixels=max_pixels), data
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_file_name(name: str | None, fallback: str = "upload.bin") -> str:
+    """The last path segment of ``name`` with anything but letters, digits, ``.``, ``_`` and ``-``
+    replaced, at most 200 characters: a file name that is safe in URLs and headers."""
+    cleaned = _UNSAFE_NAME.sub("_", (name or "").rsplit("/", 1)[-1]).strip("._")
+    return cleaned[:200] or fallback

@@ -38,9 +38,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InvalidInputError
 from ..store.contracts import FileCatalog, FileRecord
-from ..webhooks.targets import MAX_URL_LENGTH, IPNetwork, WebhookTarget, parse_networks, resolve_webhook_target
+from ..webhooks.targets import (
+    MAX_URL_LENGTH,
+    IPNetwork,
+    TargetRefused,
+    WebhookTarget,
+    parse_networks,
+    resolve_webhook_target,
+)
 from .blobs import BlobStore, file_url, new_file_id
-from .content import DEFAULT_MAX_PIXELS, RASTER_FORMATS, UnsupportedContentError, check_image, decode_data_uri
+from .content import (
+    DEFAULT_MAX_PIXELS,
+    RASTER_FORMATS,
+    UnsupportedContentError,
+    check_image,
+    decode_data_uri,
+    safe_file_name,
+)
 
 if TYPE_CHECKING:
     import numpy
@@ -49,8 +63,6 @@ if TYPE_CHECKING:
 
 #: The download route's path (``files.file_url``), after whatever prefix a proxy puts in front of it.
 _FILE_PATH = re.compile(r"/files/(?P<id>[A-Za-z0-9_-]{8,64})/(?P<name>[^/]+)$")
-#: The rule of ``api.storage_routes.safe_file_name``; files/ must not import the API package.
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _EXTENSIONS = {"image/png": (".png",), "image/jpeg": (".jpg", ".jpeg"), "image/webp": (".webp",)}
 #: Types object stores give files nobody typed: the bytes say what the image is.
 _UNTYPED = {"", "application/octet-stream", "binary/octet-stream"}
@@ -340,7 +352,7 @@ def _sniffed_type(data: bytes) -> str | None:
 
 def _file_name(url_path: str, media_type: str) -> str:
     """The URL's base name when it is safe and ends as the type does, else ``input.png`` and the like."""
-    name = _UNSAFE_NAME.sub("_", url_path.rsplit("/", 1)[-1]).strip("._")[:200]
+    name = safe_file_name(url_path, fallback="")
     extensions = _EXTENSIONS[media_type]
     return name if name.lower().endswith(extensions) else f"input{extensions[0]}"
 
@@ -390,9 +402,8 @@ def _refusal_for(field: str) -> Iterator[None]:
     """The webhook guard's refusals, told about this field (its reasons hold: same rules, same setting)."""
     try:
         yield
-    except InvalidInputError as refused:
-        reason = str(refused).removeprefix("webhook URL refused: ")
-        raise InvalidInputError(f"image URL refused: {reason}", field=field) from None
+    except TargetRefused as refused:
+        raise InvalidInputError(f"image URL refused: {refused.reason}", field=field) from None
 
 
 @contextlib.contextmanager

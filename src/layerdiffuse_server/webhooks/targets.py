@@ -37,8 +37,16 @@ def parse_networks(specs: Sequence[str]) -> list[IPNetwork]:
     return [ipaddress.ip_network(spec, strict=False) for spec in specs]
 
 
-def _refuse(reason: str) -> InvalidInputError:
-    return InvalidInputError(f"webhook URL refused: {reason}", field="fal_webhook", location="query")
+class TargetRefused(InvalidInputError):
+    """A URL the guard will not connect to; ``reason`` says why, for callers that name the URL otherwise."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"webhook URL refused: {reason}", field="fal_webhook", location="query")
+        self.reason = reason
+
+
+def _refuse(reason: str) -> TargetRefused:
+    return TargetRefused(reason)
 
 
 def reached_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
