@@ -18,6 +18,7 @@ from .schemas import (
     ForegroundToBlendedInput,
     ImageToImageInput,
     LayerDiffusionInput,
+    image_fields,
 )
 
 APP_ID = "fal-ai/layer-diffusion"
@@ -38,7 +39,7 @@ class Endpoint:
     @property
     def image_fields(self) -> list[str]:
         """Its image inputs (``image_url``, ``foreground_image_url`` …), in declaration order."""
-        return [name for name in self.input_model.model_fields if name.endswith("image_url")]
+        return image_fields(self.input_model)
 
     @property
     def app_id(self) -> str:

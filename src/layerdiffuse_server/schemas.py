@@ -174,9 +174,11 @@ class BackgroundBlendedToForegroundInput(ConditionedLayerInput):
     scheduler: SchedulerName = _BLENDING_SCHEDULER
 
 
-def image_fields(params: LayerDiffusionInput) -> list[str]:
-    """The names of an input's image fields, in declaration order (the first sets the default size)."""
-    return [name for name in type(params).model_fields if name.endswith("image_url")]
+def image_fields(params: LayerDiffusionInput | type[LayerDiffusionInput]) -> list[str]:
+    """The names of an input's (or input model's) image fields, in declaration order (the first sets
+    the default size)."""
+    model = params if isinstance(params, type) else type(params)
+    return [name for name in model.model_fields if name.endswith("image_url")]
 
 
 def batch_key(params: LayerDiffusionInput) -> str:

@@ -44,6 +44,18 @@ class SDXLVae(Protocol):
     def decode(self, z: torch.Tensor) -> object: ...
 
 
+def to_vae_space(latent: torch.Tensor, vae: SDXLVae) -> torch.Tensor:
+    """Model-space latents (what the sampler works on) → the VAE's own, "un-scaled" latents."""
+    config = vae.config
+    return latent / float(config.scaling_factor) + float(getattr(config, "shift_factor", None) or 0.0)  # type: ignore[attr-defined]
+
+
+def to_model_space(unscaled: torch.Tensor, vae: SDXLVae) -> torch.Tensor:
+    """The inverse of :func:`to_vae_space`: VAE latents → what the sampler works on."""
+    config = vae.config
+    return (unscaled - float(getattr(config, "shift_factor", None) or 0.0)) * float(config.scaling_factor)  # type: ignore[attr-defined]
+
+
 def augment(x: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
     if flip:
         x = torch.flip(x, dims=(3,))
@@ -170,13 +182,10 @@ class TransparentDecoder:
         ``timer`` splits the time into ``vae_decode`` and ``transparent_decode``.
         """
         timer = timer or StageTimer({}, self.device)
-        config = vae.config
-        scaling = float(config.scaling_factor)  # type: ignore[attr-defined]
-        shift = float(getattr(config, "shift_factor", None) or 0.0)
         images: list[np.ndarray] = []
         for latent in latents.split(1):
             # One image at a time: the SDXL VAE's activations at 1024² dominate peak memory.
-            unscaled = latent / scaling + shift
+            unscaled = to_vae_space(latent, vae)
             with timer("vae_decode"):
                 decoded = vae.decode(unscaled.to(vae.dtype)).sample  # type: ignore[attr-defined]
                 pixels = (decoded * 0.5 + 0.5).clip(0, 1)

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import GenerationCancelled, InvalidInputError
+from ..errors import InvalidInputError
 from ..schemas import ConditionedLayerInput
+from .decoder import to_model_space, to_vae_space
 from .diff_weights import DiffWeights, merge_diff_weights
 from .image_sizing import centre_crop, run_size
 from .images import TransparentImage
 from .results import GenerationResult
+from .schedulers import make_scheduler
 from .sources import resolve_file
 from .timing import StageTimer
 from .unet_patches import BASE
@@ -54,13 +56,10 @@ def grey_composite(rgba: np.ndarray) -> torch.Tensor:
 def condition_latents(pipeline: TransparentSDXLPipeline, images: Sequence[np.ndarray]) -> torch.Tensor:
     """The model-space latents of the fitted condition images, concatenated along channels."""
     vae = pipeline.sdxl.vae
-    scaling = float(vae.config.scaling_factor)
-    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
     latents = []
     for image in images:
         pixels = grey_composite(image).to(pipeline.device, vae.dtype)  # with offload the VAE waits on the host
-        mean = vae.encode(pixels).latent_dist.mean.float()
-        latents.append((mean - shift) * scaling)
+        latents.append(to_model_space(vae.encode(pixels).latent_dist.mean.float(), vae))
     return torch.cat(latents, dim=1).to(pipeline.device, pipeline.dtype)
 
 
@@ -146,7 +145,7 @@ def _denoise(
     on_step: Callable[[int, int], None] | None,
     should_cancel: Callable[[], bool] | None,
 ) -> torch.Tensor:
-    from .schedulers import make_scheduler
+    from .pipeline import step_callback  # the pipeline module imports this one when it needs it
 
     total = params.num_inference_steps
     width, height = run_size(*params.size)
@@ -160,11 +159,10 @@ def _denoise(
         if not layered_from_the_start:
             stop_conditioning()
 
+        progress = step_callback(total, on_step, should_cancel)
+
         def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step(step + 1, total)
-            if should_cancel is not None and should_cancel() and step + 1 < total:
-                raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
+            tensors = progress(pipe, step, timestep, tensors)
             upcoming = pipe.scheduler.timesteps[step + 1 :]
             if pipeline.patches.active == task and len(upcoming) and float(upcoming[0]) < stop_timestep:
                 stop_conditioning()
@@ -188,11 +186,9 @@ def _denoise(
 def opaque_decode(pipeline: TransparentSDXLPipeline, latents: torch.Tensor) -> list[np.ndarray]:
     """Model-space latents → opaque RGBA ``uint8`` images (alpha 255) with the SDXL VAE alone."""
     vae = pipeline.sdxl.vae
-    scaling = float(vae.config.scaling_factor)
-    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
     images = []
     for latent in latents.split(1):
-        decoded = vae.decode((latent / scaling + shift).to(vae.dtype)).sample
+        decoded = vae.decode(to_vae_space(latent, vae).to(vae.dtype)).sample
         rgb = ((decoded[0].float() * 0.5 + 0.5).clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
         images.append(np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=-1))
     return images

@@ -30,7 +30,7 @@ from ..schemas import (
 )
 from ..settings import Settings
 from .acceleration import RuntimeOptions, apply_runtime_options
-from .decoder import TransparentDecoder
+from .decoder import TransparentDecoder, to_model_space
 from .devices import resolve_device, resolve_dtype, vae_dtype
 from .encoder import TransparentEncoder
 from .image_sizing import centre_crop, crop_and_resize, pad_to, run_size, size_from_image
@@ -406,10 +406,8 @@ class TransparentSDXLPipeline:
                 "image is off; `layerdiffuse download` fetches it",
                 field="image_url",
             )
-        config = self.sdxl.vae.config
         unscaled = self.encoder.encode([image], self.sdxl.vae, device=self.device)
-        shift = float(getattr(config, "shift_factor", None) or 0.0)
-        return ((unscaled - shift) * float(config.scaling_factor)).to(self.device, self.dtype)
+        return to_model_space(unscaled, self.sdxl.vae).to(self.device, self.dtype)
 
     def image_to_image(
         self,
