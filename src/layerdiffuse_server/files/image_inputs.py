@@ -329,15 +329,24 @@ def _check_answer(response: httpx.Response, max_bytes: int, field: str) -> None:
         )
     if not response.is_success:
         raise InvalidInputError(f"fetching the image failed with HTTP {response.status_code}", field=field)
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # Asked for identity; decoding anyway would let a few kilobytes on the wire become gigabytes.
+        raise InvalidInputError(
+            f"the image URL answered with Content-Encoding {encoding[:40]!r}; this server asks for and accepts "
+            "only unencoded bodies (identity)",
+            field=field,
+        )
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise InvalidInputError(_too_large(max_bytes), field=field)
 
 
 async def _read_at_most(response: httpx.Response, max_bytes: int, field: str) -> bytes:
-    """The body, refused as soon as it passes ``max_bytes`` (the rest is never read)."""
+    """The body as it came over the wire (never decoded), refused as soon as it passes ``max_bytes``
+    (the rest is never read)."""
     body = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         body += chunk
         if len(body) > max_bytes:
             raise InvalidInputError(_too_large(max_bytes), field=field)
