@@ -24,6 +24,7 @@ from ..signing import SigningKeys
 from ..store.contracts import ApiKey, Store, WorkerState
 from ..webhooks.delivery import WebhookDeliverer
 from ..webhooks.targets import IPNetwork
+from .body_budget import BodyBudget
 from .draining import Draining
 
 
@@ -64,6 +65,7 @@ class Services:
     webhook_networks: list[IPNetwork] = field(default_factory=list)
     draining: Draining = field(default_factory=Draining)
     _image_admissions: anyio.CapacityLimiter | None = None
+    _body_budget: BodyBudget | None = None
 
     @property
     def store(self) -> Store:
@@ -83,6 +85,13 @@ class Services:
         if self._image_admissions is None:
             self._image_admissions = anyio.CapacityLimiter(IMAGE_ADMISSIONS)
         return self._image_admissions
+
+    def body_budget(self) -> BodyBudget:
+        """The bytes of submission bodies this process holds at once (``max_body_memory_bytes``)."""
+        if self._body_budget is None:
+            settings = self.settings
+            self._body_budget = BodyBudget(settings.max_body_memory_bytes, settings.body_memory_wait_seconds)
+        return self._body_budget
 
     def store_image_inputs(
         self, raw_input: dict[str, Any], fields: list[str], *, key_id: str, created: list[str] | None = None
