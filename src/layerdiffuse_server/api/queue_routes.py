@@ -15,7 +15,7 @@ from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
 from ..lifecycle import wait_for_change
 from ..schemas import LayerDiffusionOutput
 from ..store.contracts import ApiKey, CancelOutcome, RequestRecord, RequestState
-from .admission import admit, endpoint_body_limit
+from .admission import admit_in_lane, endpoint_body_limit
 from .bodies import budgeted_json_object
 from .errors import fal_error
 from .payloads import (
@@ -69,10 +69,7 @@ async def _submit(
     request: Request, services: Services, key: ApiKey, fal_webhook: str | None, endpoint: Endpoint
 ) -> JSONResponse:
     async with budgeted_json_object(request, endpoint_body_limit(services, endpoint), services.body_budget()) as raw:
-        record = await anyio.to_thread.run_sync(
-            lambda: admit(services, key.id, raw, request.headers, endpoint=endpoint, webhook_url=fal_webhook),
-            limiter=services.image_admissions() if endpoint.image_fields else None,
-        )
+        record = await admit_in_lane(services, key.id, raw, request.headers, endpoint=endpoint, webhook_url=fal_webhook)
     position = await anyio.to_thread.run_sync(services.manager.queue_position, record)
     base = fal_base(request)
     body: dict[str, Any] = {"status": record.state.value, "request_id": record.id, **request_urls(base, record.id)}

@@ -18,7 +18,7 @@ from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
 from ..lifecycle import outcomes, wait_for_change
 from ..schemas import LayerDiffusionOutput
 from ..store.contracts import RequestRecord, RequestState
-from .admission import admit, endpoint_body_limit
+from .admission import admit_in_lane, endpoint_body_limit
 from .bodies import budgeted_json_object
 from .errors import fal_error
 from .payloads import error_responses
@@ -33,10 +33,7 @@ async def _admit(request: Request, services: Services, key_id: str, endpoint: En
     kept for the whole wait."""
     async with budgeted_json_object(request, endpoint_body_limit(services, endpoint), services.body_budget()) as raw:
         endpoint.input_model.model_validate(raw)  # invalid input: 422 now, nothing stored
-        return await anyio.to_thread.run_sync(
-            lambda: admit(services, key_id, raw, request.headers, endpoint=endpoint, mode="sync"),
-            limiter=services.image_admissions() if endpoint.image_fields else None,
-        )
+        return await admit_in_lane(services, key_id, raw, request.headers, endpoint=endpoint, mode="sync")
 
 
 async def _run(request: Request, services: Services, key_id: str, endpoint: Endpoint) -> JSONResponse:

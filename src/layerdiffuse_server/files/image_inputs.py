@@ -132,6 +132,7 @@ def store_image_inputs(
     expires_at: float | None,
     transport: httpx.AsyncBaseTransport | None = None,
     created: list[str] | None = None,
+    fetch: bool = True,
 ) -> dict[str, Any]:
     """A copy of ``raw_input`` where each present image field is the URL of a checked file of this server.
 
@@ -150,6 +151,8 @@ def store_image_inputs(
         expires_at: When the copies may be deleted (None: never).
         transport: The HTTP transport of external fetches (tests); default: real connections.
         created: Receives the ids of the copies stored (also those of a call that then fails).
+        fetch: Whether external URLs may be fetched (False: admitted as inline, see
+            :func:`needs_fetching`; an external URL is then refused).
 
     Returns:
         The rewritten input; ``raw_input`` is not changed.
@@ -166,9 +169,20 @@ def store_image_inputs(
             continue
         url = _checked_string(value, field)
         if url not in done:
-            done[url] = _materialise(url, field, destination, policy, transport)
+            done[url] = _materialise(url, field, destination, policy, transport, fetch=fetch)
         stored[field] = done[url]
     return stored
+
+
+def needs_fetching(raw_input: Mapping[str, Any], fields: Sequence[str], *, catalog: FileCatalog) -> bool:
+    """Whether :func:`store_image_inputs` would fetch anything: an http(s) URL in a field that is not a
+    file of this server. Blocking (the catalog): call it off the event loop."""
+    for field in fields:
+        value = raw_input.get(field)
+        external = isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+        if external and _own_file(value, catalog) is None:
+            return True
+    return False
 
 
 def read_image_input(
@@ -242,6 +256,8 @@ def _materialise(
     destination: _Destination,
     policy: ImageInputPolicy,
     transport: httpx.AsyncBaseTransport | None,
+    *,
+    fetch: bool,
 ) -> str:
     """The own-file URL one field value comes down to."""
     if url[:5].lower() == "data:":
@@ -256,6 +272,8 @@ def _materialise(
             raise InvalidInputError(f"the file {record.file_name} has not been uploaded yet", field=field)
         _check_stored_shape(record, destination.blobs, policy, field)
         return file_url(destination.base_url, record.id, record.file_name)
+    if not fetch:  # found to be an own file when the lane was chosen, and deleted since
+        raise InvalidInputError(f"{_shorten(url)} is no longer a file of this server", field=field)
     media_type, data, name = fetch_image(url, policy, field=field, transport=transport)
     return _store_copy(destination, media_type, data, name)
 
