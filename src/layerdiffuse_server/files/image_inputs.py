@@ -219,7 +219,8 @@ def decode_rgba(data: bytes) -> numpy.ndarray[Any, numpy.dtype[numpy.uint8]]:
     """
     try:
         with Image.open(io.BytesIO(data), formats=list(RASTER_FORMATS.values())) as image:
-            return _rgba_pixels(ImageOps.exif_transpose(image))
+            ImageOps.exif_transpose(image, in_place=True)  # no copy of the pixels when upright already
+            return _rgba_pixels(image)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise UnsupportedContentError(f"the file is not a readable image ({error})") from None
 
@@ -475,7 +476,8 @@ def _rgba_pixels(image: Image.Image) -> numpy.ndarray[Any, numpy.dtype[numpy.uin
 
     if image.mode in _SIXTEEN_BIT_GRAY:
         return _sixteen_bit_gray_rgba(image)
-    return np.array(image.convert("RGBA"), dtype=np.uint8)
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    return np.array(rgba, dtype=np.uint8)  # writable: the engine may work on it in place
 
 
 def _sixteen_bit_gray_rgba(image: Image.Image) -> numpy.ndarray[Any, numpy.dtype[numpy.uint8]]:
