@@ -14,6 +14,7 @@ of one key held up every other key's ``data:`` submission by 22 s. So there are 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
@@ -37,7 +38,7 @@ class AdmissionLanes:
         self.inline = anyio.CapacityLimiter(inline)
         self.fetches = anyio.CapacityLimiter(fetches)
         self.fetches_per_key = fetches_per_key
-        self._keys: dict[str, anyio.CapacityLimiter] = {}
+        self._keys: dict[str, _Share] = {}
 
     async def run(self, key_id: str, fetches: bool, admit: Callable[[], T]) -> T:
         """``admit()`` in a thread of its lane, once the lane (and for fetches the key's share) has room."""
@@ -45,11 +46,18 @@ class AdmissionLanes:
             return await anyio.to_thread.run_sync(admit, limiter=self.inline)
         share = self._keys.get(key_id)
         if share is None:
-            share = self._keys[key_id] = anyio.CapacityLimiter(self.fetches_per_key)
+            share = self._keys[key_id] = _Share(anyio.CapacityLimiter(self.fetches_per_key))
+        share.users += 1  # before any await, so the share is not dropped while this one waits for it
         try:
-            async with share:
+            async with share.limiter:
                 return await anyio.to_thread.run_sync(admit, limiter=self.fetches)
         finally:
-            stats = share.statistics()
-            if stats.borrowed_tokens == 0 and stats.tasks_waiting == 0:
-                self._keys.pop(key_id, None)  # a key's share lives while it is used
+            share.users -= 1
+            if share.users == 0:
+                del self._keys[key_id]  # a key's share lives while it is used
+
+
+@dataclass
+class _Share:
+    limiter: anyio.CapacityLimiter
+    users: int = 0
