@@ -168,6 +168,8 @@ class GenerationWorker:
         self._abandoned = threading.Event()  # the stop handed the batch back: its thread writes nothing more
         self._writes = threading.RLock()  # held by each write of the batch in hand, and by the hand-back
         self._jobs: list[_Job] = []  # the batch in hand
+        self._stop_lock = threading.Lock()  # a second stop waits for the first
+        self._stop_done = False
         #: The leases of the batch in hand: the only ones the heartbeat renews.
         self._live: dict[str, RequestRecord] = {}
         self._live_lock = threading.Lock()
@@ -207,7 +209,14 @@ class GenerationWorker:
 
     def stop(self, grace_seconds: float | None = None) -> None:
         """Stop within ``grace_seconds`` (default: the worker's own): the batch in hand finishes if it
-        can, else it is interrupted and handed back; queued requests stay queued."""
+        can, else it is interrupted and handed back; queued requests stay queued. A call while
+        another runs waits for that one, and returns at once once it is done."""
+        with self._stop_lock:
+            if not self._stop_done:
+                self._stop(grace_seconds)
+                self._stop_done = True
+
+    def _stop(self, grace_seconds: float | None) -> None:
         self.begin_stop()
         grace = self.grace_seconds if grace_seconds is None else grace_seconds
         if self._thread is not None:
