@@ -16,6 +16,7 @@ import torch
 
 from layerdiffuse_server.settings import Settings
 
+from . import server_process
 from .support import postgres, radosgw
 
 KEYS_DIR = Path(__file__).parent / "fixtures" / "keys"
@@ -29,6 +30,12 @@ def read_key_table(name: str) -> list[list[str]]:
 
 def parse_shape(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.strip("[]").split(","))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After the last teardown, on failure and on Ctrl-C too: no service process outlives the run."""
+    server_process.end_all()
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,15 @@
 """Real service processes on 127.0.0.1 for the suites that need them: the embedded ``serve``, an
 ``api`` node, a ``worker``. Each can be started, stopped (SIGTERM) and killed (SIGKILL) again and
-again on the same data directory."""
+again on the same data directory.
+
+No process outlives its test: each runs in a process group of its own, is registered while it
+runs, and is ended with its group when its start fails, when a stop is interrupted (Ctrl-C) and,
+as a backstop, at the end of the test session and at interpreter exit (:func:`end_all`).
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -32,6 +38,35 @@ WITHOUT_ENGINE = (
 )
 
 
+#: The processes started and not yet seen to exit.
+RUNNING: set[ServerProcess] = set()
+
+
+def end_group(process: subprocess.Popen[str], grace: float = 5.0) -> None:
+    """End ``process`` and everything in its process group: SIGTERM, then SIGKILL after ``grace``."""
+    for number, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, number)
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # what the leader left behind
+        return
+
+
+def end_all() -> None:
+    """End every process still running (the session's last teardown, and at interpreter exit)."""
+    for server in list(RUNNING):
+        if server.process is not None:
+            end_group(server.process)
+        RUNNING.discard(server)
+
+
+atexit.register(end_all)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -44,7 +79,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-@dataclass
+@dataclass(eq=False)
 class ServerProcess:
     """One process of the service. ``role`` is serve (API + worker), api or worker."""
 
@@ -100,11 +135,29 @@ class ServerProcess:
     def start(self, timeout: float = 180, *, wait: bool = True) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"{self.role}-{self.port}-{time.monotonic_ns()}.log"
-        self.process = subprocess.Popen(
-            self.command(), env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, text=True
-        )
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                process_group=0,  # the terminal's Ctrl-C reaches the tests, which end it (see end_all)
+            )
+        RUNNING.add(self)
         if wait:
-            self.wait_ready(timeout)
+            try:
+                self.wait_ready(timeout)
+            except BaseException:
+                self.end()
+                raise
+
+    def end(self) -> None:
+        """End the process and its group now (SIGTERM, SIGKILL after 5 s)."""
+        if self.process is not None:
+            end_group(self.process)
+        RUNNING.discard(self)
 
     def wait_ready(self, timeout: float = 180) -> None:
         assert self.process is not None
@@ -130,8 +183,12 @@ class ServerProcess:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                end_group(self.process, grace=0)
+            except BaseException:  # the wait was interrupted (Ctrl-C): the process goes with it
+                end_group(self.process, grace=0)
+                RUNNING.discard(self)
+                raise
+        RUNNING.discard(self)
         return time.monotonic() - started
 
     def kill(self) -> None:
@@ -139,6 +196,7 @@ class ServerProcess:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        RUNNING.discard(self)
 
     @property
     def pid(self) -> int:

@@ -397,7 +397,21 @@ def _tls(settings: Settings) -> Any:
     return local_tls(settings.data_dir / "tls", settings.tls_names)
 
 
-def _serve_api(settings: Settings, services: Any, role: str) -> None:
+def _bind_api_listeners(settings: Settings) -> tuple[Any, Any]:
+    """The plain and (when ``TLS_PORT`` is set) HTTPS sockets, bound before anything slow starts,
+    so a taken port ends the process at once with the address (see ``server.listeners``)."""
+    from .server.listeners import bind
+
+    http = bind(settings.host, settings.port, "HTTP")
+    try:
+        https = bind(settings.host, settings.tls_port, "HTTPS") if settings.tls_port else None
+    except LayerDiffuseError:
+        http.close()
+        raise
+    return http, https
+
+
+def _serve_api(settings: Settings, services: Any, role: str, listeners: tuple[Any, Any]) -> None:
     """Start the HTTP listeners of an embedded server or API node, with the banner."""
     from .api import create_app
     from .api.app import begin_drain
@@ -426,10 +440,9 @@ def _serve_api(settings: Settings, services: Any, role: str) -> None:
 
     serve_app(
         create_app(services),
-        host=settings.host,
-        port=settings.port,
+        http=listeners[0],
+        https=listeners[1],
         tls=tls,
-        tls_port=settings.tls_port,
         log_level=settings.log_level,
         grace_seconds=settings.shutdown_grace_seconds,
         on_stop=lambda: begin_drain(services),
@@ -482,10 +495,11 @@ def serve(
             memory_mode=memory_mode, vae_tiling=vae_tiling, channels_last=channels_last, compile=compile,
             warmup=warmup,
         )  # fmt: skip
+        listeners = _bind_api_listeners(settings)
         services = build_services(settings, options.loader(settings), model_name=settings.model)
     except (LayerDiffuseError, ValueError) as error:
         raise _fail(str(error)) from None
-    _serve_api(settings, services, "serve")
+    _serve_api(settings, services, "serve", listeners)
 
 
 @app.command()
@@ -517,10 +531,11 @@ def api(
             log_format=log_format, log_level=log_level,
         )  # fmt: skip
         configure_logging(settings.log_format, settings.log_level)
+        listeners = _bind_api_listeners(settings)
         services = build_services(settings, role="api")
     except (LayerDiffuseError, ValueError) as error:
         raise _fail(str(error)) from None
-    _serve_api(settings, services, "api")
+    _serve_api(settings, services, "api", listeners)
 
 
 @app.command()

@@ -10,6 +10,7 @@ pixels and the output its size, so a test sees that the image it sent was the on
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,9 +24,14 @@ from .schemas import GenerationParams, LayerDiffusionInput, image_fields
 
 
 class FakeEngine:
+    """``step_seconds``: how long each denoising step takes (a slow device, for tests of stopping)."""
+
     device = "cpu"
     dtype = "float32"
     native_size = 1024
+
+    def __init__(self, step_seconds: float = 0.0) -> None:
+        self.step_seconds = step_seconds
 
     def generate_batch(
         self,
@@ -39,6 +45,8 @@ class FakeEngine:
         for step in range(1, total + 1):
             if should_cancel is not None and should_cancel():
                 raise GenerationCancelled(f"cancelled after step {step - 1} of {total}")
+            if self.step_seconds:
+                time.sleep(self.step_seconds)
             if on_step is not None:
                 on_step(step, total)
         return [

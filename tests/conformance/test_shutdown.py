@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from layerdiffuse_server.settings import Settings
 from layerdiffuse_server.store import open_store
 
+from ..server_process import cli
 from .conftest import ServerProcess, server_env
 
 pytestmark = pytest.mark.conformance
@@ -94,3 +96,67 @@ def test_stops_are_bounded_and_interrupted_work_keeps_its_attempts(
         assert record is not None and record.lost_runs == 0 and record.attempts == 3
     finally:
         server.stop()
+
+
+#: A process whose engine is :class:`FakeEngine` with steps of ``LAYERDIFFUSE_TEST_STEP_SECONDS``.
+SLOW_ENGINE = (
+    "import os\n"
+    "from layerdiffuse_server.server.engine_options import EngineOptions\n"
+    "from layerdiffuse_server.testing import FakeEngine\n"
+    "seconds = float(os.environ['LAYERDIFFUSE_TEST_STEP_SECONDS'])\n"
+    "EngineOptions.loader = lambda self, settings: lambda: FakeEngine(step_seconds=seconds)\n"
+    "from layerdiffuse_server.cli import main\n"
+    "main()\n"
+)
+#: The README's bound on a stop: the grace, then 5 s.
+SLOW_STEP_BOUND_SECONDS = 1.0 + 5
+
+
+class SlowEngineProcess(ServerProcess):
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", SLOW_ENGINE, *super().command()[3:]]
+
+
+@pytest.mark.parametrize("role", ["serve", "worker"])
+def test_a_stop_is_bounded_however_slow_a_step_is(
+    role: str, settings: Settings, tiny_folder: Path, tmp_path: Path
+) -> None:
+    data_dir, key_file = tmp_path / "data", tmp_path / "signing-key.pem"
+    env = server_env(settings, LAYERDIFFUSE_SHUTDOWN_GRACE_SECONDS="1", LAYERDIFFUSE_SIGNING_KEY_FILE=str(key_file))
+    assert cli("signing-key", str(key_file), env=env).returncode == 0
+    front = SlowEngineProcess(data_dir, env | {"LAYERDIFFUSE_TEST_STEP_SECONDS": "10"}, role=role)
+    api = ServerProcess(data_dir, env, role="api") if role == "worker" else front
+    headers = {"Authorization": f"Key {api.create_key('slow')}"}
+    api.start()
+    if role == "worker":
+        front.env["LAYERDIFFUSE_PUBLIC_URL"] = api.http_url
+        front.start()
+    restarted = SlowEngineProcess(data_dir, front.env | {"LAYERDIFFUSE_TEST_STEP_SECONDS": "0"}, role=role)
+    restarted.port, restarted.tls_port = front.port, front.tls_port
+    try:
+        body = {"width": 64, "height": 64, "num_inference_steps": 3, "seed": 5}
+        request_id = httpx.post(f"{api.http_url}/queue/{APP}", json=body, headers=headers).json()["request_id"]
+        status_url = f"{api.http_url}/queue/{APP}/requests/{request_id}/status"
+        while httpx.get(status_url, headers=headers).json()["status"] != "IN_PROGRESS":
+            threading.Event().wait(0.1)
+        threading.Event().wait(0.5)  # inside its first 10-second step
+
+        seconds = front.stop(timeout=60)
+        assert front.process is not None and front.process.returncode == 0, front.log()
+        assert seconds < SLOW_STEP_BOUND_SECONDS, f"the stop took {seconds:.1f} s:\n{front.log()}"
+        print(f"{role}: stopped {seconds:.1f} s after SIGTERM, inside a 10 s step")
+        store = open_store(f"sqlite:///{data_dir / 'layerdiffuse.db'}")
+        try:
+            record = store.requests.get(request_id)
+            assert record is not None and record.state.value == "IN_QUEUE" and record.lost_runs == 0, record
+        finally:
+            store.close()
+
+        restarted.start()  # fast steps now: the request handed back completes
+        while httpx.get(status_url, headers=headers).json()["status"] != "COMPLETED":
+            threading.Event().wait(0.2)
+        result = httpx.get(f"{api.http_url}/queue/{APP}/requests/{request_id}", headers=headers)
+        assert result.status_code == 200 and result.json()["seed"] == 5
+    finally:
+        for process in (front, restarted, api):
+            process.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -47,7 +48,8 @@ The run and queue routes are also reachable under fal's host names (`Host: fal.r
 
 def begin_drain(services: Services) -> None:
     """The first moment of a graceful stop: waiting answers get ``shutdown_grace_seconds``, and this
-    process's worker claims nothing more (its batch in hand goes on)."""
+    process's worker claims nothing more and starts its own stop at once, beside the connections'
+    (the app's shutdown waits for it), so the whole stop keeps the same bound."""
     if services.draining.started:
         return
     grace = services.settings.shutdown_grace_seconds
@@ -56,6 +58,7 @@ def begin_drain(services: Services) -> None:
     services.events.wake_all()
     if services.local_worker is not None:
         services.local_worker.begin_stop()
+        threading.Thread(target=services.local_worker.stop, args=(grace,), name="worker-stop", daemon=True).start()
 
 
 async def _housekeeping(services: Services) -> None:

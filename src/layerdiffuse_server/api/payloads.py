@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..endpoints import APP_ID
 from ..store.contracts import LogEntry, RequestRecord, RequestState
@@ -35,6 +35,8 @@ class ValidationErrorBody(BaseModel):
 
 
 class LogLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     message: str
     level: str
     source: Literal["USER"] = "USER"
@@ -55,7 +57,10 @@ class Submitted(RequestUrls):
 
 
 class QueueStatus(RequestUrls):
-    """202 while queued or running, 200 once completed (then ``error`` tells a failure)."""
+    """202 while queued or running, 200 once completed (then ``error`` tells a failure). The same
+    document is each event of the status stream."""
+
+    model_config = ConfigDict(extra="forbid")  # what is sent is exactly what is documented
 
     status: QueueState
     logs: list[LogLine] | None = Field(description="Present (null without ?logs=1): fal_client needs the key")

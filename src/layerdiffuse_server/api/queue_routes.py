@@ -158,8 +158,10 @@ def _document(
 
 STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Server-sent events: one `data:` status document per change, `COMPLETED` last",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "Server-sent events: one `data:` status document (`QueueStatus`, with only the log "
+        "lines that are new) per change, `COMPLETED` last; `: keep-alive` comments between",
+        # Before OpenAPI 3.2 (and its itemSchema), the schema of an event stream is that of each event.
+        "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/QueueStatus"}}},
     },
     **error_responses(401, 404, 422),
 }

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Callable, Iterator
 
 import uvicorn
@@ -42,17 +43,17 @@ SHUTDOWN_MARGIN_SECONDS = 5.0
 def serve_app(
     app: FastAPI,
     *,
-    host: str,
-    port: int,
+    http: socket.socket,
+    https: socket.socket | None,
     tls: TlsFiles | None,
-    tls_port: int,
     log_level: str,
     grace_seconds: float,
     on_stop: Callable[[], None],
     readiness: Callable[[], str | None] = lambda: "ready",
 ) -> None:
-    """Serve until SIGTERM or SIGINT; return once every listener has finished (a second signal
-    cuts the wait for open connections short). Once every listener is up, ``readiness`` is asked
+    """Serve on the bound sockets (see :mod:`.listeners`; ``https`` with ``tls``) until SIGTERM or
+    SIGINT; return once every listener has finished (a second signal cuts the wait for open
+    connections short). Once every listener is up, ``readiness`` is asked
     until it has something to say (the model loaded, or failed to), which is logged once."""
     # Logging is configured by the caller (text or JSON); uvicorn's access log is replaced by ours.
     common = {
@@ -61,10 +62,12 @@ def serve_app(
         "access_log": False,
         "timeout_graceful_shutdown": int(grace_seconds + SHUTDOWN_MARGIN_SECONDS),
     }
-    servers = [SignalFreeServer(uvicorn.Config(app, host=host, port=port, lifespan="on", **common))]
-    if tls is not None and tls_port:
+    listeners = [http]
+    servers = [SignalFreeServer(uvicorn.Config(app, lifespan="on", **common))]
+    if tls is not None and https is not None:
         ssl = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
-        servers.append(SignalFreeServer(uvicorn.Config(app, host=host, port=tls_port, lifespan="off", **common, **ssl)))
+        listeners.append(https)
+        servers.append(SignalFreeServer(uvicorn.Config(app, lifespan="off", **common, **ssl)))
 
     def signalled() -> None:
         if servers[0].should_exit:
@@ -87,7 +90,9 @@ def serve_app(
         for number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(number, signalled)
         announcing = asyncio.create_task(announce())
-        await asyncio.gather(*(server.serve() for server in servers))
+        await asyncio.gather(
+            *(server.serve(sockets=[listener]) for server, listener in zip(servers, listeners, strict=True))
+        )
         announcing.cancel()
 
     asyncio.run(serve())

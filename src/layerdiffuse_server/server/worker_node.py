@@ -19,6 +19,7 @@ import uvicorn
 from ..settings import Settings
 from .bootstrap import build_worker, open_core
 from .engine_options import EngineOptions
+from .listeners import bind
 from .serve import SignalFreeServer
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 def run_worker(settings: Settings, options: EngineOptions) -> None:
     from ..worker.health import create_health_app
 
+    # Bound first: a taken port ends the process now, naming the address, not after the model loads.
+    listener = bind(settings.host, settings.worker_port, "worker health") if settings.worker_port else None
     core = open_core(settings)
     worker = build_worker(core, options.loader(settings), model_name=settings.model)
     stopping = threading.Event()
@@ -37,11 +40,9 @@ def run_worker(settings: Settings, options: EngineOptions) -> None:
     worker.start()
     logger.info("worker %s started (model %s); store %s", worker.worker_id, settings.model, core.store.url)
     health = None
-    if settings.worker_port:
+    if listener is not None:
         config = uvicorn.Config(
             create_health_app(worker, core.store, core.blobs, core.metrics),
-            host=settings.host,
-            port=settings.worker_port,
             log_config=None,
             access_log=False,
             log_level=settings.log_level,
@@ -54,7 +55,11 @@ def run_worker(settings: Settings, options: EngineOptions) -> None:
         loop = asyncio.get_running_loop()
         for number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(number, signalled.set)
-        serving = asyncio.create_task(health.serve()) if health is not None else None
+        serving = (
+            asyncio.create_task(health.serve(sockets=[listener]))
+            if health is not None and listener is not None
+            else None
+        )
         await signalled.wait()
         worker.begin_stop()  # claim nothing more, at once; the batch in hand goes on
         if health is not None and serving is not None:

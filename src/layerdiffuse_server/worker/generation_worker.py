@@ -11,6 +11,10 @@ each still gets its own seed, image, logs and result.
 
 A graceful stop claims nothing more, gives the batch in hand ``grace_seconds`` to finish, then
 interrupts it between steps and hands its requests back to the queue without counting an attempt.
+The bound holds on wall time however slow a step is: a batch that has not reached a step boundary
+:data:`INTERRUPT_WAIT_SECONDS` after the grace is handed back by the stop itself, and its thread,
+left inside the engine to end with the process, writes nothing more (each of its writes is made
+under a lock that the hand-back takes, and checks first whether it still may).
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ logger = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
 #: Cancel flags are read from the store at most this often while a batch runs (and at once on a notice).
 CANCEL_CHECK_SECONDS = 0.5
+#: After the grace, how long an interrupted batch has to reach a step boundary and hand itself back
+#: before the stop hands it back without waiting for the engine.
+INTERRUPT_WAIT_SECONDS = 1.0
+#: How long the stop waits for a write of the batch in hand (a log line, a stored image) to end.
+WRITE_WAIT_SECONDS = 2.0
 
 
 class Engine(Protocol):
@@ -156,6 +165,11 @@ class GenerationWorker:
         self._stopping = threading.Event()  # claim nothing more
         self._interrupting = threading.Event()  # stop the batch in hand between steps
         self._heart_stops = threading.Event()  # the last beat: the worker thread is gone
+        self._abandoned = threading.Event()  # the stop handed the batch back: its thread writes nothing more
+        self._writes = threading.RLock()  # held by each write of the batch in hand, and by the hand-back
+        self._jobs: list[_Job] = []  # the batch in hand
+        self._stop_lock = threading.Lock()  # a second stop waits for the first
+        self._stop_done = False
         #: The leases of the batch in hand: the only ones the heartbeat renews.
         self._live: dict[str, RequestRecord] = {}
         self._live_lock = threading.Lock()
@@ -195,14 +209,23 @@ class GenerationWorker:
 
     def stop(self, grace_seconds: float | None = None) -> None:
         """Stop within ``grace_seconds`` (default: the worker's own): the batch in hand finishes if it
-        can, else it is interrupted and handed back; queued requests stay queued."""
+        can, else it is interrupted and handed back; queued requests stay queued. A call while
+        another runs waits for that one, and returns at once once it is done."""
+        with self._stop_lock:
+            if not self._stop_done:
+                self._stop(grace_seconds)
+                self._stop_done = True
+
+    def _stop(self, grace_seconds: float | None) -> None:
         self.begin_stop()
         grace = self.grace_seconds if grace_seconds is None else grace_seconds
         if self._thread is not None:
             self._thread.join(grace)
             if self._thread.is_alive():
                 self._interrupting.set()
-                self._thread.join(60)  # the engine stops at its next step; a decode takes seconds at most
+                self._thread.join(INTERRUPT_WAIT_SECONDS)  # a fast engine stops at its next step
+            if self._thread.is_alive():
+                self._abandon()
         self._heart_stops.set()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(5)
@@ -210,9 +233,27 @@ class GenerationWorker:
             self._unsubscribe()
         self.report()
 
+    def _abandon(self) -> None:
+        """Hand the batch in hand back from here: its step does not end in time. Its thread stays in
+        the engine until the process ends; from now on it writes nothing."""
+        acquired = self._writes.acquire(timeout=WRITE_WAIT_SECONDS)
+        try:
+            self._abandoned.set()  # a write that outlasted the wait is fenced by the lease instead
+        finally:
+            if acquired:
+                self._writes.release()
+        jobs = [job for job in self._jobs if job.live]
+        with self._live_lock:
+            for job in jobs:
+                self._live.pop(job.id, None)
+        self._hand_back(jobs)
+        if jobs:
+            logger.warning("the batch in hand did not reach a step boundary in time; handed back without waiting")
+
     @property
     def stopped(self) -> bool:
-        return self._stopping.is_set() and (self._thread is None or not self._thread.is_alive())
+        thread = self._thread
+        return self._stopping.is_set() and (thread is None or not thread.is_alive() or self._abandoned.is_set())
 
     @property
     def state(self) -> WorkerState:
@@ -226,6 +267,8 @@ class GenerationWorker:
 
     def report(self) -> None:
         """Write this worker's row (state, current request, heartbeat) for ``status`` and metrics."""
+        if self._abandoned.is_set() and threading.current_thread() is self._thread:
+            return  # the stop wrote the last row
         engine_device = getattr(self.engine, "device", None)
         try:
             self.store.workers.report(
@@ -301,6 +344,7 @@ class GenerationWorker:
         with self._live_lock:
             self._live.update((lease.id, lease) for lease in leases)
         jobs = [_Job(lease) for lease in leases]
+        self._jobs = jobs
         self.current_request = leases[0].id
         try:
             self.report()
@@ -317,7 +361,10 @@ class GenerationWorker:
                 if job.live:
                     self._answer(job, outcomes.internal_error())
         finally:
-            self._hand_back([job for job in jobs if job.live])
+            with self._writes:
+                if not self._abandoned.is_set():
+                    self._hand_back([job for job in jobs if job.live])
+            self._jobs = []
             with self._live_lock:
                 for lease in leases:
                     self._live.pop(lease.id, None)
@@ -460,15 +507,18 @@ class GenerationWorker:
             verdict = "flagged, image made transparent" if flagged else "nothing flagged"
             self._log(job, f"Safety check: {verdict} ({timings['safety_check']:.2f} s).")
         image = result.images[0]
-        stored = store_image(
-            image,
-            blobs=self.blobs,
-            catalog=self.store.files,
-            base_url=self.base_url,
-            key_id=job.lease.key_id,
-            request_id=job.id,
-        )
-        job.outputs.append(stored)
+        with self._writes:
+            if self._abandoned.is_set():
+                raise _Interrupted()
+            stored = store_image(
+                image,
+                blobs=self.blobs,
+                catalog=self.store.files,
+                base_url=self.base_url,
+                key_id=job.lease.key_id,
+                request_id=job.id,
+            )
+            job.outputs.append(stored)
         self._log(job, f"Uploaded {stored.image.file_name} ({stored.image.file_size} bytes).")
         output = build_output(stored.image, image.seed, result.has_nsfw_concepts)
         metrics = {"inference_time": round(inference_time, 4)}
@@ -479,6 +529,11 @@ class GenerationWorker:
         )
 
     def _answer(self, job: _Job, completion: Completion) -> None:
+        with self._writes:
+            if not self._abandoned.is_set():
+                self._complete(job, completion)
+
+    def _complete(self, job: _Job, completion: Completion) -> None:
         job.answered = True
         if completion.ok:
             self._log(job, "Request completed.")
@@ -500,7 +555,10 @@ class GenerationWorker:
         python_level = logging.getLevelNamesMapping().get("WARNING" if level == "WARN" else level, logging.INFO)
         logger.log(python_level if echo else logging.DEBUG, message, extra={"request_id": job.id})
         try:
-            held = self.manager.log(job.lease, message, level)
+            with self._writes:
+                if self._abandoned.is_set():
+                    return
+                held = self.manager.log(job.lease, message, level)
         except Exception:
             logger.warning("could not store a log line of %s", job.id, exc_info=True)
             return
