@@ -57,21 +57,75 @@ def test_webhook_urls_are_checked_by_the_parser_that_sends_them(idle_client: Tes
         assert response.json()["detail"][0]["loc"] == ["query", "fal_webhook"]
 
 
-def test_only_raster_images_that_decode_are_uploaded(idle_client: TestClient) -> None:
-    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+def test_files_declared_as_images_must_decode(idle_client: TestClient) -> None:
     token = idle_client.post("/rest/storage/auth/token").json()["token"]
     bearer = {"Authorization": f"Bearer {token}"}
     for content_type, body in (
-        ("image/svg+xml", svg),
-        ("text/html", b"<script>alert(1)</script>"),
         ("image/png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 50),
         ("image/png", png_bomb(30000, 30000)),
         ("image/jpeg", png_bytes()),
+        ("image/webp", b"Hello, World!"),
     ):
         answer = idle_client.post("/cdn/files/upload", content=body, headers=bearer | {"Content-Type": content_type})
         assert answer.status_code == 415, content_type
         assert answer.json()["error_type"] == "bad_request"
-    assert idle_client.post(INITIATE, json={"content_type": "image/svg+xml"}).status_code == 415
+    assert idle_client.post(INITIATE, json={"content_type": "not a type"}).status_code == 415
+
+
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+ANY_FILES = {
+    "hello.txt": ("text/plain", b"Hello, World!"),
+    "notes.txt": ("text/plain; charset=utf-8", "Grüße\n".encode()),
+    "lora.safetensors": ("application/octet-stream", bytes(range(256)) * 4),
+    "evil.svg": ("image/svg+xml", SVG),
+    "evil.html": ("text/html", b"<script>alert(document.cookie)</script>"),
+}
+
+
+def _assert_served_as_attachment(client: TestClient, url: str, name: str, media_type: str, body: bytes) -> None:
+    for method in ("GET", "HEAD"):
+        served = client.request(method, url.removeprefix("http://testserver"))
+        assert served.status_code == 200, (name, method)
+        assert served.headers["content-disposition"] == f'attachment; filename="{name}"'
+        assert served.headers["x-content-type-options"] == "nosniff"
+        assert served.headers["content-security-policy"] == "default-src 'none'; sandbox"
+        assert served.headers["content-type"].split(";")[0] == media_type
+        assert served.headers["content-length"] == str(len(body))
+        if method == "GET":
+            assert served.content == body
+
+
+@pytest.mark.parametrize("name", list(ANY_FILES))
+def test_any_file_is_uploaded_and_served_as_an_attachment(idle_client: TestClient, name: str) -> None:
+    content_type, body = ANY_FILES[name]
+    media_type = content_type.split(";")[0]
+    token = idle_client.post("/rest/storage/auth/token").json()["token"]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type, "X-Fal-File-Name": name}
+    uploaded = idle_client.post("/cdn/files/upload", content=body, headers=headers)
+    assert uploaded.status_code == 200, uploaded.text
+    assert uploaded.json()["content_type"] == media_type and uploaded.json()["file_size"] == len(body)
+    _assert_served_as_attachment(idle_client, uploaded.json()["access_url"], name, media_type, body)
+    # The JS client's way: initiate, then PUT the bytes to the signed URL without credentials.
+    started = idle_client.post(INITIATE, json={"file_name": name, "content_type": content_type})
+    assert started.status_code == 200, started.text
+    put = idle_client.put(
+        started.json()["upload_url"].removeprefix("http://testserver"),
+        content=body,
+        headers={"Content-Type": content_type, "Authorization": ""},
+    )
+    assert put.status_code == 200, put.text
+    _assert_served_as_attachment(idle_client, started.json()["file_url"], name, media_type, body)
+
+
+def test_an_uploaded_text_file_is_not_an_image_input(idle_client: TestClient) -> None:
+    token = idle_client.post("/rest/storage/auth/token").json()["token"]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain", "X-Fal-File-Name": "hello.txt"}
+    url = idle_client.post("/cdn/files/upload", content=b"Hello, World!", headers=headers).json()["access_url"]
+    submitted = idle_client.post(f"/queue{APP}/image-to-image", json=SMALL | {"image_url": url}).json()
+    response = idle_client.get(submitted["response_url"].removeprefix("http://testserver"))
+    assert response.status_code == 422, response.text
+    problem = response.json()["detail"][0]
+    assert problem["loc"] == ["body", "image_url"] and "not a PNG, JPEG or WebP image" in problem["msg"]
 
 
 def test_served_files_and_pages_carry_protective_headers(idle_client: TestClient) -> None:
@@ -86,6 +140,7 @@ def test_served_files_and_pages_carry_protective_headers(idle_client: TestClient
         assert "sandbox" in served.headers["content-security-policy"]
         assert served.headers["content-type"] == "image/png"
         assert served.headers["content-length"] == str(len(png_bytes()))
+        assert served.headers["content-disposition"] == 'inline; filename="a.png"'
     assert idle_client.head(path + "x").status_code == 404
     page = idle_client.get("/")
     policy = page.headers["content-security-policy"]
