@@ -3,6 +3,8 @@ in fal's format, nothing unreadable is ever stored, and served files cannot run 
 
 from __future__ import annotations
 
+import base64
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,12 @@ from ..unit.test_content import png_bomb
 from .api_support import APP, SMALL, server_settings
 
 INITIATE = "/rest/storage/upload/initiate"
+
+
+def png_data_uri() -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+
+
 HOSTILE_BODIES = {
     "overflowing number": b'{"guidance_scale": 1e309}',
     "NaN": b'{"guidance_scale": NaN}',
@@ -151,10 +159,46 @@ def test_served_files_and_pages_carry_protective_headers(idle_client: TestClient
 
 def test_posting_to_a_request_route_is_not_a_submission(idle_client: TestClient) -> None:
     request_id = idle_client.post(f"/queue{APP}", json=SMALL).json()["request_id"]
-    for suffix in ("/cancel", "/status", ""):
-        response = idle_client.post(f"/queue{APP}/requests/{request_id}{suffix}", json={})
-        assert response.status_code == 405 and response.headers["allow"] == "GET, PUT"
+    for endpoint in ("", "/image-to-image"):
+        for suffix, allowed in (("/cancel", "PUT"), ("/status", "GET"), ("/status/stream", "GET"), ("", "GET")):
+            response = idle_client.post(f"/queue{APP}{endpoint}/requests/{request_id}{suffix}", json={})
+            assert response.status_code == 405, (endpoint, suffix)
+            assert response.headers["allow"] == allowed, (endpoint, suffix)
     assert len(idle_client.get("/api/requests").json()["requests"]) == 1
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def test_a_405_names_exactly_the_methods_the_path_takes(idle_client: TestClient) -> None:
+    paths = idle_client.get("/openapi.json").json()["paths"]
+    under_endpoint = f"/queue{APP}/foreground-to-blended/requests/{{id}}"
+    sub_paths = {f"{under_endpoint}{suffix}": {"get"} for suffix in ("", "/status", "/status/stream")}
+    sub_paths[f"{under_endpoint}/cancel"] = {"put"}
+    for path, operations in {**paths, **sub_paths}.items():
+        url = re.sub(r"\{[^}]+\}", "no-such-id", path)
+        documented = {method.upper() for method in operations}
+        answers = {method: idle_client.request(method, url) for method in METHODS if method not in documented}
+        refused = {method for method, answer in answers.items() if answer.status_code == 405}
+        accepted = ", ".join(method for method in METHODS if method not in refused)
+        for method in refused:
+            assert answers[method].headers["allow"] == accepted, (method, path)
+        assert refused, path
+
+
+def test_request_routes_answer_under_an_endpoint_sub_path_too(idle_client: TestClient) -> None:
+    submitted = idle_client.post(f"/queue{APP}/image-to-image", json=SMALL | {"image_url": png_data_uri()}).json()
+    request_id = submitted["request_id"]
+    for endpoint in ("", "/image-to-image", "/foreground-to-blended"):
+        base = f"/queue{APP}{endpoint}/requests/{request_id}"
+        status = idle_client.get(f"{base}/status")
+        assert status.status_code == 202 and status.json()["request_id"] == request_id, endpoint
+        assert idle_client.get(base).json()["detail"] == "Request is still in progress", endpoint
+        assert idle_client.get(f"/queue{APP}{endpoint}/requests/no-such-id/status/stream").status_code == 404
+    assert idle_client.put(f"/queue{APP}/image-to-image/requests/{request_id}/cancel").status_code == 202
+    with idle_client.stream("GET", f"/queue{APP}/image-to-image/requests/{request_id}/status/stream") as stream:
+        assert stream.status_code == 200 and "COMPLETED" in stream.read().decode()
+    assert idle_client.get(f"/queue{APP}/image-to-image/requests/{request_id}").status_code == 499
 
 
 def test_a_full_queue_answers_429_with_retry_after(settings: Settings, tmp_path: Path) -> None:
