@@ -219,3 +219,31 @@ def test_openapi_documents_errors_and_the_event_stream(idle_client: TestClient) 
     assert list(stream["content"]) == ["text/event-stream"]
     status = paths[f"/queue{APP}/requests/{{request_id}}/status"]["get"]["responses"]
     assert {"200", "202", "404"} <= set(status)
+
+
+def test_image_fields_document_what_they_accept_and_the_api_checks_just_that(idle_client: TestClient) -> None:
+    schemas = idle_client.get("/openapi.json").json()["components"]["schemas"]
+    documented = {
+        (model, field): schema
+        for model, body in schemas.items()
+        for field, schema in body.get("properties", {}).items()
+        if field.endswith("image_url")
+    }
+    assert len(documented) >= 7
+    patterns = {schema["pattern"] for schema in documented.values()}
+    assert {schema["format"] for schema in documented.values()} == {"uri"} and len(patterns) == 1
+    pattern = re.compile(patterns.pop())
+    image = png_data_uri()
+    for value in (image, "DATA:" + image[5:], "Data:" + image[5:], "HTTPS://127.0.0.1/a.png", "ftp://x/a.png", "a.png"):
+        submitted = idle_client.post(f"/queue{APP}/image-to-image", json=SMALL | {"image_url": value}).json()
+        status = idle_client.get(f"/queue{APP}/requests/{submitted['request_id']}/status").json()
+        result = idle_client.get(f"/queue{APP}/requests/{submitted['request_id']}")
+        if pattern.match(value) and value.lower().startswith("data:"):
+            assert status["status"] == "IN_QUEUE", value  # a decodable image: admitted
+        else:
+            assert result.status_code == 422, value
+            problem = result.json()["detail"][0]
+            assert problem["loc"] == ["body", "image_url"], value
+            assert "webhook URL" not in problem["msg"], value
+            if not pattern.match(value):
+                assert problem["msg"].startswith("must be an http(s) URL"), (value, problem)

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
 from ..lifecycle import outcomes, wait_for_change
-from ..schemas import LayerDiffusionOutput
+from ..schemas import API_INPUT, LayerDiffusionOutput
 from ..store.contracts import RequestRecord, RequestState
 from .admission import admit, endpoint_body_limit
 from .bodies import read_json_object
@@ -30,7 +30,7 @@ router = APIRouter(prefix=f"/run/{APP_ID}", tags=["run"])
 
 async def _run(request: Request, services: Services, key_id: str, endpoint: Endpoint) -> JSONResponse:
     raw_input = await read_json_object(request, endpoint_body_limit(services, endpoint))
-    endpoint.input_model.model_validate(raw_input)  # invalid input: 422 now, nothing stored
+    endpoint.input_model.model_validate(raw_input, context=API_INPUT)  # invalid input: 422 now, nothing stored
     record = await anyio.to_thread.run_sync(
         lambda: admit(services, key_id, raw_input, request.headers, endpoint=endpoint, mode="sync"),
         limiter=services.image_admissions() if endpoint.image_fields else None,
