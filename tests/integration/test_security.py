@@ -247,3 +247,27 @@ def test_image_fields_document_what_they_accept_and_the_api_checks_just_that(idl
             assert "webhook URL" not in problem["msg"], value
             if not pattern.match(value):
                 assert problem["msg"].startswith("must be an http(s) URL"), (value, problem)
+
+
+def test_file_urls_come_from_the_files_origin_when_one_is_set(
+    settings: Settings, tmp_path: Path, tiny_pipeline: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAYERDIFFUSE_FILES_PUBLIC_URL", "https://files.example/")
+    from_env = Settings().files_public_url
+    assert from_env == "https://files.example/"
+    configured = server_settings(settings, tmp_path, public_url="https://api.example", files_public_url=from_env)
+    files = build_services(configured, lambda: tiny_pipeline, model_name="tiny")
+    with TestClient(create_app(files)) as client:
+        client.headers["Authorization"] = f"Key {issue_key(files.store.keys, 'tests').value}"
+        token = client.post("/rest/storage/auth/token").json()
+        assert token["base_url"] == "https://api.example/cdn"  # uploads go to the API
+        headers = {"Authorization": f"Bearer {token['token']}", "Content-Type": "image/png", "X-Fal-File-Name": "a.png"}
+        uploaded = client.post("/cdn/files/upload", content=png_bytes(), headers=headers).json()["access_url"]
+        assert uploaded.startswith("https://files.example/files/")
+        assert client.get(uploaded.removeprefix("https://files.example")).content == png_bytes()
+        started = client.post(INITIATE, json={"file_name": "b.txt", "content_type": "text/plain"}).json()
+        assert started["upload_url"].startswith("https://api.example/files/upload/")
+        assert started["file_url"].startswith("https://files.example/files/")
+        output = client.post(f"/run{APP}/image-to-image", json=SMALL | {"image_url": uploaded}).json()
+        assert output["image"]["url"].startswith("https://files.example/files/"), output
+        assert "https://files.example" in client.get("/").headers["content-security-policy"]

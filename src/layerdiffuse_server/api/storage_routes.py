@@ -203,7 +203,7 @@ async def cdn_upload(
         ready=True,
     )
     await anyio.to_thread.run_sync(_save, services, record, data)
-    url = file_url(services.base_url, record.id, record.file_name)
+    url = file_url(services.files_url, record.id, record.file_name)
     return JSONResponse(
         {"access_url": url, "file_name": record.file_name, "content_type": content_type, "file_size": len(data)}
     )
@@ -240,7 +240,7 @@ async def initiate_upload(request: Request, services: ServicesDep, key: KeyDep) 
     signature = _b64(services.signing_keys.sign(_upload_claims(record.id, expires)))
     upload_url = f"{services.base_url}/files/upload/{record.id}?expires={expires}&signature={signature}"
     return JSONResponse(
-        {"upload_url": upload_url, "file_url": file_url(services.base_url, record.id, record.file_name)}
+        {"upload_url": upload_url, "file_url": file_url(services.files_url, record.id, record.file_name)}
     )
 
 
@@ -269,7 +269,7 @@ async def put_upload(
         await anyio.to_thread.run_sync(services.store.files.unclaim_upload, file_id)
         raise
     await anyio.to_thread.run_sync(services.store.files.mark_ready, file_id, len(data))
-    return JSONResponse({"file_url": file_url(services.base_url, file_id, record.file_name), "file_size": len(data)})
+    return JSONResponse({"file_url": file_url(services.files_url, file_id, record.file_name), "file_size": len(data)})
 
 
 FILE_DOC: dict[int | str, dict[str, Any]] = {
