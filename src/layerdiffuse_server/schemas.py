@@ -8,10 +8,11 @@ and ``"20"`` is not an integer, while ``20.0`` is one (JSON has only numbers).
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
 #: Seeds travel through JSON to JavaScript clients, whose numbers are exact only up to 2**53 - 1.
 MAX_SEED = 2**53 - 1
@@ -29,9 +30,31 @@ JsonInt = Annotated[int, BeforeValidator(_integral_number)]
 #: Any side from 64 to 2048 pixels. The transparent decoder needs multiples of 64 (it halves the
 #: resolution six times), so other sizes are generated at the next multiple of 64 and centre-cropped.
 ImageSide = Annotated[int, Field(ge=64, le=2048), BeforeValidator(_integral_number)]
+#: What an image field of an API request starts with: ``http://``, ``https://`` or ``data:``, in any
+#: case (URI schemes are case-insensitive). Published as the fields' ``pattern`` and checked with the
+#: same expression for input that arrives through the API (validated with ``context=API_INPUT``);
+#: the CLI and the library also take local paths, so they validate without it.
+IMAGE_URL_PATTERN = r"^([Hh][Tt][Tt][Pp][Ss]?://|[Dd][Aa][Tt][Aa]:)"
+API_INPUT: dict[str, Any] = {"source": "api"}
+_IMAGE_URL = re.compile(IMAGE_URL_PATTERN)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{0,31}):")
+
+
+def _checked_image_url(value: str, info: ValidationInfo) -> str:
+    if (info.context or {}).get("source") == API_INPUT["source"] and not _IMAGE_URL.match(value):
+        scheme = _SCHEME.match(value)
+        shown = f"a URL of scheme {scheme[1].lower()!r}" if scheme else repr(value[:60])
+        raise ValueError(f"must be an http(s) URL, a data: URI or a file URL of this server, got {shown}")
+    return value
+
+
 #: An image input: this server's file URL (what the clients' upload returns), a data: URI, or an
 #: http(s) URL the server fetches. Data URIs make these long; the request body limit bounds them.
-ImageUrl = Annotated[str, Field(min_length=1)]
+ImageUrl = Annotated[
+    str,
+    Field(min_length=1, json_schema_extra={"format": "uri", "pattern": IMAGE_URL_PATTERN}),
+    AfterValidator(_checked_image_url),
+]
 
 
 def random_seed() -> int:

@@ -156,6 +156,11 @@ class Settings(BaseSettings):
         default="text", description="Process logs as text lines or as one JSON object per line (with request ids)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Process log level.")
+    files_public_url: str | None = Field(
+        default=None,
+        description="Base URL of a separate origin for stored files' URLs (it must route /files/ to the API); "
+        "default: public_url.",
+    )
 
     @property
     def presets_dir(self) -> Path:

@@ -106,6 +106,21 @@ def uploads(args: dict) -> dict:
     }
 
 
+def text_uploads(args: dict) -> dict:
+    """Any file goes, as on fal: a text file by each of the client's ways, downloaded as served."""
+    path = Path(args["file"])
+    urls = {
+        "upload_file": fal_client.upload_file(path),
+        "upload": fal_client.upload(b"Hello, World!", "text/plain", file_name="hello.txt"),
+        "fallback": fal_client.upload(b"Hello, World!", "text/plain", file_name="hello.txt", repository="fal"),
+    }
+    served = {}
+    for name, url in urls.items():
+        response = httpx.get(url)
+        served[name] = {"status": response.status_code, "text": response.text, **dict(response.headers)}
+    return {"urls": urls, "served": served}
+
+
 def layer(args: dict) -> dict:
     """An endpoint with image inputs: the first image uploaded with ``upload_file`` (its URL is sent),
     the others sent inline as data: URIs (``encode_file``), the client's two ways of passing a file."""

@@ -84,6 +84,18 @@ def test_storage_upload_and_blob_auto_upload(node: str, server: ServerProcess, a
     assert transformed["prompt"] == "x" and httpx.get(transformed["image"]).content == PNG_BYTES
 
 
+def test_storage_upload_of_a_text_file(node: str, server: ServerProcess, api_key: str) -> None:
+    uploaded = run_js(node, server, api_key, "uploadTextFile", {})
+    assert uploaded["ok"], uploaded
+    assert uploaded["status"] == 200 and uploaded["text"] == "Hello, World!"
+    assert uploaded["url"].endswith("/hello.txt")
+    headers = uploaded["headers"]
+    assert headers["content-type"].split(";")[0] == "text/plain"
+    assert headers["content-disposition"] == 'attachment; filename="hello.txt"'
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["content-security-policy"] == "default-src 'none'; sandbox"
+
+
 def test_unauthenticated_calls_get_401(node: str, server: ServerProcess) -> None:
     outcome = run_js(node, server, "nobody:secret", "run", {"input": SMALL})
     assert outcome["error"]["kind"] == "ApiError" and outcome["error"]["status"] == 401

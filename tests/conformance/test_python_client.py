@@ -102,6 +102,23 @@ def test_uploads_through_the_hard_coded_storage_hosts(
     assert outcome["urls"]["upload_file"].endswith("/input.png")
 
 
+def test_text_files_upload_and_come_back_as_attachments(
+    server: ServerProcess, api_key: str, connect_proxy: str, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Hello, World!")
+    env = python_client_env(server, api_key, via_proxy=connect_proxy)
+    outcome = run_python("text_uploads", {"file": str(notes)}, env)
+    assert outcome["ok"], outcome
+    assert outcome["urls"]["upload_file"].endswith("/notes.txt")
+    for name, served in outcome["served"].items():
+        assert served["status"] == 200 and served["text"] == "Hello, World!", name
+        assert served["content-type"].split(";")[0] == "text/plain", name
+        assert served["content-disposition"].startswith("attachment;"), name
+        assert served["x-content-type-options"] == "nosniff", name
+        assert served["content-security-policy"] == "default-src 'none'; sandbox", name
+
+
 def test_the_queue_host_by_name_through_the_proxy(server: ServerProcess, api_key: str, connect_proxy: str) -> None:
     """fal's own host names (as if DNS pointed them at us) work for runs too, not only for storage."""
     outcome = run_python("run", {"input": SMALL}, python_client_env(server, api_key, via_proxy=connect_proxy))

@@ -49,7 +49,13 @@ def test_presigned_urls_where_the_backend_has_them(blobs: BlobStore) -> None:
     answer = httpx.get(url)
     assert answer.status_code == 200 and answer.content == b"\x89PNG-bytes"
     assert answer.headers["content-type"] == "image/png"
+    assert answer.headers["content-disposition"] == 'inline; filename="a.png"'
     assert httpx.get(url.replace("Signature=", "Signature=0")).status_code == 403  # the signature is checked
+    # Only raster images are inline, on the object store's origin as on the API's.
+    blobs.put(file_id, b"<svg/>", "image/svg+xml")
+    url = blobs.presigned_url(file_id, file_name="a.svg", content_type="image/svg+xml", expires_seconds=60)
+    assert url is not None
+    assert httpx.get(url).headers["content-disposition"] == 'attachment; filename="a.svg"'
 
 
 def test_an_unreachable_bucket_is_a_clear_storage_error(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,7 @@ documented operation, checked for server errors and for answers that match what 
 (status codes, content types, bodies), and that routes needing a key refuse to work without one.
 
 Schema-valid requests are not all expected to succeed: a webhook URL that is a valid string can
-name a private network, an upload of any bytes is refused unless it decodes as an image, and the
+name a private network, an upload declared as an image is refused unless it decodes as one, and the
 queue takes invalid input with 200 to report it as the request's result, as fal's queue does.
 
 The server is real (uvicorn on 127.0.0.1, the whole app, a worker) with the shipped fake engine,

@@ -4,6 +4,7 @@ in fal's format, nothing unreadable is ever stored, and served files cannot run 
 from __future__ import annotations
 
 import base64
+import re
 import time
 from pathlib import Path
 
@@ -20,6 +21,12 @@ from ..unit.test_content import png_bomb
 from .api_support import APP, SMALL, server_settings
 
 INITIATE = "/rest/storage/upload/initiate"
+
+
+def png_data_uri() -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+
+
 HOSTILE_BODIES = {
     "overflowing number": b'{"guidance_scale": 1e309}',
     "NaN": b'{"guidance_scale": NaN}',
@@ -59,21 +66,75 @@ def test_webhook_urls_are_checked_by_the_parser_that_sends_them(idle_client: Tes
         assert response.json()["detail"][0]["loc"] == ["query", "fal_webhook"]
 
 
-def test_only_raster_images_that_decode_are_uploaded(idle_client: TestClient) -> None:
-    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+def test_files_declared_as_images_must_decode(idle_client: TestClient) -> None:
     token = idle_client.post("/rest/storage/auth/token").json()["token"]
     bearer = {"Authorization": f"Bearer {token}"}
     for content_type, body in (
-        ("image/svg+xml", svg),
-        ("text/html", b"<script>alert(1)</script>"),
         ("image/png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 50),
         ("image/png", png_bomb(30000, 30000)),
         ("image/jpeg", png_bytes()),
+        ("image/webp", b"Hello, World!"),
     ):
         answer = idle_client.post("/cdn/files/upload", content=body, headers=bearer | {"Content-Type": content_type})
         assert answer.status_code == 415, content_type
         assert answer.json()["error_type"] == "bad_request"
-    assert idle_client.post(INITIATE, json={"content_type": "image/svg+xml"}).status_code == 415
+    assert idle_client.post(INITIATE, json={"content_type": "not a type"}).status_code == 415
+
+
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+ANY_FILES = {
+    "hello.txt": ("text/plain", b"Hello, World!"),
+    "notes.txt": ("text/plain; charset=utf-8", "Grüße\n".encode()),
+    "lora.safetensors": ("application/octet-stream", bytes(range(256)) * 4),
+    "evil.svg": ("image/svg+xml", SVG),
+    "evil.html": ("text/html", b"<script>alert(document.cookie)</script>"),
+}
+
+
+def _assert_served_as_attachment(client: TestClient, url: str, name: str, media_type: str, body: bytes) -> None:
+    for method in ("GET", "HEAD"):
+        served = client.request(method, url.removeprefix("http://testserver"))
+        assert served.status_code == 200, (name, method)
+        assert served.headers["content-disposition"] == f'attachment; filename="{name}"'
+        assert served.headers["x-content-type-options"] == "nosniff"
+        assert served.headers["content-security-policy"] == "default-src 'none'; sandbox"
+        assert served.headers["content-type"].split(";")[0] == media_type
+        assert served.headers["content-length"] == str(len(body))
+        if method == "GET":
+            assert served.content == body
+
+
+@pytest.mark.parametrize("name", list(ANY_FILES))
+def test_any_file_is_uploaded_and_served_as_an_attachment(idle_client: TestClient, name: str) -> None:
+    content_type, body = ANY_FILES[name]
+    media_type = content_type.split(";")[0]
+    token = idle_client.post("/rest/storage/auth/token").json()["token"]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type, "X-Fal-File-Name": name}
+    uploaded = idle_client.post("/cdn/files/upload", content=body, headers=headers)
+    assert uploaded.status_code == 200, uploaded.text
+    assert uploaded.json()["content_type"] == media_type and uploaded.json()["file_size"] == len(body)
+    _assert_served_as_attachment(idle_client, uploaded.json()["access_url"], name, media_type, body)
+    # The JS client's way: initiate, then PUT the bytes to the signed URL without credentials.
+    started = idle_client.post(INITIATE, json={"file_name": name, "content_type": content_type})
+    assert started.status_code == 200, started.text
+    put = idle_client.put(
+        started.json()["upload_url"].removeprefix("http://testserver"),
+        content=body,
+        headers={"Content-Type": content_type, "Authorization": ""},
+    )
+    assert put.status_code == 200, put.text
+    _assert_served_as_attachment(idle_client, started.json()["file_url"], name, media_type, body)
+
+
+def test_an_uploaded_text_file_is_not_an_image_input(idle_client: TestClient) -> None:
+    token = idle_client.post("/rest/storage/auth/token").json()["token"]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain", "X-Fal-File-Name": "hello.txt"}
+    url = idle_client.post("/cdn/files/upload", content=b"Hello, World!", headers=headers).json()["access_url"]
+    submitted = idle_client.post(f"/queue{APP}/image-to-image", json=SMALL | {"image_url": url}).json()
+    response = idle_client.get(submitted["response_url"].removeprefix("http://testserver"))
+    assert response.status_code == 422, response.text
+    problem = response.json()["detail"][0]
+    assert problem["loc"] == ["body", "image_url"] and "not a PNG, JPEG or WebP image" in problem["msg"]
 
 
 def test_served_files_and_pages_carry_protective_headers(idle_client: TestClient) -> None:
@@ -88,6 +149,7 @@ def test_served_files_and_pages_carry_protective_headers(idle_client: TestClient
         assert "sandbox" in served.headers["content-security-policy"]
         assert served.headers["content-type"] == "image/png"
         assert served.headers["content-length"] == str(len(png_bytes()))
+        assert served.headers["content-disposition"] == 'inline; filename="a.png"'
     assert idle_client.head(path + "x").status_code == 404
     page = idle_client.get("/")
     policy = page.headers["content-security-policy"]
@@ -98,10 +160,46 @@ def test_served_files_and_pages_carry_protective_headers(idle_client: TestClient
 
 def test_posting_to_a_request_route_is_not_a_submission(idle_client: TestClient) -> None:
     request_id = idle_client.post(f"/queue{APP}", json=SMALL).json()["request_id"]
-    for suffix in ("/cancel", "/status", ""):
-        response = idle_client.post(f"/queue{APP}/requests/{request_id}{suffix}", json={})
-        assert response.status_code == 405 and response.headers["allow"] == "GET, PUT"
+    for endpoint in ("", "/image-to-image"):
+        for suffix, allowed in (("/cancel", "PUT"), ("/status", "GET"), ("/status/stream", "GET"), ("", "GET")):
+            response = idle_client.post(f"/queue{APP}{endpoint}/requests/{request_id}{suffix}", json={})
+            assert response.status_code == 405, (endpoint, suffix)
+            assert response.headers["allow"] == allowed, (endpoint, suffix)
     assert len(idle_client.get("/api/requests").json()["requests"]) == 1
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def test_a_405_names_exactly_the_methods_the_path_takes(idle_client: TestClient) -> None:
+    paths = idle_client.get("/openapi.json").json()["paths"]
+    under_endpoint = f"/queue{APP}/foreground-to-blended/requests/{{id}}"
+    sub_paths = {f"{under_endpoint}{suffix}": {"get"} for suffix in ("", "/status", "/status/stream")}
+    sub_paths[f"{under_endpoint}/cancel"] = {"put"}
+    for path, operations in {**paths, **sub_paths}.items():
+        url = re.sub(r"\{[^}]+\}", "no-such-id", path)
+        documented = {method.upper() for method in operations}
+        answers = {method: idle_client.request(method, url) for method in METHODS if method not in documented}
+        refused = {method for method, answer in answers.items() if answer.status_code == 405}
+        accepted = ", ".join(method for method in METHODS if method not in refused)
+        for method in refused:
+            assert answers[method].headers["allow"] == accepted, (method, path)
+        assert refused, path
+
+
+def test_request_routes_answer_under_an_endpoint_sub_path_too(idle_client: TestClient) -> None:
+    submitted = idle_client.post(f"/queue{APP}/image-to-image", json=SMALL | {"image_url": png_data_uri()}).json()
+    request_id = submitted["request_id"]
+    for endpoint in ("", "/image-to-image", "/foreground-to-blended"):
+        base = f"/queue{APP}{endpoint}/requests/{request_id}"
+        status = idle_client.get(f"{base}/status")
+        assert status.status_code == 202 and status.json()["request_id"] == request_id, endpoint
+        assert idle_client.get(base).json()["detail"] == "Request is still in progress", endpoint
+        assert idle_client.get(f"/queue{APP}{endpoint}/requests/no-such-id/status/stream").status_code == 404
+    assert idle_client.put(f"/queue{APP}/image-to-image/requests/{request_id}/cancel").status_code == 202
+    with idle_client.stream("GET", f"/queue{APP}/image-to-image/requests/{request_id}/status/stream") as stream:
+        assert stream.status_code == 200 and "COMPLETED" in stream.read().decode()
+    assert idle_client.get(f"/queue{APP}/image-to-image/requests/{request_id}").status_code == 499
 
 
 def test_a_full_queue_answers_429_with_retry_after(settings: Settings, tmp_path: Path) -> None:
@@ -122,6 +220,58 @@ def test_openapi_documents_errors_and_the_event_stream(idle_client: TestClient) 
     assert list(stream["content"]) == ["text/event-stream"]
     status = paths[f"/queue{APP}/requests/{{request_id}}/status"]["get"]["responses"]
     assert {"200", "202", "404"} <= set(status)
+
+
+def test_image_fields_document_what_they_accept_and_the_api_checks_just_that(idle_client: TestClient) -> None:
+    schemas = idle_client.get("/openapi.json").json()["components"]["schemas"]
+    documented = {
+        (model, field): schema
+        for model, body in schemas.items()
+        for field, schema in body.get("properties", {}).items()
+        if field.endswith("image_url")
+    }
+    assert len(documented) >= 7
+    patterns = {schema["pattern"] for schema in documented.values()}
+    assert {schema["format"] for schema in documented.values()} == {"uri"} and len(patterns) == 1
+    pattern = re.compile(patterns.pop())
+    image = png_data_uri()
+    for value in (image, "DATA:" + image[5:], "Data:" + image[5:], "HTTPS://127.0.0.1/a.png", "ftp://x/a.png", "a.png"):
+        submitted = idle_client.post(f"/queue{APP}/image-to-image", json=SMALL | {"image_url": value}).json()
+        status = idle_client.get(f"/queue{APP}/requests/{submitted['request_id']}/status").json()
+        result = idle_client.get(f"/queue{APP}/requests/{submitted['request_id']}")
+        if pattern.match(value) and value.lower().startswith("data:"):
+            assert status["status"] == "IN_QUEUE", value  # a decodable image: admitted
+        else:
+            assert result.status_code == 422, value
+            problem = result.json()["detail"][0]
+            assert problem["loc"] == ["body", "image_url"], value
+            assert "webhook URL" not in problem["msg"], value
+            if not pattern.match(value):
+                assert problem["msg"].startswith("must be an http(s) URL"), (value, problem)
+
+
+def test_file_urls_come_from_the_files_origin_when_one_is_set(
+    settings: Settings, tmp_path: Path, tiny_pipeline: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAYERDIFFUSE_FILES_PUBLIC_URL", "https://files.example/")
+    from_env = Settings().files_public_url
+    assert from_env == "https://files.example/"
+    configured = server_settings(settings, tmp_path, public_url="https://api.example", files_public_url=from_env)
+    files = build_services(configured, lambda: tiny_pipeline, model_name="tiny")
+    with TestClient(create_app(files)) as client:
+        client.headers["Authorization"] = f"Key {issue_key(files.store.keys, 'tests').value}"
+        token = client.post("/rest/storage/auth/token").json()
+        assert token["base_url"] == "https://api.example/cdn"  # uploads go to the API
+        headers = {"Authorization": f"Bearer {token['token']}", "Content-Type": "image/png", "X-Fal-File-Name": "a.png"}
+        uploaded = client.post("/cdn/files/upload", content=png_bytes(), headers=headers).json()["access_url"]
+        assert uploaded.startswith("https://files.example/files/")
+        assert client.get(uploaded.removeprefix("https://files.example")).content == png_bytes()
+        started = client.post(INITIATE, json={"file_name": "b.txt", "content_type": "text/plain"}).json()
+        assert started["upload_url"].startswith("https://api.example/files/upload/")
+        assert started["file_url"].startswith("https://files.example/files/")
+        output = client.post(f"/run{APP}/image-to-image", json=SMALL | {"image_url": uploaded}).json()
+        assert output["image"]["url"].startswith("https://files.example/files/"), output
+        assert "https://files.example" in client.get("/").headers["content-security-policy"]
 
 
 def wide_image_uri() -> str:

@@ -1,4 +1,4 @@
-"""Upload rules: raster images only, decoded to prove it, within a pixel limit; data URIs alike."""
+"""Upload rules: any file, images decoded to prove it within a pixel limit; image inputs raster only."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from layerdiffuse_server.files.content import (
     UnsupportedContentError,
     check_content_type,
     check_image,
+    check_upload,
+    content_disposition,
     decode_data_uri,
 )
 
@@ -49,9 +51,29 @@ def test_raster_images_that_decode_are_accepted(declared: str, image_format: str
 @pytest.mark.parametrize(
     "declared", ["image/svg+xml", "text/html", "application/pdf", "image/gif", "application/octet-stream", "text/plain"]
 )
-def test_anything_a_browser_could_run_or_the_endpoints_cannot_read_is_refused(declared: str) -> None:
-    with pytest.raises(UnsupportedContentError, match="not accepted"):
-        check_content_type(declared)
+def test_anything_the_endpoints_cannot_read_is_refused_as_an_image(declared: str) -> None:
+    with pytest.raises(UnsupportedContentError, match="not accepted as an image"):
+        check_image(declared, b"<svg/>")
+
+
+@pytest.mark.parametrize(
+    ("declared", "expected"),
+    [
+        ("text/plain; charset=utf-8", "text/plain"),
+        ("application/octet-stream", "application/octet-stream"),
+        (None, "application/octet-stream"),
+        ("image/svg+xml", "image/svg+xml"),
+        ("Text/HTML", "text/html"),
+    ],
+)
+def test_uploads_may_be_any_file_and_only_checked_raster_images_are_inline(declared: str | None, expected: str) -> None:
+    assert check_content_type(declared) == expected
+    assert check_upload(declared, b"Hello, World!") == expected
+    assert content_disposition(expected, "hello.txt") == 'attachment; filename="hello.txt"'
+    assert check_upload("image/png", encoded("PNG")) == "image/png"
+    assert content_disposition("image/png", "a.png") == 'inline; filename="a.png"'
+    with pytest.raises(UnsupportedContentError, match="not a readable image/png"):
+        check_upload("image/png", b"Hello, World!")  # declared as an image: it must be one
 
 
 def test_bytes_must_decode_as_the_declared_format() -> None:
@@ -78,6 +100,7 @@ def test_data_uris_decode_with_the_same_checks() -> None:
     png = encoded("PNG")
     uri = "data:image/png;base64," + base64.b64encode(png).decode()
     assert decode_data_uri(uri, max_bytes=4096) == ("image/png", png)
+    assert decode_data_uri("DATA:image/png;base64," + uri[22:], max_bytes=4096) == ("image/png", png)
     with pytest.raises(UnsupportedContentError, match="larger than"):
         decode_data_uri(uri, max_bytes=8)
     with pytest.raises(UnsupportedContentError, match="invalid base64"):

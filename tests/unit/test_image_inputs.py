@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -51,12 +52,21 @@ def data_uri(data: bytes, media_type: str = "image/png") -> str:
     return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
 
 
-def add_file(store: Store, blobs: LocalBlobStore, data: bytes, *, name: str = "cat.png", ready: bool = True) -> str:
+def add_file(
+    store: Store,
+    blobs: LocalBlobStore,
+    data: bytes,
+    *,
+    name: str = "cat.png",
+    ready: bool = True,
+    content_type: str = "image/png",
+) -> str:
     """An uploaded file, as the storage routes catalogue it; its id."""
     file_id = new_file_id()
     if ready:
-        blobs.put(file_id, data, "image/png")
-    store.files.add(FileRecord(file_id, name, "image/png", len(data) if ready else None, "k", None, 0.0, None, ready))
+        blobs.put(file_id, data, content_type)
+    size = len(data) if ready else None
+    store.files.add(FileRecord(file_id, name, content_type, size, "k", None, 0.0, None, ready))
     return file_id
 
 
@@ -113,6 +123,35 @@ def test_a_data_uri_is_stored_as_a_file_of_the_key(store: Store, blobs: LocalBlo
     assert (record.key_id, record.content_type, record.size, record.ready) == ("key-1", "image/png", len(data), True)
     assert record.expires_at == 1234.0 and record.request_id is None
     assert (read(store, blobs, stored["image_url"]) == [1, 2, 3, 255]).all()
+
+
+def test_uri_schemes_are_case_insensitive(store: Store, blobs: LocalBlobStore) -> None:
+    data = encode(Image.new("RGB", (2, 2), (4, 5, 6)))
+    for prefix in ("DATA:", "Data:"):
+        stored = materialise(store, blobs, {"image_url": prefix + data_uri(data).removeprefix("data:")})
+        assert (read(store, blobs, stored["image_url"]) == [4, 5, 6, 255]).all(), prefix
+    file_id = add_file(store, blobs, data)
+    stored = materialise(store, blobs, {"image_url": f"HTTPS://API.example/files/{file_id}/cat.png"})
+    assert stored["image_url"] == file_url(BASE_URL, file_id, "cat.png")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "image/svg+xml", "application/octet-stream"])
+def test_an_own_file_that_is_not_an_image_is_refused_naming_the_field(
+    store: Store, blobs: LocalBlobStore, content_type: str
+) -> None:
+    file_id = add_file(store, blobs, b"Hello, World!", name="hello.txt", content_type=content_type)
+    with pytest.raises(InvalidInputError, match=re.escape(f"hello.txt is {content_type}, not a PNG")) as refused:
+        materialise(store, blobs, {"mask_url": file_url(BASE_URL, file_id, "hello.txt")})
+    assert refused.value.field == "mask_url" and refused.value.location == "body"
+
+
+def test_refusals_speak_of_the_image_url_not_of_webhooks(store: Store, blobs: LocalBlobStore) -> None:
+    for url in ("http://user:secret@example.com/a.png", "http://example.com:99999/a.png", "gopher://x/a.png"):
+        with pytest.raises(InvalidInputError) as refused:
+            materialise(store, blobs, {"image_url": url})
+        message = str(refused.value)
+        assert "webhook URL" not in message and "the webhook" not in message, message
+        assert refused.value.field == "image_url"
 
 
 def test_absent_and_null_fields_are_left_alone(store: Store, blobs: LocalBlobStore) -> None:

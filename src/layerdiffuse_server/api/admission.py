@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from ..endpoints import ENDPOINTS, Endpoint
 from ..errors import InvalidInputError
 from ..lifecycle import Submission, outcomes
-from ..schemas import image_fields
+from ..schemas import API_INPUT, image_fields
 from ..store.contracts import Completion, Priority, RequestRecord
 from ..webhooks.targets import check_webhook_url
 from .bodies import input_body_limit
@@ -94,7 +94,7 @@ def admit(
     rejection: Completion | None = None
     stored = raw_input
     try:
-        params = endpoint.input_model.model_validate(raw_input)
+        params = endpoint.input_model.model_validate(raw_input, context=API_INPUT)
     except ValidationError as error:
         rejection = outcomes.invalid_input(error)
     else:

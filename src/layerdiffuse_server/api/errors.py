@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ..errors import InvalidInputError, LayerDiffuseError, validation_details
 from ..lifecycle.outcomes import error_body
@@ -39,6 +40,22 @@ def fal_error(status_code: int, detail: Any, error_type: str | None = None, **he
     return JSONResponse(error_body(detail, error_type), status_code=status_code, headers=headers)
 
 
+#: The methods a 405's ``Allow`` may name.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` of a 405: each method some route takes at this path. (Starlette names the
+    methods of the first route whose path matches, though another route may take the same path.)"""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidInputError)
     async def _invalid_input(_request: Request, error: InvalidInputError) -> JSONResponse:
@@ -60,9 +77,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return fal_error(422, validation_details(error.errors(include_url=False), location="body"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         error_type = ERROR_TYPES_BY_STATUS.get(error.status_code)
-        return fal_error(error.status_code, error.detail, error_type, **(error.headers or {}))
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        return fal_error(error.status_code, error.detail, error_type, **headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception) -> JSONResponse:

@@ -28,7 +28,7 @@ def _origin(url: str | None) -> str | None:
 
 
 def content_security_policy(services: Services) -> str:
-    file_origins = ["'self'", _origin(services.base_url)]
+    file_origins = ["'self'", _origin(services.base_url), _origin(services.files_url)]
     if services.settings.file_delivery == "redirect":
         sample = services.blobs.presigned_url(
             "csp-origin-probe", file_name="x.png", content_type="image/png", expires_seconds=60

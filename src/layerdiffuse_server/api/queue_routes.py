@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
 from ..lifecycle import wait_for_change
@@ -118,13 +119,20 @@ for _endpoint in ENDPOINTS[1:]:
     )
 
 
-@router.post("/{subpath:path}", include_in_schema=False)
+class _SubmissionPath(PathConvertor):
+    """A sub-path that may name an endpoint: none with a ``requests`` segment, which are the request
+    routes' (a POST there is a 405 naming their methods, not a submission to an unknown endpoint)."""
+
+    regex = r"(?!(?:[^/]*/)*requests(?:/|$)).+"
+
+
+register_url_convertor("submission", _SubmissionPath())
+
+
+@router.post("/{subpath:submission}", include_in_schema=False)
 async def submit_subpath(
     subpath: str, request: Request, services: ServicesDep, key: KeyDep, fal_webhook: WebhookQuery = None
 ) -> JSONResponse:
-    if subpath == "requests" or subpath.startswith("requests/"):
-        # The request routes are GET and PUT; a POST there is a mistake, not a submission.
-        return fal_error(405, "Method not allowed", "bad_request", Allow="GET, PUT")
     return await _submit(request, services, key, fal_webhook, endpoint_at(subpath))
 
 
@@ -251,3 +259,15 @@ async def cancel(request_id: str, services: ServicesDep, key: KeyDep) -> JSONRes
     if outcome is CancelOutcome.NOT_FOUND:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
     return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+
+
+# The request routes under each endpoint's sub-path as well (``…/image-to-image/requests/{id}/status``):
+# the clients use the app id's, but a URL written by hand with the endpoint in it gets the same answer.
+for _endpoint in ENDPOINTS[1:]:
+    for _path, _handler, _method in (
+        ("/requests/{request_id}/status", status, "GET"),
+        ("/requests/{request_id}/status/stream", status_stream, "GET"),
+        ("/requests/{request_id}", result, "GET"),
+        ("/requests/{request_id}/cancel", cancel, "PUT"),
+    ):
+        router.add_api_route(f"/{_endpoint.path}{_path}", _handler, methods=[_method], include_in_schema=False)

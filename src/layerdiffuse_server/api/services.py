@@ -14,7 +14,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from ..auth import authenticate
-from ..files import BlobStore
+from ..files import BlobStore, files_base_url
 from ..files.image_inputs import ImageInputPolicy, discard_copies, needs_fetching, store_image_inputs
 from ..lifecycle import Housekeeper, RequestEvents, RequestManager
 from ..observability import Metrics
@@ -71,6 +71,11 @@ class Services:
     def base_url(self) -> str:
         return self.settings.base_url
 
+    @property
+    def files_url(self) -> str:
+        """The base of stored files' URLs (``files_public_url``, else ``base_url``)."""
+        return files_base_url(self.settings.files_public_url, self.base_url)
+
     def discard_copies(self, file_ids: list[str]) -> None:
         if file_ids:
             discard_copies(file_ids, blobs=self.blobs, catalog=self.store.files)
@@ -111,7 +116,7 @@ class Services:
             fields,
             blobs=self.blobs,
             catalog=self.store.files,
-            base_url=self.base_url,
+            base_url=self.files_url,
             key_id=key_id,
             policy=ImageInputPolicy.from_settings(self.settings),
             expires_at=time.time() + hours * 3600 if hours else None,

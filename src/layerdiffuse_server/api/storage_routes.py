@@ -7,12 +7,15 @@
 
 Tokens and upload URLs are capabilities signed with the service's ed25519 key, so no table holds
 them and every API node accepts what any other issued; a revoked API key's tokens stop working at
-once. Uploads must be PNG, JPEG or WebP that decode (:mod:`..files.content`).
+once. Uploads may be any file within ``max_upload_bytes``, as on fal; one declared as PNG, JPEG or
+WebP must decode as that format (:mod:`..files.content`).
 
 Files are served from ``/files/{id}/{name}``: streamed through the API, or (``file_delivery =
 redirect`` on an object store) answered with a redirect to a short-lived presigned URL, which
-takes the bytes off the API nodes. Served bytes carry ``nosniff`` and a sandboxing CSP, so even
-a file that slipped past the checks could not run script in this origin.
+takes the bytes off the API nodes. Only the checked raster images are served ``inline``; every
+other file (text, SVG, HTML, model weights) is ``Content-Disposition: attachment``. Served bytes
+carry ``nosniff`` and a sandboxing CSP, so not even a file opened directly can run script in this
+origin.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pydantic import BaseModel, Field
 
 from ..auth import AuthenticationError, authenticate
 from ..errors import LayerDiffuseError
-from ..files import check_content_type, check_image, file_url, new_file_id, safe_file_name
+from ..files import check_content_type, check_upload, content_disposition, file_url, new_file_id, safe_file_name
 from ..store.contracts import FileRecord
 from .bodies import read_json_object, read_limited_body
 from .payloads import error_responses
@@ -163,7 +166,14 @@ async def storage_token(services: ServicesDep, key: KeyDep) -> JSONResponse:
     summary="Upload a file's bytes with a storage token",
     response_model=UploadedFile,
     responses=error_responses(401, 413, 415, 503),
-    openapi_extra={"requestBody": {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in ("image/png", "application/octet-stream", "text/plain")
+            }
+        }
+    },
 )
 async def cdn_upload(
     request: Request,
@@ -179,7 +189,7 @@ async def cdn_upload(
     content_type = check_content_type(request.headers.get("content-type"))
     data = await read_limited_body(request, services.settings.max_upload_bytes)
     await anyio.to_thread.run_sync(
-        lambda: check_image(content_type, data, max_pixels=services.settings.max_upload_pixels)
+        lambda: check_upload(content_type, data, max_pixels=services.settings.max_upload_pixels)
     )
     record = FileRecord(
         id=new_file_id(),
@@ -193,7 +203,7 @@ async def cdn_upload(
         ready=True,
     )
     await anyio.to_thread.run_sync(_save, services, record, data)
-    url = file_url(services.base_url, record.id, record.file_name)
+    url = file_url(services.files_url, record.id, record.file_name)
     return JSONResponse(
         {"access_url": url, "file_name": record.file_name, "content_type": content_type, "file_size": len(data)}
     )
@@ -230,7 +240,7 @@ async def initiate_upload(request: Request, services: ServicesDep, key: KeyDep) 
     signature = _b64(services.signing_keys.sign(_upload_claims(record.id, expires)))
     upload_url = f"{services.base_url}/files/upload/{record.id}?expires={expires}&signature={signature}"
     return JSONResponse(
-        {"upload_url": upload_url, "file_url": file_url(services.base_url, record.id, record.file_name)}
+        {"upload_url": upload_url, "file_url": file_url(services.files_url, record.id, record.file_name)}
     )
 
 
@@ -249,7 +259,7 @@ async def put_upload(
         raise UploadUrlError("This upload URL has already been used")
     data = await read_limited_body(request, services.settings.max_upload_bytes)
     max_pixels = services.settings.max_upload_pixels
-    await anyio.to_thread.run_sync(lambda: check_image(record.content_type, data, max_pixels=max_pixels))
+    await anyio.to_thread.run_sync(lambda: check_upload(record.content_type, data, max_pixels=max_pixels))
     # Taken before the bytes are written: of two PUTs at once, one writes and the other is refused.
     if not await anyio.to_thread.run_sync(services.store.files.claim_upload, file_id):
         raise UploadUrlError("This upload URL has already been used")
@@ -259,15 +269,15 @@ async def put_upload(
         await anyio.to_thread.run_sync(services.store.files.unclaim_upload, file_id)
         raise
     await anyio.to_thread.run_sync(services.store.files.mark_ready, file_id, len(data))
-    return JSONResponse({"file_url": file_url(services.base_url, file_id, record.file_name), "file_size": len(data)})
+    return JSONResponse({"file_url": file_url(services.files_url, file_id, record.file_name), "file_size": len(data)})
 
 
 FILE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The file's bytes",
+        "description": "The file's bytes: PNG, JPEG and WebP inline, any other type as an attachment",
         "content": {
             media: {"schema": {"type": "string", "format": "binary"}}
-            for media in ("image/png", "image/jpeg", "image/webp")
+            for media in ("image/png", "image/jpeg", "image/webp", "*/*")
         },
     },
     307: {"description": "Redirect to a short-lived presigned URL of the object store (file_delivery = redirect)"},
@@ -286,7 +296,7 @@ async def download(file_id: str, file_name: str, request: Request, services: Ser
     record = await anyio.to_thread.run_sync(services.store.files.get, file_id)
     if record is None or not record.ready or record.file_name != file_name:
         return JSONResponse({"detail": "File not found", "error_type": "not_found"}, status_code=404)
-    headers = {**FILE_HEADERS, "Content-Disposition": f'inline; filename="{record.file_name}"'}
+    headers = {**FILE_HEADERS, "Content-Disposition": content_disposition(record.content_type, record.file_name)}
     if services.settings.file_delivery == "redirect":
         url = await anyio.to_thread.run_sync(
             lambda: services.blobs.presigned_url(

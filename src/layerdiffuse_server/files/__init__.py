@@ -8,8 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .blobs import BlobReader, BlobStore, StorageError, file_url, is_file_id, new_file_id
-from .content import UnsupportedContentError, check_content_type, check_image, decode_data_uri, safe_file_name
+from .blobs import BlobReader, BlobStore, StorageError, file_url, files_base_url, is_file_id, new_file_id
+from .content import (
+    UnsupportedContentError,
+    check_content_type,
+    check_image,
+    check_upload,
+    content_disposition,
+    decode_data_uri,
+    is_inline,
+    safe_file_name,
+)
 from .local import LocalBlobStore
 
 __all__ = [
@@ -20,9 +29,13 @@ __all__ = [
     "UnsupportedContentError",
     "check_content_type",
     "check_image",
+    "check_upload",
+    "content_disposition",
     "decode_data_uri",
     "file_url",
+    "files_base_url",
     "is_file_id",
+    "is_inline",
     "new_file_id",
     "open_blob_store",
     "safe_file_name",

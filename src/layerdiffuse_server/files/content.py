@@ -1,10 +1,17 @@
-"""Which uploads are accepted: raster images the endpoints can read, decoded to prove it.
+"""Which uploads are accepted, and how each is served.
 
-Files are served from the same origin as the playground, so a file that a browser would run (SVG,
-HTML, a PDF with script) could read the API key the playground keeps: only PNG, JPEG and WebP are
-accepted, and only when Pillow decodes the bytes as the declared format within a pixel limit (a
-PNG header on garbage, or a 30000×30000 image packed into 100 KB, is refused before anyone
-decodes it for real).
+As on fal, an upload may be any file (a text file, a LoRA's ``.safetensors``, an SVG) of a
+syntactically valid content type, within the upload size limit. A file declared as PNG, JPEG or
+WebP must decode as that format within a pixel limit (a PNG header on garbage, or a 30000×30000
+image packed into 100 KB, is refused before anyone decodes it for real): those raster images are
+the only files served ``inline``.
+
+Files may be served from the same origin as the playground, so a file that a browser would run
+(SVG, HTML, a PDF with script) could read the API key the playground keeps: everything but the
+checked raster images is served as ``Content-Disposition: attachment``, and every file carries
+``nosniff`` and a sandboxing CSP (:data:`..api.storage_routes.FILE_HEADERS`).
+
+Image *inputs* of the endpoints are stricter: :func:`check_image` accepts only the raster types.
 """
 
 from __future__ import annotations
@@ -42,17 +49,34 @@ def normalize_content_type(value: str | None) -> str:
 
 
 def check_content_type(content_type: str | None) -> str:
-    """The normalized media type if uploads of it are accepted at all."""
+    """The normalized media type of an upload: any syntactically valid one (none: octet-stream)."""
+    return normalize_content_type(content_type)
+
+
+def check_upload(content_type: str | None, data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """The normalized media type of an upload's bytes: raster types must decode as declared, others pass."""
     media_type = normalize_content_type(content_type)
-    if media_type not in RASTER_FORMATS:
-        accepted = ", ".join(RASTER_FORMATS)
-        raise UnsupportedContentError(f"content type {media_type!r} is not accepted; upload one of {accepted}")
+    if media_type in RASTER_FORMATS:
+        check_image(media_type, data, max_pixels=max_pixels)
     return media_type
+
+
+def is_inline(content_type: str) -> bool:
+    """Whether a stored file is shown in the browser: only the raster images, which uploads decoded."""
+    return content_type in RASTER_FORMATS
+
+
+def content_disposition(content_type: str, file_name: str) -> str:
+    """``inline`` for raster images, ``attachment`` for everything else (``file_name`` is a safe name)."""
+    return f'{"inline" if is_inline(content_type) else "attachment"}; filename="{file_name}"'
 
 
 def check_image(content_type: str | None, data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """The normalized media type, once ``data`` has decoded as that format within ``max_pixels``."""
-    media_type = check_content_type(content_type)
+    media_type = normalize_content_type(content_type)
+    if media_type not in RASTER_FORMATS:
+        accepted = ", ".join(RASTER_FORMATS)
+        raise UnsupportedContentError(f"content type {media_type!r} is not accepted as an image; use one of {accepted}")
     expected = RASTER_FORMATS[media_type]
     try:
         with Image.open(io.BytesIO(data), formats=[expected]) as image:
@@ -73,7 +97,7 @@ def check_image(content_type: str | None, data: bytes, *, max_pixels: int = DEFA
 
 def decode_data_uri(uri: str, max_bytes: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, bytes]:
     """(media type, bytes) of a ``data:`` URI, checked like an upload; fal accepts these wherever a file URL goes."""
-    if not uri.startswith("data:") or "," not in uri:
+    if uri[:5].lower() != "data:" or "," not in uri:
         raise UnsupportedContentError("not a data URI")
     header, payload = uri[5:].split(",", 1)
     parts = header.split(";")

@@ -11,7 +11,8 @@ A field may hold:
 - a file URL of this server (an output, or what the fal clients' auto-upload returned), recognised
   by the download route's path ``…/files/{id}/{name}`` and a ready catalogued file of that id and
   name, not by host (API nodes may sit behind a load balancer under several names); it is kept,
-  rewritten to ``base_url``, not copied;
+  rewritten to ``base_url``, not copied, if it is a PNG, JPEG or WebP (uploads may be any file;
+  those three were decoded when they were uploaded);
 - a ``data:`` URI, decoded and checked like an upload;
 - any other http(s) URL, fetched under the webhook guard (:mod:`..webhooks.targets`: public
   addresses only unless the operator allows a network, connected to the checked address with the
@@ -271,6 +272,10 @@ def _materialise(
     if record is not None:
         if not record.ready:
             raise InvalidInputError(f"the file {record.file_name} has not been uploaded yet", field=field)
+        if record.content_type not in RASTER_FORMATS:
+            raise InvalidInputError(
+                f"the file {record.file_name} is {record.content_type}, not a PNG, JPEG or WebP image", field=field
+            )
         _check_stored_shape(record, destination.blobs, policy, field)
         return file_url(destination.base_url, record.id, record.file_name)
     if not fetch:  # found to be an own file when the lane was chosen, and deleted since

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .blobs import CHUNK_BYTES, BlobReader, StorageError
+from .content import content_disposition
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 
@@ -74,7 +75,7 @@ class S3BlobStore:
             "Bucket": self.bucket,
             "Key": self._key(file_id),
             "ResponseContentType": content_type,
-            "ResponseContentDisposition": f'inline; filename="{file_name}"',
+            "ResponseContentDisposition": content_disposition(content_type, file_name),
         }
         return str(self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_seconds))
 

@@ -40,13 +40,14 @@ def parse_networks(specs: Sequence[str]) -> list[IPNetwork]:
 class TargetRefused(InvalidInputError):
     """A URL the guard will not connect to; ``reason`` says why, for callers that name the URL otherwise."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"webhook URL refused: {reason}", field="fal_webhook", location="query")
+    def __init__(self, reason: str, webhook_hint: str = "") -> None:
+        super().__init__(f"webhook URL refused: {reason}{webhook_hint}", field="fal_webhook", location="query")
         self.reason = reason
 
 
-def _refuse(reason: str) -> TargetRefused:
-    return TargetRefused(reason)
+def _refuse(reason: str, webhook_hint: str = "") -> TargetRefused:
+    """A refusal; ``reason`` holds for any URL the guard checks, ``webhook_hint`` only for webhooks."""
+    return TargetRefused(reason, webhook_hint)
 
 
 def reached_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
@@ -87,7 +88,7 @@ def normalize_webhook_url(url: str) -> httpx.URL:
     if parsed.scheme not in ("http", "https") or not parsed.raw_host:
         raise _refuse("it must be an absolute http:// or https:// URL")
     if parsed.userinfo:
-        raise _refuse("credentials in the URL are not sent; authenticate the webhook by its signature")
+        raise _refuse("credentials in the URL are not sent", "; authenticate the webhook by its signature")
     if port is not None and not 0 < port < 65536:
         raise _refuse(f"port {port} is out of range")
     if parsed.fragment:

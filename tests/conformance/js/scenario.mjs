@@ -61,6 +61,12 @@ const scenarios = {
     const response = await fetch(url);
     return { url, status: response.status, contentType: response.headers.get("content-type"), size: (await response.arrayBuffer()).byteLength };
   },
+  async uploadTextFile() {
+    // fal's own documentation example: any file goes.
+    const url = await fal.storage.upload(new File(["Hello, World!"], "hello.txt", { type: "text/plain" }));
+    const response = await fetch(url);
+    return { url, status: response.status, text: await response.text(), headers: Object.fromEntries(response.headers) };
+  },
   async layer() {
     // Image inputs as Blobs: the client uploads them itself and sends the URLs.
     const images = Object.fromEntries(
