@@ -107,3 +107,11 @@ def test_server_info_names_the_model_and_what_it_knows(settings: Settings, tmp_p
         info = client.get("/api/info").json()
         assert info["model"]["vocabulary"] is None and info["model"]["name"] == "sdxl"
 
+
+def test_the_key_is_taken_as_printed_or_with_its_scheme(settings: Settings, tmp_path: Path) -> None:
+    for client, services in served(settings, tmp_path, "tiny"):
+        key = issue_key(services.store.keys, "bare").value
+        for header in (key, f"Key {key}", f"key  {key}"):
+            assert client.get("/api/requests", headers={"Authorization": header}).status_code == 200, header
+        for header in (f"Bearer {key}", "nocolon", f"Key {key}x"):
+            assert client.get("/api/requests", headers={"Authorization": header}).status_code == 401, header
