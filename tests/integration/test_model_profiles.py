@@ -4,6 +4,7 @@ playground which model runs, a prompt it draws and its vocabulary."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from itertools import product
 from pathlib import Path
@@ -115,3 +116,13 @@ def test_the_key_is_taken_as_printed_or_with_its_scheme(settings: Settings, tmp_
             assert client.get("/api/requests", headers={"Authorization": header}).status_code == 200, header
         for header in (f"Bearer {key}", "nocolon", f"Key {key}x"):
             assert client.get("/api/requests", headers={"Authorization": header}).status_code == 401, header
+
+
+def test_the_readme_lists_the_demo_vocabulary() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    first_section = readme.split("\n## ", 2)[1]
+    rows = dict(re.findall(r"^\| (shapes|colours|styles) \| (.+) \|$", first_section, re.MULTILINE))
+    assert rows["shapes"].split(", ") == list(captions.SHAPES)
+    assert rows["colours"].split(", ") == list(captions.COLOURS)
+    phrases = [phrase for phrase in captions.STYLE_PHRASES.values() if phrase]
+    assert sorted(rows["styles"].removeprefix("plain (no word), ").split(", ")) == sorted(phrases)
