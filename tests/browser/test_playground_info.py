@@ -42,6 +42,13 @@ def test_the_page_names_the_demo_model_its_vocabulary_and_a_prompt_it_draws(
         expect(vocabulary).to_contain_text(word)
     assert prompt.get_attribute("aria-describedby") == "vocabulary"
 
+    prompt.fill("a black cat")
+    open_section(page, "#advanced")
+    page.get_by_label("Seed", exact=True).fill("3")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status")).to_have_text("Done: seed 3. The demo model ignored: black, cat.", timeout=120_000)
+    expect(page.locator("#logs")).to_contain_text("ignored these words of the prompt")
+
 
 def test_open_vocabulary_models_show_their_name_only(
     page: Page, playground_server: ServerProcess, playground_key: str

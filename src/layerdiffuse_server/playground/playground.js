@@ -691,6 +691,14 @@ function onStatus(status) {
   addLogs(status.logs);
 }
 
+/** "Done", and for a model with a closed vocabulary the prompt's words it did not know. */
+function doneText(output) {
+  const ignored = output.ignored_prompt_words || [];
+  const model = serverInfo ? `The ${serverInfo.model.name} model` : "The model";
+  const note = ignored.length ? ` ${model} ignored: ${ignored.join(", ")}.` : "";
+  return `Done: seed ${output.seed}.${note}`;
+}
+
 async function followStream(followed) {
   const response = await fetch(`${followed.request.status_url}/stream?logs=1`, {
     headers: { Authorization: `Key ${apiKey}`, Accept: "text/event-stream" },
@@ -760,7 +768,7 @@ async function follow(request) {
       if (failure) showError(failure);
       else {
         showOutput(request.output, request.input, id);
-        setStatus(`Done: seed ${request.output.seed}.`);
+        setStatus(doneText(request.output));
       }
     }
   } catch (error) {
