@@ -126,3 +126,11 @@ def test_the_readme_lists_the_demo_vocabulary() -> None:
     assert rows["colours"].split(", ") == list(captions.COLOURS)
     phrases = [phrase for phrase in captions.STYLE_PHRASES.values() if phrase]
     assert sorted(rows["styles"].removeprefix("plain (no word), ").split(", ")) == sorted(phrases)
+
+
+def test_an_api_node_names_the_model_its_workers_run(settings: Settings, tmp_path: Path) -> None:
+    for client, services in served(settings, tmp_path, "sdxl"):
+        worker = GenerationWorker(services.manager, services.blobs, FakeEngine, base_url="", model_name="demo")
+        worker.engine = FakeEngine()
+        worker.report()
+        assert client.get("/api/info").json()["model"]["name"] == "demo"

@@ -5,13 +5,15 @@ snippets. Not part of fal's protocol; no API key (nothing in it is secret)."""
 
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from ..endpoints import APP_ID
 from ..model_profiles import profile_of
+from ..store.contracts import WorkerState
 from .bodies import inline_image_limit
-from .services import ServicesDep
+from .services import Services, ServicesDep
 
 router = APIRouter(tags=["server"])
 
@@ -40,13 +42,28 @@ class ServerInfo(BaseModel):
     )
 
 
+#: Workers in these states run (or will run) requests.
+_WORKING = (WorkerState.LOADING, WorkerState.READY, WorkerState.BUSY)
+
+
+async def running_model(services: Services) -> str:
+    """This process's worker's model; on an API node, the model of the workers that reported last
+    (they share the queue), else the configured one."""
+    if services.local_worker is not None:
+        return services.local_worker.model_name
+    workers = await anyio.to_thread.run_sync(services.store.workers.all)
+    working = [worker for worker in workers if worker.state in _WORKING]
+    if not working:
+        return services.settings.model
+    return max(working, key=lambda worker: worker.heartbeat_at).model
+
+
 @router.get(
     "/api/info", summary="The model that runs and what it knows, and this server's limits", response_model=ServerInfo
 )
 async def server_info(services: ServicesDep) -> ServerInfo:
     settings = services.settings
-    worker = services.local_worker
-    profile = profile_of(worker.model_name if worker is not None else settings.model)
+    profile = profile_of(await running_model(services))
     return ServerInfo(
         app_id=APP_ID,
         model=ModelInfo(

@@ -746,6 +746,7 @@ async function follow(request) {
         request.error = status.error ?? null;
         break;
       }
+      onStatus({ ...status, logs: [] }); // its tile and status line keep up while the stream is away
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
     let failure = null;
