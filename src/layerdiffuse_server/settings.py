@@ -128,6 +128,29 @@ class Settings(BaseSettings):
         description="Time limit for fetching one image input given as an external URL (image_url …), "
         "from connecting to the last byte.",
     )
+    image_input_max_side: int = Field(
+        default=16384,
+        ge=64,
+        le=16384,
+        description="Longest side of an image input, in pixels; longer ones are refused with 422 "
+        "(may only be lowered).",
+    )
+    image_input_max_aspect_ratio: float = Field(
+        default=16.0,
+        ge=1,
+        le=16,
+        description="Most elongated image input (long side : short side); others are refused with 422 "
+        "(may only be lowered).",
+    )
+    max_body_memory_bytes: int = Field(
+        default=256 * 2**20,
+        ge=1,
+        description="Bytes of submission bodies (inline data: images, mostly) one API node holds at once, "
+        "reserved from Content-Length before reading; beyond it submissions wait, then get 503 with Retry-After.",
+    )
+    body_memory_wait_seconds: float = Field(
+        default=10.0, ge=0, description="How long a submission waits for room in max_body_memory_bytes."
+    )
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, description="Comment interval on status streams.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="Process logs as text lines or as one JSON object per line (with request ids)."

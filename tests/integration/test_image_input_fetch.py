@@ -4,6 +4,7 @@ the size limit enforced while streaming, one deadline for the whole exchange, th
 
 from __future__ import annotations
 
+import gzip
 import io
 import threading
 import time
@@ -71,6 +72,15 @@ def make_handler(origin: Origin) -> type[BaseHTTPRequestHandler]:
 
         def answer_wide(self) -> None:
             self.send(200, png((600, 600)))
+
+        def answer_gzipped(self) -> None:
+            """Compressed whatever the client asked for (it asks for identity)."""
+            origin.hosts["accept-encoding"] = self.headers["Accept-Encoding"]
+            self.send(200, gzip.compress(png()), Content_Encoding="gzip")
+
+        def answer_gzip_bomb(self) -> None:
+            """A kilobyte or so on the wire, far beyond the size limit once decoded."""
+            self.send(200, gzip.compress(b"\0" * 10**6), Content_Encoding="gzip")
 
         def answer_missing(self) -> None:
             self.send(404, b"no", "text/plain")
@@ -231,3 +241,13 @@ def test_what_is_not_an_acceptable_image_is_refused(
 
 def test_a_closed_port_is_an_input_error(store: Store, blobs: LocalBlobStore) -> None:
     assert "could not fetch" in refusal(store, blobs, "http://127.0.0.1:9/cat.png")
+
+
+def test_encoded_answers_are_refused_not_decoded(
+    store: Store, blobs: LocalBlobStore, origin: tuple[str, Origin]
+) -> None:
+    base, seen = origin
+    message = refusal(store, blobs, f"{base}/gzipped")
+    assert seen.hosts["accept-encoding"] == "identity"
+    assert "Content-Encoding 'gzip'" in message and "identity" in message
+    assert "Content-Encoding 'gzip'" in refusal(store, blobs, f"{base}/gzip-bomb")

@@ -3,6 +3,8 @@ in fal's format, nothing unreadable is ever stored, and served files cannot run 
 
 from __future__ import annotations
 
+import base64
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,23 @@ def test_openapi_documents_errors_and_the_event_stream(idle_client: TestClient) 
     assert list(stream["content"]) == ["text/event-stream"]
     status = paths[f"/queue{APP}/requests/{{request_id}}/status"]["get"]["responses"]
     assert {"200", "202", "404"} <= set(status)
+
+
+def wide_image_uri() -> str:
+    """142 bytes of PNG that decode to a 65536×1 strip (it once took gigabytes and 98 s to fit)."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes((65536, 1))).decode()
+
+
+@pytest.mark.parametrize("width", [64, None])
+def test_a_wide_strip_is_refused_at_admission_naming_its_field(idle_client: TestClient, width: int | None) -> None:
+    body = {"prompt": "x", "image_url": wide_image_uri(), **({"width": width, "height": width} if width else {})}
+    started = time.monotonic()
+    queued = idle_client.post(f"/queue{APP}/image-to-image", json=body)
+    assert queued.status_code == 200  # the queue reports it as the request's result, as fal does
+    result = idle_client.get(f"/queue{APP}/requests/{queued.json()['request_id']}")
+    assert result.status_code == 422 and result.json()["detail"][0]["loc"] == ["body", "image_url"]
+    answer = idle_client.post(f"/run{APP}/image-to-image", json=body)
+    assert answer.status_code == 422, answer.text
+    (detail,) = answer.json()["detail"]
+    assert detail["loc"] == ["body", "image_url"] and "sides of at most 16,384 pixels" in detail["msg"]
+    assert time.monotonic() - started < 5

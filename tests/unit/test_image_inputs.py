@@ -239,3 +239,44 @@ def test_the_policy_follows_the_settings(tmp_path: Path) -> None:
     assert [str(network) for network in policy.allowed_networks] == ["10.0.0.0/8"]
     assert (policy.max_bytes, policy.max_pixels, policy.timeout_seconds) == (1000, 500, 3.0)
     assert Settings(home=tmp_path).image_input_timeout_seconds == 20.0
+
+
+def wide_png(width: int = 65536, height: int = 1) -> bytes:
+    """142 bytes that decode to a 65536×1 strip: few pixels, one very long side."""
+    return encode(Image.new("RGBA", (width, height)))
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ((65536, 1), "sides of at most 16,384 pixels"),
+        ((1, 65536), "sides of at most 16,384 pixels"),
+        ((4096, 128), "32:1; this server accepts aspect ratios of at most 16:1"),
+    ],
+)
+def test_long_sides_and_elongated_images_are_refused_at_admission(
+    store: Store, blobs: LocalBlobStore, size: tuple[int, int], message: str
+) -> None:
+    data = wide_png(*size)
+    with pytest.raises(InvalidInputError, match=message) as refused:
+        materialise(store, blobs, {"mask_url": data_uri(data)})
+    assert refused.value.field == "mask_url"
+    file_id = add_file(store, blobs, data, name="strip.png")
+    own = file_url(BASE_URL, file_id, "strip.png")
+    with pytest.raises(InvalidInputError, match=message):  # an upload is checked when a request names it
+        materialise(store, blobs, {"image_url": own})
+    with pytest.raises(InvalidInputError, match=message):  # and by the worker, whatever admitted it
+        read(store, blobs, own)
+
+
+def test_a_sixteen_to_one_panorama_is_accepted(store: Store, blobs: LocalBlobStore) -> None:
+    stored = materialise(store, blobs, {"image_url": data_uri(wide_png(1024, 64))})
+    assert read(store, blobs, stored["image_url"]).shape == (64, 1024, 4)
+
+
+def test_side_and_aspect_limits_follow_the_settings(tmp_path: Path) -> None:
+    policy = ImageInputPolicy.from_settings(
+        Settings(home=tmp_path, image_input_max_side=4096, image_input_max_aspect_ratio=4)
+    )
+    assert (policy.max_side, policy.max_aspect_ratio) == (4096, 4.0)
+    assert ImageInputPolicy.from_settings(Settings(home=tmp_path)).max_side == 16384

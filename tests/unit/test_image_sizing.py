@@ -62,3 +62,16 @@ def test_resizing_does_not_bleed_the_colour_of_transparent_pixels() -> None:
     fitted = crop_and_resize(image, 48, 48)
     visible = fitted[..., 3] > 0
     assert (fitted[visible][:, 1] <= 2).all()  # no green in any visible pixel
+
+
+def test_a_wide_strip_is_cropped_before_it_is_scaled() -> None:
+    # 65536×1 fitted to 64×64: scaling first would make a 4 194 304×64 image (a gigabyte, a minute);
+    # cropping first resamples one source pixel. The bound is on time: well under a second.
+    import time
+
+    image = np.zeros((1, 65536, 4), np.uint8)
+    image[:, 32768:] = [0, 0, 255, 255]
+    started = time.perf_counter()
+    fitted = crop_and_resize(image, 64, 64)
+    assert time.perf_counter() - started < 1.0
+    assert fitted.shape == (64, 64, 4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 from pydantic import ValidationError
 from starlette.datastructures import Headers
 
@@ -76,6 +77,7 @@ def admit(
     endpoint: Endpoint = ENDPOINTS[0],
     webhook_url: str | None = None,
     mode: str = "queue",
+    fetch: bool = True,
 ) -> RequestRecord:
     """Store a new request (queued, or already completed when its input is invalid). Blocking:
     the webhook target is resolved, image inputs are fetched and stored, and the store written.
@@ -99,7 +101,7 @@ def admit(
         fields = image_fields(params)
         if fields:
             try:
-                stored = services.store_image_inputs(raw_input, fields, key_id=key_id, created=created)
+                stored = services.store_image_inputs(raw_input, fields, key_id=key_id, created=created, fetch=fetch)
             except InvalidInputError as error:
                 services.discard_copies(created)
                 if mode == "sync":
@@ -121,3 +123,27 @@ def admit(
         raise
     services.metrics.submitted.labels(mode).inc()
     return record
+
+
+async def admit_in_lane(
+    services: Services,
+    key_id: str,
+    raw_input: dict[str, Any],
+    headers: Headers,
+    *,
+    endpoint: Endpoint,
+    webhook_url: str | None = None,
+    mode: str = "queue",
+) -> RequestRecord:
+    """:func:`admit` off the event loop: requests with image inputs in their lane (inline images never
+    wait behind external fetches, see :mod:`.admission_lanes`), others in the common thread pool."""
+
+    def admitted(fetch: bool) -> RequestRecord:
+        return admit(
+            services, key_id, raw_input, headers, endpoint=endpoint, webhook_url=webhook_url, mode=mode, fetch=fetch
+        )
+
+    if not endpoint.image_fields:
+        return await anyio.to_thread.run_sync(admitted, True)
+    fetches = await anyio.to_thread.run_sync(services.needs_fetching, raw_input, endpoint.image_fields)
+    return await services.admission_lanes().run(key_id, fetches, lambda: admitted(fetches))

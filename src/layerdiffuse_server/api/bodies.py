@@ -9,14 +9,17 @@ response or a stored row; here each is a 422 that names the problem, before anyt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 from fastapi import Request
 
 from ..errors import InvalidInputError, LayerDiffuseError
+from .body_budget import BodyBudget, BodyReservation
 
 MAX_JSON_BYTES = 1 * 2**20
 #: An image sent inline (a base64 ``data:`` URI) is at most this large; larger ones are uploaded.
@@ -34,16 +37,24 @@ class BodyTooLargeError(LayerDiffuseError):
     error_type = "bad_request"
 
 
-async def read_limited_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused as soon as it is known to exceed ``limit`` (before reading it all)."""
+async def read_limited_body(request: Request, limit: int, reservation: BodyReservation | None = None) -> bytes:
+    """The whole body, refused as soon as it is known to exceed ``limit`` (before reading it all).
+
+    With a ``reservation``, the declared length is reserved before the first byte is read, and a
+    body without one is reserved as it streams.
+    """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(f"the body is {declared} bytes; this server accepts at most {limit}")
+    if reservation is not None and declared and declared.isdigit():
+        await reservation.grow_to(int(declared))
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise BodyTooLargeError(f"the body is larger than {limit} bytes, the most this server accepts")
+        if reservation is not None:
+            await reservation.grow_to(size)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -110,12 +121,25 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-async def read_json_object(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
-    body = await read_limited_body(request, limit)
+async def read_json_object(
+    request: Request, limit: int = MAX_JSON_BYTES, reservation: BodyReservation | None = None
+) -> dict[str, Any]:
+    body = await read_limited_body(request, limit, reservation)
     if len(body) <= MAX_JSON_BYTES:
         return parse_json_object(body)
     # Megabytes of JSON take a while to parse: not on the event loop, which serves everyone else.
     return await anyio.to_thread.run_sync(parse_json_object, body)
+
+
+@contextlib.asynccontextmanager
+async def budgeted_json_object(request: Request, limit: int, budget: BodyBudget) -> AsyncIterator[dict[str, Any]]:
+    """The body's JSON object, its bytes counted against ``budget`` from before the first read
+    until the block ends (admit the request inside it, then let go of the input)."""
+    reservation = budget.reservation()
+    try:
+        yield await read_json_object(request, limit, reservation)
+    finally:
+        reservation.release()
 
 
 def inline_image_limit(max_upload_bytes: int) -> int:

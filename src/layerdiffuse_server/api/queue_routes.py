@@ -15,8 +15,8 @@ from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
 from ..lifecycle import wait_for_change
 from ..schemas import LayerDiffusionOutput
 from ..store.contracts import ApiKey, CancelOutcome, RequestRecord, RequestState
-from .admission import admit, endpoint_body_limit
-from .bodies import read_json_object
+from .admission import admit_in_lane, endpoint_body_limit
+from .bodies import budgeted_json_object
 from .errors import fal_error
 from .payloads import (
     CancelAnswer,
@@ -68,11 +68,8 @@ def not_found(request_id: str) -> JSONResponse:
 async def _submit(
     request: Request, services: Services, key: ApiKey, fal_webhook: str | None, endpoint: Endpoint
 ) -> JSONResponse:
-    raw_input = await read_json_object(request, endpoint_body_limit(services, endpoint))
-    record = await anyio.to_thread.run_sync(
-        lambda: admit(services, key.id, raw_input, request.headers, endpoint=endpoint, webhook_url=fal_webhook),
-        limiter=services.image_admissions() if endpoint.image_fields else None,
-    )
+    async with budgeted_json_object(request, endpoint_body_limit(services, endpoint), services.body_budget()) as raw:
+        record = await admit_in_lane(services, key.id, raw, request.headers, endpoint=endpoint, webhook_url=fal_webhook)
     position = await anyio.to_thread.run_sync(services.manager.queue_position, record)
     base = fal_base(request)
     body: dict[str, Any] = {"status": record.state.value, "request_id": record.id, **request_urls(base, record.id)}

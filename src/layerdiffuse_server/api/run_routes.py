@@ -18,8 +18,8 @@ from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
 from ..lifecycle import outcomes, wait_for_change
 from ..schemas import LayerDiffusionOutput
 from ..store.contracts import RequestRecord, RequestState
-from .admission import admit, endpoint_body_limit
-from .bodies import read_json_object
+from .admission import admit_in_lane, endpoint_body_limit
+from .bodies import budgeted_json_object
 from .errors import fal_error
 from .payloads import error_responses
 from .queue_routes import SUBMIT_DOC, input_doc, result_response
@@ -28,13 +28,16 @@ from .services import KeyDep, Services, ServicesDep
 router = APIRouter(prefix=f"/run/{APP_ID}", tags=["run"])
 
 
+async def _admit(request: Request, services: Services, key_id: str, endpoint: Endpoint) -> RequestRecord:
+    """The admitted request; its input as received (inline images and all) is let go of here, not
+    kept for the whole wait."""
+    async with budgeted_json_object(request, endpoint_body_limit(services, endpoint), services.body_budget()) as raw:
+        endpoint.input_model.model_validate(raw)  # invalid input: 422 now, nothing stored
+        return await admit_in_lane(services, key_id, raw, request.headers, endpoint=endpoint, mode="sync")
+
+
 async def _run(request: Request, services: Services, key_id: str, endpoint: Endpoint) -> JSONResponse:
-    raw_input = await read_json_object(request, endpoint_body_limit(services, endpoint))
-    endpoint.input_model.model_validate(raw_input)  # invalid input: 422 now, nothing stored
-    record = await anyio.to_thread.run_sync(
-        lambda: admit(services, key_id, raw_input, request.headers, endpoint=endpoint, mode="sync"),
-        limiter=services.image_admissions() if endpoint.image_fields else None,
-    )
+    record = await _admit(request, services, key_id, endpoint)
     final = await wait_for_result(services, record, request)
     if final is None:
         return fal_error(499, "The client disconnected; the request was cancelled", "client_disconnected")

@@ -10,13 +10,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
-import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from ..auth import authenticate
 from ..files import BlobStore
-from ..files.image_inputs import ImageInputPolicy, discard_copies, store_image_inputs
+from ..files.image_inputs import ImageInputPolicy, discard_copies, needs_fetching, store_image_inputs
 from ..lifecycle import Housekeeper, RequestEvents, RequestManager
 from ..observability import Metrics
 from ..settings import Settings
@@ -24,6 +23,8 @@ from ..signing import SigningKeys
 from ..store.contracts import ApiKey, Store, WorkerState
 from ..webhooks.delivery import WebhookDeliverer
 from ..webhooks.targets import IPNetwork
+from .admission_lanes import AdmissionLanes
+from .body_budget import BodyBudget
 from .draining import Draining
 
 
@@ -46,10 +47,6 @@ class LocalWorker(Protocol):
     def stop(self, grace_seconds: float | None = None) -> None: ...
 
 
-#: Requests with image inputs admitted at once per API node (each may download for seconds).
-IMAGE_ADMISSIONS = 8
-
-
 @dataclass
 class Services:
     settings: Settings
@@ -63,7 +60,8 @@ class Services:
     local_worker: LocalWorker | None = None
     webhook_networks: list[IPNetwork] = field(default_factory=list)
     draining: Draining = field(default_factory=Draining)
-    _image_admissions: anyio.CapacityLimiter | None = None
+    _admission_lanes: AdmissionLanes | None = None
+    _body_budget: BodyBudget | None = None
 
     @property
     def store(self) -> Store:
@@ -77,15 +75,33 @@ class Services:
         if file_ids:
             discard_copies(file_ids, blobs=self.blobs, catalog=self.store.files)
 
-    def image_admissions(self) -> anyio.CapacityLimiter:
-        """The threads that admit requests with image inputs (each may wait on a slow download), kept
-        apart from the pool every other blocking call of the API uses."""
-        if self._image_admissions is None:
-            self._image_admissions = anyio.CapacityLimiter(IMAGE_ADMISSIONS)
-        return self._image_admissions
+    def admission_lanes(self) -> AdmissionLanes:
+        """The threads that admit requests with image inputs, kept apart from the pool every other
+        blocking call of the API uses: inline images in one lane, external fetches (per-key shares)
+        in another (see :mod:`.admission_lanes`)."""
+        if self._admission_lanes is None:
+            self._admission_lanes = AdmissionLanes()
+        return self._admission_lanes
+
+    def needs_fetching(self, raw_input: dict[str, Any], fields: list[str]) -> bool:
+        """Blocking (a catalog lookup): whether any image field names an external URL."""
+        return needs_fetching(raw_input, fields, catalog=self.store.files)
+
+    def body_budget(self) -> BodyBudget:
+        """The bytes of submission bodies this process holds at once (``max_body_memory_bytes``)."""
+        if self._body_budget is None:
+            settings = self.settings
+            self._body_budget = BodyBudget(settings.max_body_memory_bytes, settings.body_memory_wait_seconds)
+        return self._body_budget
 
     def store_image_inputs(
-        self, raw_input: dict[str, Any], fields: list[str], *, key_id: str, created: list[str] | None = None
+        self,
+        raw_input: dict[str, Any],
+        fields: list[str],
+        *,
+        key_id: str,
+        created: list[str] | None = None,
+        fetch: bool = True,
     ) -> dict[str, Any]:
         """Blocking: fetch, check and store the image inputs (see files.image_inputs); the input then
         names this server's copies. They are kept as long as uploads are (``retention_hours``)."""
@@ -100,6 +116,7 @@ class Services:
             policy=ImageInputPolicy.from_settings(self.settings),
             expires_at=time.time() + hours * 3600 if hours else None,
             created=created,
+            fetch=fetch,
         )
 
 

@@ -3,7 +3,8 @@
 The transparent decoder halves the resolution six times, so the model runs at the next multiple of
 64 of each side and the result is centre-cropped back to the size asked for (1000×700 runs at
 1024×704). Input images are fitted to the asked size as Forge's "Crop and Resize" does: scaled to
-cover it, then centre-cropped. Then they are padded at the edges to the size the model runs at.
+cover it, then centre-cropped (the crop is
+chosen first and only it is resampled). Then they are padded at the edges to the size the model runs at.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def size_from_image(width: int | None, height: int | None, image_width: int, ima
 def crop_and_resize(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
     """Scale ``uint8 [H, W, C]`` to cover (width, height), then centre-crop to it.
 
+    The crop is taken in the source's coordinates and only that box is resampled, so the work and
+    memory follow the asked size, not the scaled image: a 65536×1 strip fitted to 64×64 would
+    otherwise be scaled to 4 194 304×64 (a gigabyte) before most of it was cropped away.
+
     Pillow's Lanczos filter; RGBA is resampled premultiplied (Pillow does that itself), so the colour
     of transparent pixels does not bleed into visible ones.
     """
@@ -47,10 +52,11 @@ def crop_and_resize(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
     if (image_width, image_height) == (width, height):
         return rgba
     scale = max(width / image_width, height / image_height)
-    scaled_width, scaled_height = max(width, round(image_width * scale)), max(height, round(image_height * scale))
-    scaled = np.asarray(Image.fromarray(rgba).resize((scaled_width, scaled_height), Image.Resampling.LANCZOS))
-    left, top = (scaled_width - width) // 2, (scaled_height - height) // 2
-    return np.ascontiguousarray(scaled[top : top + height, left : left + width])
+    box_width, box_height = min(image_width, width / scale), min(image_height, height / scale)
+    left, top = (image_width - box_width) / 2, (image_height - box_height) / 2
+    box = (left, top, left + box_width, top + box_height)
+    fitted = Image.fromarray(rgba).resize((width, height), Image.Resampling.LANCZOS, box=box)
+    return np.asarray(fitted)
 
 
 def pad_to(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -69,6 +69,13 @@ _UNTYPED = {"", "application/octet-stream", "binary/octet-stream"}
 _ACCEPTED_FORMS = "an http(s) URL, a data: URI or a file URL of this server"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{0,31}):")
 _SIXTEEN_BIT_GRAY = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+#: Longest side of an image input. A side is what fitting scales by, so it bounds the work more
+#: than the pixel count does (a 65536×1 strip has 65 K pixels).
+DEFAULT_MAX_SIDE = 16384
+#: Most elongated image input (long side : short side); a panorama of 16:1 still fits.
+DEFAULT_MAX_ASPECT_RATIO = 16.0
+#: How much of a stored file is read to find its size in the header, before reading it all.
+_HEADER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,8 @@ class ImageInputPolicy:
     max_bytes: int = 50 * 2**20
     max_pixels: int = DEFAULT_MAX_PIXELS
     timeout_seconds: float = 20.0
+    max_side: int = DEFAULT_MAX_SIDE
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageInputPolicy:
@@ -89,6 +98,8 @@ class ImageInputPolicy:
             max_bytes=settings.max_upload_bytes,
             max_pixels=settings.max_upload_pixels,
             timeout_seconds=settings.image_input_timeout_seconds,
+            max_side=settings.image_input_max_side,
+            max_aspect_ratio=settings.image_input_max_aspect_ratio,
         )
 
 
@@ -121,6 +132,7 @@ def store_image_inputs(
     expires_at: float | None,
     transport: httpx.AsyncBaseTransport | None = None,
     created: list[str] | None = None,
+    fetch: bool = True,
 ) -> dict[str, Any]:
     """A copy of ``raw_input`` where each present image field is the URL of a checked file of this server.
 
@@ -139,6 +151,8 @@ def store_image_inputs(
         expires_at: When the copies may be deleted (None: never).
         transport: The HTTP transport of external fetches (tests); default: real connections.
         created: Receives the ids of the copies stored (also those of a call that then fails).
+        fetch: Whether external URLs may be fetched (False: admitted as inline, see
+            :func:`needs_fetching`; an external URL is then refused).
 
     Returns:
         The rewritten input; ``raw_input`` is not changed.
@@ -155,9 +169,20 @@ def store_image_inputs(
             continue
         url = _checked_string(value, field)
         if url not in done:
-            done[url] = _materialise(url, field, destination, policy, transport)
+            done[url] = _materialise(url, field, destination, policy, transport, fetch=fetch)
         stored[field] = done[url]
     return stored
+
+
+def needs_fetching(raw_input: Mapping[str, Any], fields: Sequence[str], *, catalog: FileCatalog) -> bool:
+    """Whether :func:`store_image_inputs` would fetch anything: an http(s) URL in a field that is not a
+    file of this server. Blocking (the catalog): call it off the event loop."""
+    for field in fields:
+        value = raw_input.get(field)
+        external = isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+        if external and _own_file(value, catalog) is None:
+            return True
+    return False
 
 
 def read_image_input(
@@ -166,7 +191,8 @@ def read_image_input(
     """An own file's image as straight-alpha RGBA ``uint8`` of shape ``[H, W, 4]``, upright per its EXIF.
 
     Workers call this with the URLs :func:`store_image_inputs` wrote; they never fetch anything
-    else, so any other URL is refused rather than fetched.
+    else, so any other URL is refused rather than fetched. Images beyond the default side and
+    aspect-ratio limits are refused here too (settings may only lower those).
 
     Raises:
         InvalidInputError: The URL is not a ready file of this server, or the file is gone or unreadable.
@@ -177,8 +203,10 @@ def read_image_input(
     blob = blobs.open(record.id)
     if blob is None:
         raise InvalidInputError(f"the file {record.file_name} is no longer stored", field=field)
+    data = b"".join(blob.chunks)
+    _check_shape(data, ImageInputPolicy(), field)  # queued before these limits, or an upload never admitted
     try:
-        return decode_rgba(b"".join(blob.chunks))
+        return decode_rgba(data)
     except UnsupportedContentError as error:
         raise InvalidInputError(str(error), field=field) from None
 
@@ -191,7 +219,8 @@ def decode_rgba(data: bytes) -> numpy.ndarray[Any, numpy.dtype[numpy.uint8]]:
     """
     try:
         with Image.open(io.BytesIO(data), formats=list(RASTER_FORMATS.values())) as image:
-            return _rgba_pixels(ImageOps.exif_transpose(image))
+            ImageOps.exif_transpose(image, in_place=True)  # no copy of the pixels when upright already
+            return _rgba_pixels(image)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise UnsupportedContentError(f"the file is not a readable image ({error})") from None
 
@@ -218,6 +247,7 @@ def fetch_image(
             f"could not fetch the image at {_shorten(url)} ({type(failure).__name__}: {failure})", field=field
         ) from None
     media_type = _checked_image(declared, data, policy, field)
+    _check_shape(data, policy, field)
     return media_type, data, _file_name(target.url.path, media_type)
 
 
@@ -227,18 +257,24 @@ def _materialise(
     destination: _Destination,
     policy: ImageInputPolicy,
     transport: httpx.AsyncBaseTransport | None,
+    *,
+    fetch: bool,
 ) -> str:
     """The own-file URL one field value comes down to."""
     if url[:5].lower() == "data:":
         with _content_refusal(field):
             media_type, data = decode_data_uri(url, policy.max_bytes, max_pixels=policy.max_pixels)
+        _check_shape(data, policy, field)
         return _store_copy(destination, media_type, data, _file_name("", media_type))
     _check_url_form(url, field)
     record = _own_file(url, destination.catalog)
     if record is not None:
         if not record.ready:
             raise InvalidInputError(f"the file {record.file_name} has not been uploaded yet", field=field)
+        _check_stored_shape(record, destination.blobs, policy, field)
         return file_url(destination.base_url, record.id, record.file_name)
+    if not fetch:  # found to be an own file when the lane was chosen, and deleted since
+        raise InvalidInputError(f"{_shorten(url)} is no longer a file of this server", field=field)
     media_type, data, name = fetch_image(url, policy, field=field, transport=transport)
     return _store_copy(destination, media_type, data, name)
 
@@ -312,15 +348,24 @@ def _check_answer(response: httpx.Response, max_bytes: int, field: str) -> None:
         )
     if not response.is_success:
         raise InvalidInputError(f"fetching the image failed with HTTP {response.status_code}", field=field)
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # Asked for identity; decoding anyway would let a few kilobytes on the wire become gigabytes.
+        raise InvalidInputError(
+            f"the image URL answered with Content-Encoding {encoding[:40]!r}; this server asks for and accepts "
+            "only unencoded bodies (identity)",
+            field=field,
+        )
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise InvalidInputError(_too_large(max_bytes), field=field)
 
 
 async def _read_at_most(response: httpx.Response, max_bytes: int, field: str) -> bytes:
-    """The body, refused as soon as it passes ``max_bytes`` (the rest is never read)."""
+    """The body as it came over the wire (never decoded), refused as soon as it passes ``max_bytes``
+    (the rest is never read)."""
     body = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         body += chunk
         if len(body) > max_bytes:
             raise InvalidInputError(_too_large(max_bytes), field=field)
@@ -338,6 +383,56 @@ def _checked_image(declared: str | None, data: bytes, policy: ImageInputPolicy, 
         media_type = _sniffed_type(data) or "application/octet-stream"
     with _content_refusal(field):
         return check_image(media_type, data, max_pixels=policy.max_pixels)
+
+
+def _check_shape(data: bytes, policy: ImageInputPolicy, field: str | None) -> None:
+    """Refuse an image whose header gives a side or an aspect ratio beyond ``policy`` (nothing is decoded).
+
+    Bytes that are no readable image pass: the content checks and the decoder say why.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=list(RASTER_FORMATS.values())) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return
+    refusal = _shape_refusal(width, height, policy)
+    if refusal is not None:
+        raise InvalidInputError(refusal, field=field)
+
+
+def _shape_refusal(width: int, height: int, policy: ImageInputPolicy) -> str | None:
+    longest, shortest = max(width, height), max(1, min(width, height))
+    if longest > policy.max_side:
+        return f"the image is {width}×{height} pixels; this server accepts sides of at most {policy.max_side:,} pixels"
+    if longest / shortest > policy.max_aspect_ratio:
+        return (
+            f"the image is {width}×{height} pixels, {longest / shortest:.4g}:1; this server accepts aspect "
+            f"ratios of at most {policy.max_aspect_ratio:g}:1"
+        )
+    return None
+
+
+def _check_stored_shape(record: FileRecord, blobs: BlobStore, policy: ImageInputPolicy, field: str) -> None:
+    """:func:`_check_shape` for an own file (an upload), from its header: the first megabyte, else all of it."""
+    blob = blobs.open(record.id)
+    if blob is None:
+        raise InvalidInputError(f"the file {record.file_name} is no longer stored", field=field)
+    head = bytearray()
+    chunks = blob.chunks
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= _HEADER_BYTES:
+            break
+    try:
+        with Image.open(io.BytesIO(head), formats=list(RASTER_FORMATS.values())):
+            pass  # the header was enough
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        head += b"".join(chunks)  # a JPEG with a large EXIF block before its size, say
+    finally:
+        close = getattr(chunks, "close", None)  # a generator's file is closed with it
+        if close is not None:
+            close()
+    _check_shape(bytes(head), policy, field)
 
 
 def _sniffed_type(data: bytes) -> str | None:
@@ -381,7 +476,8 @@ def _rgba_pixels(image: Image.Image) -> numpy.ndarray[Any, numpy.dtype[numpy.uin
 
     if image.mode in _SIXTEEN_BIT_GRAY:
         return _sixteen_bit_gray_rgba(image)
-    return np.array(image.convert("RGBA"), dtype=np.uint8)
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    return np.array(rgba, dtype=np.uint8)  # writable: the engine may work on it in place
 
 
 def _sixteen_bit_gray_rgba(image: Image.Image) -> numpy.ndarray[Any, numpy.dtype[numpy.uint8]]:
