@@ -57,10 +57,16 @@ def ensure_first_key(keys: KeyRing) -> IssuedKey | None:
 
 
 def authenticate(keys: KeyRing, authorization: str | None) -> ApiKey:
-    """The key behind an ``Authorization`` header, or :class:`AuthenticationError`."""
+    """The key behind an ``Authorization`` header, or :class:`AuthenticationError`.
+
+    fal's form is ``Key <key id>:<secret>``; the key alone (``<key id>:<secret>``, as the server
+    printed it and as the API reference's "Authorize" sends what is pasted) is taken too.
+    """
     if not authorization:
         raise AuthenticationError("Missing API key: send 'Authorization: Key <key id>:<secret>'")
     scheme, _, credentials = authorization.strip().partition(" ")
+    if not credentials and ":" in scheme:  # a bare key: no scheme has a colon in its name
+        scheme, credentials = "Key", scheme
     if scheme.lower() != "key" or not credentials:
         raise AuthenticationError("Unsupported authorization scheme: send 'Authorization: Key <key id>:<secret>'")
     key_id, _, secret = credentials.strip().partition(":")

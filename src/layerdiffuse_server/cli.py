@@ -108,6 +108,37 @@ def _endpoint_for_files(given: set[str], num_images: int) -> Any:
     raise _fail("give --image alone, or --foreground or --background alone, or one of them with --blended", 2)
 
 
+#: The flag of each image field of the endpoints.
+IMAGE_FLAGS = {
+    "image_url": "--image",
+    "foreground_image_url": "--foreground",
+    "background_image_url": "--background",
+    "blended_image_url": "--blended",
+}
+
+
+def _read_image_files(files: dict[str, Path]) -> dict[str, Any]:
+    """The image files given as RGBA arrays, read before the model loads: a file that is missing or
+    not an image is answered at once, naming its flag and path (exit status 2)."""
+    from .files.image_inputs import decode_rgba
+
+    arrays, problems = {}, []
+    for name, path in files.items():
+        try:
+            arrays[name] = decode_rgba(path.read_bytes())
+        except FileNotFoundError:
+            problems.append(f"{IMAGE_FLAGS[name]}: no such image file: {path}")
+        except IsADirectoryError:
+            problems.append(f"{IMAGE_FLAGS[name]}: {path} is a folder, not an image file")
+        except LayerDiffuseError:
+            problems.append(f"{IMAGE_FLAGS[name]}: {path} is not a PNG, JPEG or WebP image")
+        except OSError as error:
+            problems.append(f"{IMAGE_FLAGS[name]}: cannot read {path} ({error.strerror or error})")
+    if problems:
+        raise _fail("; ".join(problems), 2)
+    return arrays
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")] = "",
@@ -133,7 +164,9 @@ def generate(
     image: Annotated[
         Path | None, typer.Option(help="Image to image: re-generate this (RGBA) image; see --strength.")
     ] = None,
-    strength: Annotated[float, typer.Option(help="Image to image: how much to change it (0–1].")] = 0.7,
+    strength: Annotated[
+        float | None, typer.Option(help="Image to image (with --image): how much to change it (0–1]; default 0.7.")
+    ] = None,
     foreground: Annotated[Path | None, typer.Option(help="Conditioned layers: a transparent foreground.")] = None,
     background: Annotated[Path | None, typer.Option(help="Conditioned layers: a background image.")] = None,
     blended: Annotated[
@@ -170,16 +203,16 @@ def generate(
     --blended it runs the conditioned-layer models, like the server's endpoints of those names.
     """
     from .engine.catalog import check_choices
-    from .files.image_inputs import decode_rgba
+    from .model_profiles import profile_of
     from .schemas import GenerationParams, ImageToImageInput
 
     _configure_logging(verbose)
     settings = Settings()
     files = {"image_url": image, "foreground_image_url": foreground, "background_image_url": background}
     files = {name: path for name, path in (files | {"blended_image_url": blended}).items() if path is not None}
-    missing = [str(path) for path in files.values() if not path.is_file()]
-    if missing:
-        raise _fail(f"no such image file: {', '.join(missing)}", 2)
+    if strength is not None and "image_url" not in files:
+        raise _fail("--strength: only image to image has a strength; give the image with --image", 2)
+    arrays = _read_image_files(files)
     # Everything that can be checked without torch is checked first: a typo is answered in a second,
     # not after the model has loaded.
     try:
@@ -195,7 +228,9 @@ def generate(
         } | ({"scheduler": scheduler} if scheduler else {})
         if files:
             endpoint = _endpoint_for_files(set(files), num_images)
-            extra = {"strength": strength} if "strength" in endpoint.input_model.model_fields else {"stop_at": stop_at}
+            extra = {"stop_at": stop_at} if "stop_at" in endpoint.input_model.model_fields else {}
+            if strength is not None:
+                extra = {"strength": strength}
             params = endpoint.input_model(**common, **extra, **{name: str(path) for name, path in files.items()})
             params = params.with_seed()
         else:
@@ -215,8 +250,15 @@ def generate(
     )
     if problems:
         raise _fail("; ".join(problems), 2)
+    profile = profile_of(model)
+    if ignored := profile.ignored_words(prompt):
+        console.print(f"[yellow]warning:[/] {profile.ignored_words_line(ignored)}", highlight=False)
 
+    loading = time.perf_counter()
     from .engine.pipeline import TransparentSDXLPipeline
+    from .engine.quiet import quiet_libraries
+
+    quiet_libraries()
 
     try:
         pipeline = TransparentSDXLPipeline.from_preset(
@@ -231,8 +273,8 @@ def generate(
             decoder_passes=decoder_passes,
             safety_checker=safety_checker,
         )
+        logging.getLogger(__name__).info("Model %r ready in %.1f s", model, time.perf_counter() - loading)
         if files:
-            arrays = {name: decode_rgba(path.read_bytes()) for name, path in files.items()}
             total = params.num_inference_steps
             if isinstance(params, ImageToImageInput):  # only the end of the schedule runs
                 total = max(1, min(int(total * params.strength), total))
@@ -436,7 +478,7 @@ def _serve_api(settings: Settings, services: Any, role: str, listeners: tuple[An
             return f"not ready: the model failed to load ({worker.load_error}); requests are answered 503"
         if not worker.ready:
             return None
-        return f"ready on {addresses} with model {worker.model_name} (loaded in {worker.load_seconds or 0:.1f} s)"
+        return f"ready on {addresses} with model {worker.model_name}"  # the worker said how long it took
 
     serve_app(
         create_app(services),

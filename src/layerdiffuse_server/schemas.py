@@ -242,3 +242,8 @@ class LayerDiffusionOutput(BaseModel):
     has_nsfw_concepts: list[bool] | None = Field(
         default=None, description="Per image, whether the safety checker flagged it (it is then fully transparent)."
     )
+    ignored_prompt_words: list[str] | None = Field(
+        default=None,
+        description="Extension, only from models trained on a closed vocabulary (the demo model): the words of "
+        "the prompt the model does not know and so ignored, each once, in order (empty when it knew them all).",
+    )

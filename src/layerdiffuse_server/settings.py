@@ -167,6 +167,13 @@ class Settings(BaseSettings):
         return self.home / "presets"
 
     @property
+    def local_ca_file(self) -> Path | None:
+        """The CA of the HTTPS certificate the server issues itself (none when one was brought, or HTTPS is off)."""
+        if not self.tls_port or (self.tls_cert and self.tls_key):
+            return None
+        return self.data_dir / "tls" / "ca.pem"
+
+    @property
     def store_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'layerdiffuse.db'}"
 

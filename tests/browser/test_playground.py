@@ -190,6 +190,7 @@ def test_generate_shows_progress_then_a_transparent_image_to_inspect_and_downloa
     expect(code).to_contain_text('"prompt": "a red apple on a table"')
     expect(code).to_contain_text('"seed": 7')
     expect(code).to_contain_text(f"FAL_QUEUE_RUN_HOST=127.0.0.1:{playground_server.tls_port}/queue")
+    expect(code).to_contain_text(f"SSL_CERT_FILE={playground_server.data_dir / 'tls' / 'ca.pem'}")
     page.get_by_role("tab", name="Python").focus()
     page.keyboard.press("ArrowRight")
     expect(page.get_by_role("tab", name="JavaScript")).to_have_attribute("aria-selected", "true")
@@ -583,16 +584,18 @@ def test_image_to_image_from_a_chosen_file_previewed_uploaded_and_generated_at_i
     open_section(page, "#code")
     code = page.locator("#code-text")
     expect(code).to_contain_text('fal_client.subscribe(\n    "fal-ai/layer-diffusion/image-to-image"')
-    expect(code).to_contain_text('arguments={"image_url": fal_client.upload_file("apple.png"), "prompt": ')
+    expect(code).to_contain_text('arguments={"image_url": fal_client.encode_file("apple.png"), "prompt": ')
+    # Inline, under the limit the server applies (not the upload to fal.ai that upload_file does).
+    expect(code).to_contain_text("as a data: URI (up to 16 MiB per image here)")
     expect(code).to_contain_text('"strength": 0.6')
-    expect(code).to_contain_text("rest.fal.ai")  # where upload_file sends files, and how to point it here
+    expect(code).to_contain_text("rest.fal.ai")  # where upload_file sends larger files, and how to point it here
     page.get_by_role("tab", name="JavaScript").click()
     expect(code).to_contain_text('import { readFile } from "node:fs/promises";')
     expect(code).to_contain_text('await fal.subscribe("fal-ai/layer-diffusion/image-to-image"')
-    expect(code).to_contain_text('"image_url":new Blob([await readFile("apple.png")], { type: "image/png" })')
+    expect(code).to_contain_text('"image_url": new Blob([await readFile("apple.png")], { type: "image/png" })')
     page.get_by_role("tab", name="curl").click()
     expect(code).to_contain_text(f"curl -X POST {playground_server.http_url}/run/fal-ai/layer-diffusion/image-to-image")
-    expect(code).to_contain_text('"image_url":"https://example.com/apple.png"')
+    expect(code).to_contain_text('"image_url": "https://example.com/apple.png"')
     expect(code).to_contain_text("# Replace https://example.com/apple.png with your image's http(s) URL")
     check_snippets_parse(page, tmp_path)
 
@@ -673,8 +676,8 @@ def test_a_conditioned_endpoint_takes_a_picked_and_a_dropped_image(
     code = page.locator("#code-text")
     expect(code).to_contain_text('"fal-ai/layer-diffusion/background-blended-to-foreground"')
     expect(code).to_contain_text(
-        '"background_image_url": fal_client.upload_file("background.png"), '
-        '"blended_image_url": fal_client.upload_file("blend.png")'
+        '"background_image_url": fal_client.encode_file("background.png"), '
+        '"blended_image_url": fal_client.encode_file("blend.png")'
     )
     expect(code).to_contain_text('"stop_at": 0.5')
     assert "scheduler" not in (code.text_content() or "")  # euler_ancestral is this endpoint's default

@@ -52,6 +52,7 @@ def test_python_snippet(demo_server: ServerProcess, demo_key: str, tmp_path: Pat
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert "Denoising step 1/20" in lines and lines[-1].startswith("42 http://")
+    assert lines[-2] == "Request completed.", "the last log lines, which come with the COMPLETED status"
     assert len(lines) == len(set(lines)), "a log line was printed twice"
     assert_the_red_star(tmp_path / "star.png")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,43 @@ def test_the_readme_generate_line_with_the_demo_model(settings: Settings, tmp_pa
     assert image.mode == "RGBA" and image.size == (DEMO_SIZE, DEMO_SIZE)
     verdict = judge(np.asarray(image))
     assert (verdict.shape, verdict.colour) == ("heart", "blue") and verdict.soft_edge_pixels > 0, verdict
+    assert "ignored" not in done.stderr
+    assert not [noise for noise in LIBRARY_NOISE if noise in done.stderr], done.stderr
+
+
+#: What the libraries under the engine print on their own, which must not come between our lines.
+LIBRARY_NOISE = ("torchvision", "Loading pipeline components", "Loading weights", "it/s]", "%|")
+
+
+def test_strength_without_an_image_is_an_error(settings: Settings, tmp_path: Path) -> None:
+    done = run_cli("generate", "a red star", "--strength", "0.3", "--model", "demo", settings=settings)
+    assert done.returncode == 2
+    assert "--strength" in done.stderr and "--image" in done.stderr
+    assert not (tmp_path / "output.png").exists()
+
+
+def test_a_file_that_is_not_an_image_is_refused_before_the_model_loads(settings: Settings, tmp_path: Path) -> None:
+    text = tmp_path / "notes.png"
+    text.write_text("not an image\n")
+    started = time.monotonic()
+    done = run_cli(
+        "generate", "a red star", "--foreground", str(text), "--blended", str(tmp_path / "gone.png"),
+        "--model", "demo", settings=settings,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"--foreground: {text} is not a PNG, JPEG or WebP image" in done.stderr
+    assert f"--blended: no such image file: {tmp_path / 'gone.png'}" in done.stderr
+    assert "Loading" not in done.stderr and "BytesIO" not in done.stderr and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 30  # no model was loaded
+
+
+def test_the_demo_model_warns_about_words_it_does_not_know(settings: Settings, tmp_path: Path) -> None:
+    done = run_cli(
+        "generate", "a black cat", "-o", str(tmp_path / "cat.png"), "--model", "demo", "--steps", "2",
+        settings=settings,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stderr = " ".join(done.stderr.split())  # the console wraps long lines
+    assert "ignored these words of the prompt" in stderr and "black, cat" in stderr
+    assert "Model 'demo' ready in" in stderr and stderr.count("ready in") == 1
+    assert not [noise for noise in LIBRARY_NOISE if noise in done.stderr], done.stderr

@@ -23,6 +23,7 @@ from ..store.contracts import Notice, NoticeKind
 from . import (
     docs_routes,
     gallery_routes,
+    info_routes,
     operations_routes,
     playground_routes,
     queue_routes,
@@ -133,6 +134,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(storage_routes.router)
     app.include_router(gallery_routes.router)
     app.include_router(operations_routes.router)
+    app.include_router(info_routes.router)
     playground_routes.mount(app, services)
     docs_routes.mount(app)
 

@@ -142,8 +142,13 @@ async def budgeted_json_object(request: Request, limit: int, budget: BodyBudget)
         reservation.release()
 
 
+def inline_image_limit(max_upload_bytes: int) -> int:
+    """The largest image an input carries inline: :data:`MAX_INLINE_IMAGE_BYTES`, or the upload limit if lower."""
+    return min(MAX_INLINE_IMAGE_BYTES, max_upload_bytes)
+
+
 def input_body_limit(image_fields: int, max_upload_bytes: int) -> int:
     """The body limit of an endpoint: 1 MiB, plus room for each image input sent inline as a base64
-    ``data:`` URI (4 bytes for 3) of up to :data:`MAX_INLINE_IMAGE_BYTES` (or the upload limit)."""
-    inline = min(MAX_INLINE_IMAGE_BYTES, max_upload_bytes)
+    ``data:`` URI (4 bytes for 3) of up to :func:`inline_image_limit` bytes."""
+    inline = inline_image_limit(max_upload_bytes)
     return MAX_JSON_BYTES + image_fields * (inline * 4 // 3 + 64)

@@ -1,6 +1,6 @@
 """The API reference pages (``/docs``: Swagger UI, ``/redoc``), with their scripts and styles served
 by this server from the ``fastapi-offline`` package instead of a CDN, so they work on a machine with
-no network. "Authorize" takes the API key (the document declares the ``Authorization`` header)."""
+no network. "Authorize" takes the API key as the server printed it, with or without its ``Key `` prefix."""
 
 from __future__ import annotations
 

@@ -133,7 +133,8 @@ def get_services(request: Request) -> Services:
 api_key_header = APIKeyHeader(
     name="Authorization",
     scheme_name="FalKey",
-    description="`Key <key id>:<secret>`, as fal's clients send `FAL_KEY`",
+    description="`Key <key id>:<secret>`, as fal's clients send `FAL_KEY`; the key alone (as the server printed "
+    "it) is taken too",
     auto_error=False,
 )
 

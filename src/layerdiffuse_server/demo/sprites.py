@@ -15,17 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SHAPES = ("circle", "square", "triangle", "star", "heart", "ring")
-COLOURS = {
-    "red": (220, 40, 40),
-    "orange": (245, 140, 25),
-    "yellow": (240, 215, 40),
-    "green": (40, 170, 70),
-    "blue": (40, 90, 225),
-    "purple": (140, 55, 205),
-    "pink": (245, 120, 185),
-}
-STYLES = ("plain", "glow", "shadow", "translucent")
+from .captions import COLOURS, SHAPES, STYLES, caption
+
 #: Alpha of a translucent body; glows and shadows stay below ``BODY_THRESHOLD``, so thresholding
 #: alpha there finds the shape itself.
 TRANSLUCENT_ALPHA = 0.6
@@ -44,10 +35,7 @@ class Sprite:
 
     @property
     def caption(self) -> str:
-        if self.style == "translucent":
-            return f"a translucent {self.colour} {self.shape}"
-        extra = {"glow": " with a soft glow", "shadow": " with a drop shadow"}.get(self.style, "")
-        return f"a {self.colour} {self.shape}{extra}"
+        return caption(self.shape, self.colour, self.style)
 
 
 def sprite_for(index: int, seed: int = 0) -> Sprite:

@@ -181,7 +181,8 @@ class TransparentSDXLPipeline:
         if checker_path is not None:
             logger.info("Loading the safety checker from %s", checker_path)
             checker = SafetyChecker.from_folder(checker_path, device=torch_device, dtype=torch_dtype)
-        logger.info("Models ready in %.1f s (%d weights patched)", time.perf_counter() - started, len(keys))
+        # Debug only: the caller says when the model is ready, with the time that includes the imports.
+        logger.debug("Models ready in %.1f s (%d weights patched)", time.perf_counter() - started, len(keys))
         pipeline = cls(
             sdxl,
             transparent_decoder,

@@ -108,7 +108,10 @@ def _ago(seconds: float) -> str:
 def render_status(report: StatusReport, console: Console) -> None:
     queued = ", ".join(f"{count} {name}" for name, count in report.queued.items())
     console.print(f"[bold]Queue[/]: {sum(report.queued.values())} waiting ({queued}), {len(report.running)} running")
-    console.print(f"[dim]store: {report.database}" + (f" · files: {report.files}" if report.files else "") + "[/]")
+    # One line each: a separator between them is left dangling where a long URL wraps the line.
+    console.print(f"[dim]store: {report.database}[/]", soft_wrap=True)
+    if report.files:
+        console.print(f"[dim]files: {report.files}[/]", soft_wrap=True)
     if report.running:
         table = Table("request", "worker", "started", "attempt", title="Running")
         for request in report.running:

@@ -53,6 +53,8 @@ let codeLanguage = "python";
 let formTouched = false;
 let endpoint = ENDPOINTS[0]; // the one the form is for
 let inputSchemas = {}; // the input models of /openapi.json, by name
+// What the server says about itself (/api/info): its model and vocabulary, inline limit, CA file.
+let serverInfo = null;
 // Per image field, the file chosen for it: {file, preview (an object URL), uploaded (its URL here, once sent)}.
 const chosen = {};
 // Origins previews may load from: the page's policy allows its own and the file URLs' (never other sites').
@@ -245,6 +247,28 @@ function selectEndpoint(target) {
 }
 
 /** The input schemas of the server's OpenAPI document, so the form never drifts from them. */
+/** The model that runs, a prompt it draws (the placeholder) and, for a closed vocabulary, the words it knows. */
+async function loadInfo() {
+  const response = await fetch("/api/info");
+  if (!response.ok) return;
+  serverInfo = await response.json();
+  const { model } = serverInfo;
+  $("prompt").placeholder = model.example_prompt;
+  $("model-name").textContent = model.name;
+  $("model-line").hidden = false;
+  if (model.vocabulary) {
+    const groups = Object.entries(model.vocabulary).map(([group, words]) => `${group}: ${words.join(", ")}`);
+    $("vocabulary").textContent = `The ${model.name} model knows only these words: ${groups.join("; ")}. ` +
+      "It ignores any other word (the result's log names them).";
+    $("vocabulary").hidden = false;
+  }
+  updateCode();
+}
+
+function mebibytes(bytes) {
+  return `${Number((bytes / 2 ** 20).toFixed(1))} MiB`;
+}
+
 async function loadSchemas() {
   const response = await fetch("/openapi.json");
   if (!response.ok) return;
@@ -667,6 +691,14 @@ function onStatus(status) {
   addLogs(status.logs);
 }
 
+/** "Done", and for a model with a closed vocabulary the prompt's words it did not know. */
+function doneText(output) {
+  const ignored = output.ignored_prompt_words || [];
+  const model = serverInfo ? `The ${serverInfo.model.name} model` : "The model";
+  const note = ignored.length ? ` ${model} ignored: ${ignored.join(", ")}.` : "";
+  return `Done: seed ${output.seed}.${note}`;
+}
+
 async function followStream(followed) {
   const response = await fetch(`${followed.request.status_url}/stream?logs=1`, {
     headers: { Authorization: `Key ${apiKey}`, Accept: "text/event-stream" },
@@ -714,6 +746,7 @@ async function follow(request) {
         request.error = status.error ?? null;
         break;
       }
+      onStatus({ ...status, logs: [] }); // its tile and status line keep up while the stream is away
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
     let failure = null;
@@ -736,7 +769,7 @@ async function follow(request) {
       if (failure) showError(failure);
       else {
         showOutput(request.output, request.input, id);
-        setStatus(`Done: seed ${request.output.seed}.`);
+        setStatus(doneText(request.output));
       }
     }
   } catch (error) {
@@ -950,6 +983,29 @@ function updateRequest(request) {
   $("gallery-empty").hidden = gallery.length > 0;
 }
 
+/** Tiles of requests the page does not follow (another tab's, or from before a reload) follow their
+ * status too: each unfinished one is asked now and then, and the gallery is read again once one ends. */
+async function watchUnfinished() {
+  const followed = running && running.request.request_id;
+  const waiting = gallery.filter((request) => request.status !== "COMPLETED" && request.request_id !== followed);
+  if (!apiKey || !waiting.length) return;
+  let ended = false;
+  for (const request of waiting) {
+    let status;
+    try {
+      status = await api(`${request.status_url}?logs=0`);
+    } catch {
+      continue; // asked again at the next round
+    }
+    if (status.status === "COMPLETED") ended = true;
+    else if (status.status !== request.status && gallery.includes(request)) {
+      request.status = status.status;
+      updateRequest(request);
+    }
+  }
+  if (ended) await loadGallery();
+}
+
 function stateOf(request) {
   if (request.output) return "show image";
   if (request.status === "IN_QUEUE") return "queued";
@@ -980,12 +1036,16 @@ function galleryItem(request) {
       : request.status.replace("_", " ").toLowerCase();
     thumb.append(note);
   }
+  const target = endpointOfRequest(request);
+  const endpointName = document.createElement("span");
+  endpointName.className = "endpoint";
+  endpointName.textContent = target.title;
   const caption = document.createElement("span");
   caption.className = "caption";
   caption.textContent = prompt;
-  button.append(thumb, caption);
+  button.append(thumb, endpointName, caption);
   button.setAttribute("aria-label", `${prompt}: ${stateOf(request)}`);
-  button.title = endpointOfRequest(request).title;
+  button.title = target.title;
   if (request.request_id === displayed) button.setAttribute("aria-current", "true");
   button.addEventListener("click", () => openRequest(request.request_id));
   item.append(button);
@@ -1094,7 +1154,7 @@ function pythonLiteral(value) {
   if (value === true) return "True";
   if (value === false) return "False";
   if (value === null) return "None";
-  if (value instanceof LocalFile) return `fal_client.upload_file(${JSON.stringify(value.name)})`;
+  if (value instanceof LocalFile) return `fal_client.encode_file(${JSON.stringify(value.name)})`;
   if (typeof value === "object") {
     return `{${Object.entries(value).map(([key, item]) => `${JSON.stringify(key)}: ${pythonLiteral(item)}`).join(", ")}}`;
   }
@@ -1107,9 +1167,14 @@ function javascriptLiteral(value) {
     return `new Blob([await readFile(${JSON.stringify(value.name)})], { type: ${JSON.stringify(value.type)} })`;
   }
   if (value && typeof value === "object") {
-    return `{${Object.entries(value).map(([key, item]) => `${JSON.stringify(key)}:${javascriptLiteral(item)}`).join(",")}}`;
+    return `{${Object.entries(value).map(([key, item]) => `${JSON.stringify(key)}: ${javascriptLiteral(item)}`).join(", ")}}`;
   }
   return JSON.stringify(value);
+}
+
+/** JSON on one line with a space after each comma and colon, where a long line can wrap. */
+function spacedJson(value, replacer) {
+  return JSON.stringify(value, replacer, 1).replace(/\n */g, " ").replace(/^\{ /, "{").replace(/ \}$/, "}");
 }
 
 function codeFor(language, target, input) {
@@ -1117,13 +1182,15 @@ function codeFor(language, target, input) {
   const files = Object.values(input).filter((value) => value instanceof LocalFile);
   if (language === "python") {
     const host = `${window.location.hostname}:${HTTPS_PORT}`;
+    const caFile = serverInfo ? serverInfo.ca_file : "<data dir>/tls/ca.pem";
+    const trust = caFile ? `# export SSL_CERT_FILE=${caFile}   # the server's local CA\n` : "";
     const setup = HTTPS_PORT
-      ? `# export FAL_KEY=<your key> FAL_RUN_HOST=${host}/run FAL_QUEUE_RUN_HOST=${host}/queue\n` +
-        "# export SSL_CERT_FILE=<data dir>/tls/ca.pem   # the local CA, as `layerdiffuse serve` printed\n"
+      ? `# export FAL_KEY=<your key>\n# export FAL_RUN_HOST=${host}/run\n# export FAL_QUEUE_RUN_HOST=${host}/queue\n${trust}`
       : "# fal_client needs the server's https listener (start it without --tls-port 0)\n";
+    const limit = serverInfo ? ` (up to ${mebibytes(serverInfo.max_inline_image_bytes)} per image here)` : "";
     const uploads = files.length
-      ? "# upload_file sends files to rest.fal.ai and v3.fal.media: point those names at this server (see its README),\n" +
-        "# or send small files inline with fal_client.encode_file(path) (a data: URI; request bodies up to 1 MiB)\n"
+      ? `# encode_file sends the file inline, as a data: URI${limit}; for larger files use\n` +
+        "# fal_client.upload_file, with rest.fal.ai and v3.fal.media pointed at this server (see its README)\n"
       : "";
     return `# pip install fal-client\n${setup}${uploads}import fal_client\n\nresult = fal_client.subscribe(\n    "${target.id}",\n` +
       `    arguments=${pythonLiteral(input)},\n    with_logs=True,\n)\nprint(result["seed"], result["image"]["url"])\n`;
@@ -1139,7 +1206,7 @@ function codeFor(language, target, input) {
     ? `# Replace ${files.map((file) => file.placeholder).join(" and ")} with ` +
       (files.length > 1 ? "your images' http(s) URLs (or data: URIs)\n" : "your image's http(s) URL (or a data: URI)\n")
     : "";
-  const body = JSON.stringify(input, (key, value) => (value instanceof LocalFile ? value.placeholder : value)).replaceAll("'", "'\\''");
+  const body = spacedJson(input, (key, value) => (value instanceof LocalFile ? value.placeholder : value)).replaceAll("'", "'\\''");
   return `${replace}curl -X POST ${origin}/run/${target.id} \\\n  -H "Authorization: Key $FAL_KEY" \\\n  -H "Content-Type: application/json" \\\n  -d '${body}'\n`;
 }
 
@@ -1232,7 +1299,8 @@ async function start() {
   const galleryLoaded = apiKey ? loadGallery() : null;
   if (apiKey) $("change-key").hidden = false;
   else showKeyPanel();
-  await loadSchemas().catch(() => {});
+  await Promise.all([loadSchemas().catch(() => {}), loadInfo().catch(() => {})]);
+  setInterval(() => watchUnfinished().catch(() => {}), 2000);
   restoreForm(); // after the schema: it sets the defaults the saved values differ from
   if (!galleryLoaded) return;
   try {

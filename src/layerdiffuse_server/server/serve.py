@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import signal
 import socket
@@ -34,6 +35,22 @@ class SignalFreeServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+#: Whether the uvicorn server logging is an extra listener of the app (one without its lifespan).
+_extra_listener = contextvars.ContextVar("extra_listener", default=False)
+
+
+class OneProcessStory(logging.Filter):
+    """uvicorn's own lines once per process, in order: every server says it started and finished
+    the process and that it is shutting down, so with two listeners each line came twice, the extra
+    listener's "Finished server process" before the app's shutdown. The extra listeners keep only
+    the line with their address, and everything above INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _extra_listener.get() or record.levelno > logging.INFO:
+            return True
+        return str(record.msg).startswith("Uvicorn running on")
 
 
 #: What uvicorn adds to the grace before it cancels connections that are still open.
@@ -85,14 +102,27 @@ def serve_app(
             await asyncio.sleep(0.1)
         logger.info(message)
 
+    async def listen(server: uvicorn.Server, listener: socket.socket, extra: bool) -> None:
+        _extra_listener.set(extra)  # in this listener's own task (and context) only
+        await server.serve(sockets=[listener])
+
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         for number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(number, signalled)
         announcing = asyncio.create_task(announce())
         await asyncio.gather(
-            *(server.serve(sockets=[listener]) for server, listener in zip(servers, listeners, strict=True))
+            *(
+                listen(server, listener, extra=index > 0)
+                for index, (server, listener) in enumerate(zip(servers, listeners, strict=True))
+            )
         )
         announcing.cancel()
 
-    asyncio.run(serve())
+    story = OneProcessStory()
+    uvicorn_logger = logging.getLogger("uvicorn.error")
+    uvicorn_logger.addFilter(story)
+    try:
+        asyncio.run(serve())
+    finally:
+        uvicorn_logger.removeFilter(story)

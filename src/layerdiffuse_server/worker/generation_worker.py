@@ -37,6 +37,7 @@ from ..files import BlobStore
 from ..files.image_inputs import read_image_input
 from ..lifecycle import RequestManager, outcomes
 from ..lifecycle.local_processes import process_scope
+from ..model_profiles import profile_of
 from ..observability import Metrics, request_id_context
 from ..schemas import GenerationParams, LayerDiffusionInput, image_fields
 from ..store.contracts import (
@@ -98,6 +99,7 @@ class _Job:
     claimed_at: float = field(default_factory=time.monotonic)
     answered: bool = False  # completed (by us, or elsewhere: cancel, lost lease)
     outputs: list[StoredOutput] = field(default_factory=list)
+    ignored_words: list[str] | None = None  # for a model with a closed vocabulary: the prompt's unknown words
 
     @property
     def id(self) -> str:
@@ -414,6 +416,7 @@ class GenerationWorker:
         engine = self.engine
         batch = [job.params for job in jobs if job.params is not None]
         assert len(batch) == len(jobs), "only started jobs run"
+        profile = profile_of(self.model_name)
         for job, params in zip(jobs, batch, strict=True):
             self._log(
                 job,
@@ -427,6 +430,9 @@ class GenerationWorker:
                 f"Generating {endpoint_of(job.lease.app_id).title.lower()}: {size}, {params.num_inference_steps} "
                 f"steps, guidance {params.guidance_scale:g}, seed {params.seed}{batched}.",
             )
+            job.ignored_words = profile.ignored_words(params.prompt)
+            if job.ignored_words:
+                self._log(job, profile.ignored_words_line(job.ignored_words), "WARN")
 
         estimate = _Estimate(time.monotonic())
 
@@ -520,7 +526,7 @@ class GenerationWorker:
             )
             job.outputs.append(stored)
         self._log(job, f"Uploaded {stored.image.file_name} ({stored.image.file_size} bytes).")
-        output = build_output(stored.image, image.seed, result.has_nsfw_concepts)
+        output = build_output(stored.image, image.seed, result.has_nsfw_concepts, job.ignored_words)
         metrics = {"inference_time": round(inference_time, 4)}
         if result.batch_size > 1:
             metrics["batch_size"] = result.batch_size

@@ -72,5 +72,9 @@ def discard(output: StoredOutput, *, blobs: BlobStore, catalog: FileCatalog) -> 
     catalog.delete([output.file_id])
 
 
-def build_output(image: Image, seed: int, has_nsfw_concepts: list[bool] | None) -> LayerDiffusionOutput:
-    return LayerDiffusionOutput(image=image, seed=seed, has_nsfw_concepts=has_nsfw_concepts)
+def build_output(
+    image: Image, seed: int, has_nsfw_concepts: list[bool] | None, ignored_prompt_words: list[str] | None = None
+) -> LayerDiffusionOutput:
+    return LayerDiffusionOutput(
+        image=image, seed=seed, has_nsfw_concepts=has_nsfw_concepts, ignored_prompt_words=ignored_prompt_words
+    )
