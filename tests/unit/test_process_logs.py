@@ -19,6 +19,7 @@ SERVE_AND_STOP = textwrap.dedent(
     from pathlib import Path
     from fastapi import FastAPI
     from layerdiffuse_server.observability import configure_logging
+    from layerdiffuse_server.server.listeners import bind
     from layerdiffuse_server.server.serve import serve_app
     from layerdiffuse_server.server.tls import local_tls
 
@@ -31,8 +32,9 @@ SERVE_AND_STOP = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGTERM)
         return "ready"
 
-    serve_app(FastAPI(), host="127.0.0.1", port=0, tls=local_tls(Path(sys.argv[1]), []), tls_port=int(sys.argv[2]),
-              log_level="info", grace_seconds=0, on_stop=lambda: None, readiness=readiness)
+    serve_app(FastAPI(), http=bind("127.0.0.1", 0, "HTTP"), https=bind("127.0.0.1", int(sys.argv[2]), "HTTPS"),
+              tls=local_tls(Path(sys.argv[1]), []), log_level="info", grace_seconds=0, on_stop=lambda: None,
+              readiness=readiness)
     """
 )
 
@@ -46,8 +48,9 @@ def free_port() -> int:
 
 
 def test_uvicorn_tells_the_process_story_once_in_order(tmp_path: Path) -> None:
+    tls_port = free_port()
     done = subprocess.run(
-        [sys.executable, "-c", SERVE_AND_STOP, str(tmp_path / "tls"), str(free_port())],
+        [sys.executable, "-c", SERVE_AND_STOP, str(tmp_path / "tls"), str(tls_port)],
         capture_output=True, text=True, timeout=120, env={**os.environ},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -57,17 +60,16 @@ def test_uvicorn_tells_the_process_story_once_in_order(tmp_path: Path) -> None:
         "Started server process",
         "Waiting for application startup.",
         "Application startup complete.",
-        "Uvicorn running",
-        "Uvicorn running",
         "Shutting down",
         "Waiting for application shutdown.",
         "Application shutdown complete.",
         "Finished server process",
     ], done.stderr
-    assert {line.split("://")[0].rsplit(" ", 1)[1] for line in lines if line.startswith("Uvicorn running")} == {
-        "http",
-        "https",
-    }
+    # Both listeners by the bound sockets' own addresses, once, before the readiness line.
+    listening = [line for line in done.stderr.splitlines() if "Listening on " in line]
+    assert len(listening) == 1, done.stderr
+    assert "http://127.0.0.1:" in listening[0] and f"https://127.0.0.1:{tls_port}" in listening[0]
+    assert done.stderr.index("Listening on ") < done.stderr.index("server: ready")
 
 
 def test_status_leaves_no_separator_at_a_line_end() -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from fastapi import FastAPI
 
+from .listeners import address
 from .tls import TlsFiles
 
 logger = logging.getLogger("layerdiffuse_server.server")
@@ -45,16 +46,19 @@ class OneProcessStory(logging.Filter):
     """uvicorn's own lines once per process, in order: every server says it started and finished
     the process and that it is shutting down, so with two listeners each line came twice, the extra
     listener's "Finished server process" before the app's shutdown. The extra listeners keep only
-    the line with their address, and everything above INFO."""
+    what is above INFO."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not _extra_listener.get() or record.levelno > logging.INFO:
-            return True
-        return str(record.msg).startswith("Uvicorn running on")
+        return not _extra_listener.get() or record.levelno > logging.INFO
 
 
 #: What uvicorn adds to the grace before it cancels connections that are still open.
 SHUTDOWN_MARGIN_SECONDS = 5.0
+
+
+def _url(scheme: str, listener: socket.socket) -> str:
+    host, port = listener.getsockname()[:2]
+    return f"{scheme}://{address(host, port)}"
 
 
 def serve_app(
@@ -80,10 +84,12 @@ def serve_app(
         "timeout_graceful_shutdown": int(grace_seconds + SHUTDOWN_MARGIN_SECONDS),
     }
     listeners = [http]
+    urls = [_url("http", http)]
     servers = [SignalFreeServer(uvicorn.Config(app, lifespan="on", **common))]
     if tls is not None and https is not None:
         ssl = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
         listeners.append(https)
+        urls.append(_url("https", https))
         servers.append(SignalFreeServer(uvicorn.Config(app, lifespan="off", **common, **ssl)))
 
     def signalled() -> None:
@@ -96,7 +102,13 @@ def serve_app(
             server.should_exit = True
 
     async def announce() -> None:
-        while not all(server.started for server in servers) or (message := readiness()) is None:
+        # uvicorn names no address when it is handed bound sockets: the listeners are named here.
+        while not all(server.started for server in servers):
+            if servers[0].should_exit:
+                return
+            await asyncio.sleep(0.1)
+        logger.info("Listening on %s", ", ".join(urls))
+        while (message := readiness()) is None:
             if servers[0].should_exit:
                 return
             await asyncio.sleep(0.1)
