@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..command_name import command
 from ..endpoints import endpoint_for_input
 from ..errors import GenerationCancelled, InvalidInputError, MissingWeightsError
 from ..schemas import (
@@ -412,7 +413,7 @@ class TransparentSDXLPipeline:
         if self.encoder is None:
             raise InvalidInputError(
                 "this server's model has no transparent encoder (vae_transparent_encoder.safetensors), so image to "
-                "image is off; `layerdiffuse download` fetches it",
+                f"image is off; `{command('download')}` fetches it",
                 field="image_url",
             )
         unscaled = self.encoder.encode([image], self.sdxl.vae, device=self.device)

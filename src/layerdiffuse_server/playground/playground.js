@@ -1119,7 +1119,7 @@ function codeFor(language, target, input) {
     const host = `${window.location.hostname}:${HTTPS_PORT}`;
     const setup = HTTPS_PORT
       ? `# export FAL_KEY=<your key> FAL_RUN_HOST=${host}/run FAL_QUEUE_RUN_HOST=${host}/queue\n` +
-        "# export SSL_CERT_FILE=<data dir>/tls/ca.pem   # the local CA, as `layerdiffuse serve` printed\n"
+        "# export SSL_CERT_FILE=<data dir>/tls/ca.pem   # the local CA, as the server printed at its start\n"
       : "# fal_client needs the server's https listener (start it without --tls-port 0)\n";
     const uploads = files.length
       ? "# upload_file sends files to rest.fal.ai and v3.fal.media: point those names at this server (see its README),\n" +
