@@ -19,9 +19,11 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,20 +34,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from rich.console import Console
-from rich.table import Table
+from layerdiffuse_server.cpu_threads import prepare_environment
 
-from layerdiffuse_server import __version__
-from layerdiffuse_server.engine.acceleration import RuntimeOptions
-from layerdiffuse_server.engine.images import encode_png
-from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline
-from layerdiffuse_server.engine.presets import preset_sources, resolve_base
-from layerdiffuse_server.engine.schedulers import make_scheduler
-from layerdiffuse_server.engine.timing import StageTimer
-from layerdiffuse_server.schemas import ForegroundToBlendedInput, GenerationParams, ImageToImageInput
-from layerdiffuse_server.settings import Settings
+# Measured as the product runs: OpenMP waits that sleep, chosen before torch loads (see cpu_threads).
+prepare_environment()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from layerdiffuse_server import __version__  # noqa: E402
+from layerdiffuse_server.engine.acceleration import RuntimeOptions  # noqa: E402
+from layerdiffuse_server.engine.images import encode_png  # noqa: E402
+from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline  # noqa: E402
+from layerdiffuse_server.engine.presets import preset_sources, resolve_base  # noqa: E402
+from layerdiffuse_server.engine.schedulers import make_scheduler  # noqa: E402
+from layerdiffuse_server.engine.timing import StageTimer  # noqa: E402
+from layerdiffuse_server.schemas import ForegroundToBlendedInput, GenerationParams, ImageToImageInput  # noqa: E402
+from layerdiffuse_server.settings import Settings  # noqa: E402
 
 APP_ID = "fal-ai/layer-diffusion"
 PROMPT = "a glass teapot, studio light"
@@ -575,6 +582,39 @@ def server_phase(
 # -- output ----------------------------------------------------------------------------------
 
 
+def contended_rows(args: argparse.Namespace) -> list[Row]:
+    """``layerdiffuse generate`` as a user runs it (a fresh process: loading included) with a busy loop
+    per core beside it, with OpenMP waits that sleep (the default) and that spin (torch's own default,
+    ``OMP_WAIT_POLICY=ACTIVE``): the policy is fixed when torch loads, hence a process each."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    rows: list[Row] = []
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            for policy, label in (("PASSIVE", "waits that sleep (default)"), ("ACTIVE", "waits that spin")):
+                command = [
+                    sys.executable, "-m", "layerdiffuse_server", "generate", PROMPT, "--negative", NEGATIVE,
+                    "--model", args.model, "--device", args.device, "--dtype", args.dtype, "--seed", "42",
+                    "--width", str(args.width), "--height", str(args.height), "--steps", str(args.steps),
+                    "--guidance", str(args.guidance), "-o", str(Path(folder) / "contended.png"), "--quiet",
+                    *(["--threads", str(args.threads)] if args.threads else []),
+                ]  # fmt: skip
+                env = {**os.environ, "OMP_WAIT_POLICY": policy, "COLUMNS": "400"}
+                started = time.perf_counter()
+                done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+                seconds = time.perf_counter() - started
+                if done.returncode != 0:
+                    raise RuntimeError(f"generate failed under contention: {done.stderr[-2000:]}")
+                denoising = re.search(r"denoising ([\d.]+) s", done.stderr)
+                baseline = rows[0].seconds if rows else seconds
+                note = f"{len(hogs)} busy loops beside it; denoising {denoising[1] if denoising else '?'} s"
+                rows.append(Row(f"contended: generate, {label}", seconds, baseline, note=note))
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    return rows
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
@@ -628,6 +668,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's); 1 keeps CPU timings steady on a busy host"
     )
+    parser.add_argument(
+        "--contended",
+        action="store_true",
+        help="also time `layerdiffuse generate` beside a busy loop per core, with sleeping and spinning waits",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -652,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     # Variants last, compile last of all: its compiled graphs and worker pool stay in the process.
     args.variants.sort(key=lambda variant: variant == "compile")
     rows += variant_rows(args, settings, ours, params, reference, report["direct_seconds"], baseline=report["baseline"])
+    if args.contended:
+        rows += contended_rows(args)
 
     device = device_description(ours.device)
     # What else ran meanwhile: on a shared CPU host identical runs differ by the load around them.

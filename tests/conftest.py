@@ -11,13 +11,19 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import torch
+from layerdiffuse_server.cpu_threads import prepare_environment
 
-from layerdiffuse_server.settings import Settings
+# Before torch loads, here and in every child process (they inherit the environment): OpenMP threads
+# that sleep while they wait, so the suite stays fast on a machine that something else keeps busy.
+prepare_environment()
 
-from . import server_process
-from .support import postgres, radosgw
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from layerdiffuse_server.settings import Settings  # noqa: E402
+
+from . import server_process  # noqa: E402
+from .support import postgres, radosgw  # noqa: E402
 
 KEYS_DIR = Path(__file__).parent / "fixtures" / "keys"
 

@@ -23,6 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .cpu_threads import describe_threads, prepare_environment
 from .errors import LayerDiffuseError, plain_message
 from .observability import configure_logging
 from .settings import Settings
@@ -43,6 +44,7 @@ PRESET_HELP = (
     "model, tests) or sdxl-random. "
     "[default: $LAYERDIFFUSE_MODEL, else sdxl]"
 )
+THREADS_HELP = "torch's CPU threads. [default: $LAYERDIFFUSE_THREADS, else $OMP_NUM_THREADS, else one per core]"
 CLI_FLAGS = {
     "prompt": "PROMPT",
     "negative_prompt": "--negative",
@@ -195,6 +197,7 @@ def generate(
     ] = True,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
+    threads: Annotated[int | None, typer.Option(help=THREADS_HELP)] = None,
     verbose: Annotated[bool, typer.Option("--verbose/--quiet", help="Show model loading messages.")] = True,
 ) -> None:
     """Generate transparent images from a prompt and write them as RGBA PNG files.
@@ -207,7 +210,10 @@ def generate(
     from .schemas import GenerationParams, ImageToImageInput
 
     _configure_logging(verbose)
-    settings = Settings()
+    try:
+        settings = _settings(threads=threads)
+    except ValidationError:
+        raise _fail("--threads: must be 1 or more", 2) from None
     files = {"image_url": image, "foreground_image_url": foreground, "background_image_url": background}
     files = {name: path for name, path in (files | {"blended_image_url": blended}).items() if path is not None}
     if strength is not None and "image_url" not in files:
@@ -295,7 +301,7 @@ def generate(
             image.save_preview(path)
             console.print(f"wrote preview [bold]{path}[/]")
     timings = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
-    console.print(f"seed {result.seed}; {timings}", style="dim")
+    console.print(f"seed {result.seed}; {timings}; {describe_threads(pipeline.threads)}", style="dim")
 
 
 @contextlib.contextmanager
@@ -410,6 +416,7 @@ DecoderOption = Annotated[str | None, typer.Option(help="Transparent VAE decoder
 PassesOption = Annotated[int, typer.Option(help="Decoder test-time passes: 8 (best), 4, 2 or 1.")]
 DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOption = Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")]
+ThreadsOption = Annotated[int | None, typer.Option(help=THREADS_HELP)]
 MemoryModeOption = Annotated[str, typer.Option(help="GPU memory vs speed: fast, default, low or offload (see README).")]
 TilingOption = Annotated[bool, typer.Option(help="Decode the VAE in tiles (less memory, slight seams).")]
 ChannelsLastOption = Annotated[bool, typer.Option(help="NHWC memory layout for UNet, VAE and decoder.")]
@@ -511,6 +518,7 @@ def serve(
     decoder_passes: PassesOption = 8,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
+    threads: ThreadsOption = None,
     memory_mode: MemoryModeOption = "default",
     vae_tiling: TilingOption = False,
     channels_last: ChannelsLastOption = False,
@@ -529,7 +537,7 @@ def serve(
             model=model, host=host, port=port, tls_port=tls_port, tls_names=tls_name, public_url=public_url,
             data_dir=data_dir, database_url=database_url, storage_url=storage_url,
             webhook_allowed_networks=webhook_allow_network, retention_hours=retention_hours, device=device,
-            dtype=dtype, log_format=log_format, log_level=log_level, max_batch_size=max_batch_size,
+            dtype=dtype, threads=threads, log_format=log_format, log_level=log_level, max_batch_size=max_batch_size,
         )  # fmt: skip
         configure_logging(settings.log_format, settings.log_level)
         options = EngineOptions(
@@ -598,6 +606,7 @@ def worker(
     decoder_passes: PassesOption = 8,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
+    threads: ThreadsOption = None,
     memory_mode: MemoryModeOption = "default",
     vae_tiling: TilingOption = False,
     channels_last: ChannelsLastOption = False,
@@ -615,7 +624,7 @@ def worker(
         settings = _settings(
             model=model, host=host, worker_port=port, public_url=public_url, data_dir=data_dir,
             database_url=database_url, storage_url=storage_url, retention_hours=retention_hours, device=device,
-            dtype=dtype, log_format=log_format, log_level=log_level, max_batch_size=max_batch_size,
+            dtype=dtype, threads=threads, log_format=log_format, log_level=log_level, max_batch_size=max_batch_size,
         )  # fmt: skip
         configure_logging(settings.log_format, settings.log_level)
         options = EngineOptions(
@@ -728,4 +737,6 @@ def status(
 
 
 def main() -> None:
+    # First of all: torch (imported by the commands that need it) reads the OpenMP policy once, at load.
+    prepare_environment()
     app()

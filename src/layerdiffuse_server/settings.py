@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     model: str = Field(default="sdxl", description="Preset name: sdxl, tiny or sdxl-random.")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
     dtype: str = Field(default="auto", description="auto, float32, float16 or bfloat16.")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch's CPU threads; default: OMP_NUM_THREADS, else one per physical core. Their OpenMP "
+        "waits sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless set), so a busy machine does not "
+        "slow them down many times over.",
+    )
 
     # -- server (``layerdiffuse serve``) ---------------------------------------------------------
     data_dir: Path = Field(

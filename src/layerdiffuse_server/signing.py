@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .command_name import command
 from .errors import LayerDiffuseError
 
 
@@ -67,7 +68,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     except (OSError, ValueError, TypeError) as error:
         raise SigningKeyError(f"cannot read the signing key {path}: {error}") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise SigningKeyError(f"{path} is not an ed25519 private key (make one with `layerdiffuse signing-key`)")
+        raise SigningKeyError(f"{path} is not an ed25519 private key (make one with `{command('signing-key PATH')}`)")
     return key
 
 

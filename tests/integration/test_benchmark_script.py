@@ -27,7 +27,7 @@ def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Pa
     command = [
         sys.executable, str(SCRIPT), "--model", "tiny", "--device", "cpu", "--size", "64", "--steps", "2",
         "--repeats", "1", "--warmup", "0", "--passes", "8,1", "--variants", "low",
-        "--clients", "2", "--requests-per-client", "1", "--max-batch-size", "2", "--json", str(output),
+        "--clients", "2", "--requests-per-client", "1", "--max-batch-size", "2", "--contended", "--json", str(output),
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -59,9 +59,12 @@ def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Pa
         "server: 2 clients × 1, batches of ≤1",
         "server: 2 clients × 1, batches of ≤2",
         "ours, low",
+        "contended: generate, waits that sleep (default)",
+        "contended: generate, waits that spin",
     ]
     assert names == expected
     assert all(row["seconds"] > 0 for row in results["rows"])
     assert results["rows"][2]["png_bytes"] > 0 and results["rows"][2]["ratio"] > 0
     assert len(results["rows"][0]["samples"]) == 1 and results["baseline"] == results["rows"][0]["seconds"]
-    assert "max pixel Δ 0," in results["rows"][-1]["note"]  # the low-memory mode keeps every pixel
+    assert "max pixel Δ 0," in results["rows"][-3]["note"]  # the low-memory mode keeps every pixel
+    assert "busy loops beside it; denoising" in results["rows"][-1]["note"]

@@ -80,6 +80,32 @@ def test_num_images_writes_numbered_files(settings: Settings, tiny_folder: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b-0.png", "b-1.png"]
 
 
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({}, "CPU threads, passive waits"),  # the default: one thread per core, waits that sleep
+        ({"LAYERDIFFUSE_THREADS": "1"}, "; 1 CPU thread, passive waits"),
+        # The user's own policy wins; the flag wins over OpenMP's thread count.
+        ({"OMP_WAIT_POLICY": "active", "OMP_NUM_THREADS": "1", "--threads": "2"}, "; 2 CPU threads, active waits"),
+    ],
+)
+def test_threads_and_their_wait_policy_reach_torch(
+    settings: Settings, tiny_folder: Path, tmp_path: Path, given: dict[str, str], said: str
+) -> None:
+    """As the command reports them after generating, from torch.get_num_threads() and the environment torch
+    loaded with; the policy is set by the command itself, so the test's own environment must not carry it."""
+    inherited = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "LAYERDIFFUSE_THREADS")
+    env = {name: value for name, value in os.environ.items() if name not in inherited}
+    env |= {"LAYERDIFFUSE_HOME": str(settings.home), "LAYERDIFFUSE_DEVICE": "cpu", "COLUMNS": "400"}
+    env |= {name: value for name, value in given.items() if not name.startswith("--")}
+    flags = ["--threads", given["--threads"]] if "--threads" in given else []
+    command = [sys.executable, "-m", "layerdiffuse_server", "generate", "x", "--model", "tiny", "--steps", "1"]
+    command += ["--width", "64", "--height", "64", "-o", str(tmp_path / "t.png"), "--quiet", *flags]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert said in done.stderr
+
+
 def test_bad_sizes_are_reported_by_flag(settings: Settings) -> None:
     done = run_cli("generate", "x", "--model", "tiny", "--width", "3000", settings=settings)
     assert done.returncode == 2

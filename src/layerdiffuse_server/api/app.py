@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from .. import __version__
+from ..command_name import command
 from ..endpoints import APP_ID, ENDPOINTS
 from ..store.contracts import Notice, NoticeKind
 from . import (
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = f"""Self-hosted **{APP_ID}**: SDXL + LayerDiffuse, prompt → transparent RGBA PNG.
 
 Speaks fal's protocol, so the official clients (`fal-client`, `@fal-ai/client`) work unmodified.
-Every API route needs `Authorization: Key <key id>:<secret>` (create keys with `layerdiffuse keys create`).
+Every API route needs `Authorization: Key <key id>:<secret>` (create keys with `{command("keys create")}`).
 The run and queue routes are also reachable under fal's host names (`Host: fal.run`, `queue.fal.run`,
 `rest.fal.ai`, `v3.fal.media`) and through `/api/fal/proxy` with an `x-fal-target-url` header.
 """

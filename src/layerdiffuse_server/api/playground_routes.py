@@ -7,6 +7,7 @@ the public file URL's origin and, when files are served by redirect, the object 
 
 from __future__ import annotations
 
+import html
 from importlib.resources import files
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from ..command_name import command_name
 from ..endpoints import APP_ID
 from .services import Services
 
@@ -50,13 +52,15 @@ def content_security_policy(services: Services) -> str:
 
 
 def mount(app: FastAPI, services: Services) -> None:
-    """``/`` serves the page with this server's facts filled in (the https port for the Python snippet)."""
+    """``/`` serves the page with this server's facts filled in (the https port for the Python snippet, how
+    to type the command on this host)."""
     https_port = str(services.settings.tls_port or "")
     page = (
         (ASSETS / "index.html")
         .read_text(encoding="utf-8")
         .replace("{{APP_ID}}", APP_ID)
         .replace("{{HTTPS_PORT}}", https_port)
+        .replace("{{COMMAND}}", html.escape(command_name()))
     )
     headers = {"Cache-Control": "no-cache", "Content-Security-Policy": content_security_policy(services)}
 

@@ -26,6 +26,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def use_threads(threads: int | None) -> int:
+    """Set torch's CPU threads for this process (``None`` keeps torch's choice: ``OMP_NUM_THREADS``, else
+    one per physical core); returns the count in effect."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def resolve_dtype(name: str, device: torch.device, cpu_default: torch.dtype = torch.float32) -> torch.dtype:
     """``auto`` is float16 on accelerators and ``cpu_default`` on the CPU (bfloat16 is fast on CPUs with AMX)."""
     if name == "auto":

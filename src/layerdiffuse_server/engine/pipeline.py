@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..command_name import command
 from ..endpoints import endpoint_for_input
 from ..errors import GenerationCancelled, InvalidInputError, MissingWeightsError
 from ..schemas import (
@@ -31,7 +32,7 @@ from ..schemas import (
 from ..settings import Settings
 from .acceleration import RuntimeOptions, apply_runtime_options
 from .decoder import TransparentDecoder, to_model_space
-from .devices import resolve_device, resolve_dtype, vae_dtype
+from .devices import resolve_device, resolve_dtype, use_threads, vae_dtype
 from .encoder import TransparentEncoder
 from .image_sizing import centre_crop, crop_and_resize, pad_to, run_size, size_from_image
 from .images import TransparentImage
@@ -97,6 +98,11 @@ class TransparentSDXLPipeline:
         self.native_size = native_size  # the side of what it was trained on: requests without a size get it
         self.sdxl.set_progress_bar_config(disable=True)
 
+    @property
+    def threads(self) -> int:
+        """torch's CPU threads in this process (it runs the CPU work, and a GPU's launches)."""
+        return torch.get_num_threads()
+
     # -- loading -------------------------------------------------------------------------------
 
     @classmethod
@@ -112,8 +118,12 @@ class TransparentSDXLPipeline:
         decoder: str | None = None,
         **options: Any,
     ) -> TransparentSDXLPipeline:
-        """Load a preset (``sdxl``, ``tiny``, ``sdxl-random``), optionally replacing some of its files."""
+        """Load a preset (``sdxl``, ``tiny``, ``sdxl-random``), optionally replacing some of its files.
+
+        ``settings.threads`` sets torch's CPU threads for the process (see :mod:`..cpu_threads`).
+        """
         settings = settings or Settings()
+        use_threads(settings.threads)
         sources = preset_sources(name, settings.presets_dir).with_overrides(
             base=base, layer_weights=layer_weights, decoder=decoder
         )
@@ -404,7 +414,7 @@ class TransparentSDXLPipeline:
         if self.encoder is None:
             raise InvalidInputError(
                 "this server's model has no transparent encoder (vae_transparent_encoder.safetensors), so image to "
-                "image is off; `layerdiffuse download` fetches it",
+                f"image is off; `{command('download')}` fetches it",
                 field="image_url",
             )
         unscaled = self.encoder.encode([image], self.sdxl.vae, device=self.device)

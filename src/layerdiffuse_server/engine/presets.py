@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..command_name import command
 from .catalog import PRESETS
 from .random_weights import SDXL_SPEC, TINY_SPEC, ArchitectureSpec, write_random_preset
 from .sources import parse_reference, resolve_file, resolve_folder
@@ -130,7 +131,7 @@ def preset_sources(name: str, presets_dir: Path) -> ModelSources:
         if not (DEMO_FOLDER / "MANIFEST.json").is_file():
             raise ValueError(
                 f"the demo model's files are missing from {DEMO_FOLDER}; reinstall the package, or make them "
-                f"with `layerdiffuse train-demo {DEMO_FOLDER}`"
+                f"with `{command('train-demo')} {DEMO_FOLDER}`"
             )
         return demo_sources()
     if name not in RANDOM_PRESETS:

@@ -18,6 +18,7 @@ from pathlib import Path
 from huggingface_hub import constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
+from ..command_name import command
 from ..errors import MissingWeightsError
 from .catalog import looks_local
 
@@ -56,12 +57,12 @@ def parse_reference(reference: str | Path) -> Path | HubReference:
 def _missing(what: str, where: str, *, fix: str, flag: str, offline: bool, error: Exception) -> MissingWeightsError:
     reason = "HF_HUB_OFFLINE is set, so nothing was downloaded." if offline else f"Download failed: {error}"
     return MissingWeightsError(
-        f"{what} is missing: {where}. {reason} Get it with `{fix}` on a machine with network access "
+        f"{what} is missing: {where}. {reason} Get it with `{command(fix)}` on a machine with network access "
         f"(then copy the Hugging Face cache over, or point HF_HOME at it), or pass a local path with {flag}."
     )
 
 
-def resolve_file(reference: str | Path, *, what: str, flag: str, fix: str = "layerdiffuse download") -> Path:
+def resolve_file(reference: str | Path, *, what: str, flag: str, fix: str = "download") -> Path:
     """The local path of a weights file, downloading it into the hub cache if needed and allowed."""
     parsed = parse_reference(reference)
     if isinstance(parsed, Path):
@@ -94,7 +95,7 @@ def resolve_folder(
     flag: str,
     allow_patterns: Sequence[str] | None = None,
     required: Sequence[str] = (),
-    fix: str = "layerdiffuse download",
+    fix: str = "download",
 ) -> Path:
     """The local folder of a model repository (or part of it), downloading it if needed and allowed.
 
@@ -128,6 +129,7 @@ def resolve_folder(
     absent = [name for name in required if not (folder / name).exists()]
     if absent:
         raise MissingWeightsError(
-            f"{what} at '{folder}' is incomplete: {', '.join(absent)} missing. Run `{fix}` again or check {flag}."
+            f"{what} at '{folder}' is incomplete: {', '.join(absent)} missing. "
+            f"Run `{command(fix)}` again or check {flag}."
         )
     return folder

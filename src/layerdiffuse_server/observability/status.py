@@ -13,6 +13,7 @@ from datetime import datetime
 from rich.console import Console
 from rich.table import Table
 
+from ..command_name import command
 from ..store.contracts import Priority, Store
 from .metrics import outcome
 
@@ -137,6 +138,6 @@ def render_status(report: StatusReport, console: Console) -> None:
             )
         console.print(table)
     else:
-        console.print("No worker has reported to this store: is `layerdiffuse serve` running on this data directory?")
+        console.print(f"No worker has reported to this store: is `{command('serve')}` running on this data directory?")
     done = ", ".join(f"{count} {name}" for name, count in sorted(report.completed_last_hour.items())) or "none"
     console.print(f"[bold]Completed in the last hour[/]: {done}")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ..command_name import command
 from ..errors import LayerDiffuseError
 from ..files import BlobStore, files_base_url, open_blob_store
 from ..lifecycle import Housekeeper, RequestEvents, RequestManager
@@ -74,7 +75,7 @@ def signing_keys(settings: Settings, role: Role) -> SigningKeys:
         return SigningKeys.load_or_create(settings.data_dir / "signing-key.pem")
     raise ConfigurationError(
         "an API node needs the signing key every node shares: set LAYERDIFFUSE_SIGNING_KEY_FILE "
-        "(make one with `layerdiffuse signing-key PATH`)"
+        f"(make one with `{command('signing-key PATH')}`)"
     )
 
 

@@ -3,14 +3,18 @@ CLI takes them. The engine (torch, diffusers) is imported only when the loader r
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..cpu_threads import describe_threads
 from ..settings import Settings
 
 if TYPE_CHECKING:
     from ..worker import Engine
+
+logger = logging.getLogger(__name__)
 
 MEMORY_MODES = ("fast", "default", "low", "offload")
 
@@ -59,6 +63,7 @@ class EngineOptions:
                 runtime=runtime,
                 **self.extra,
             )
+            logger.info("model %s on %s: %s", self.model, pipeline.device, describe_threads(pipeline.threads))
             if self.warmup if self.warmup is not None else pipeline.device.type != "cpu":
                 warm_up(pipeline)
             return pipeline

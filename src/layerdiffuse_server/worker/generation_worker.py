@@ -110,21 +110,56 @@ class _Job:
         return not self.answered
 
 
+#: Step intervals the pace of a run is measured over: recent enough to follow a change of pace.
+PACE_WINDOW = 4
+
+
 @dataclass
 class _Estimate:
-    """One line, early in a run, that says how long the denoising will take: on a slow device a
-    client watching the logs then knows the request is moving and when to expect it."""
+    """How long a run has left, from the pace of its steps, said early and said again when it changes.
+
+    The pace is that of the last few steps (never the first one alone, which also pays for the run's
+    set-up), measured anew at every step, so a run that slows down (another process took the cores)
+    says so instead of keeping an early promise. The first line comes at the third step or 2 s in
+    (with a pace from two steps at least, unless the first one took 10 s); another whenever the
+    estimate has moved by more than a quarter (and 2 s) from what the last line implied by now.
+
+    Attributes:
+        started: when the run began (the clock's time).
+        decode_seconds: what decoding after the last step should take (the previous run's pace), if known.
+        clock: seconds, monotonic (a parameter so that tests can drive it).
+    """
 
     started: float
-    told: bool = False
+    decode_seconds: float | None = None
+    clock: Callable[[], float] = time.monotonic
+    steps: list[tuple[int, float]] = field(default_factory=list)  # (step, when) of the last few steps
+    told: tuple[float, float] | None = None  # when the last line was said, and the seconds left it said
 
     def after(self, step: int, total: int) -> str | None:
-        elapsed = time.monotonic() - self.started
-        if self.told or step >= total or (step < 3 and elapsed < 2.0):
+        """The line to log after ``step`` of ``total``, or None when the last one still holds."""
+        now = self.clock()
+        self.steps = [*self.steps[-PACE_WINDOW:], (step, now)]
+        if step >= total:
             return None
-        self.told = True
-        per_step = elapsed / step
-        return f"Denoising at {per_step:.2f} s per step: about {per_step * (total - step):.0f} s left, then decoding."
+        (first, first_at), first_seen = self.steps[0], len(self.steps) == 1
+        per_step = (now - self.started) / step if first_seen else (now - first_at) / (step - first)
+        left = per_step * (total - step) + (self.decode_seconds or 0.0)
+        if self.told is None:
+            waited = now - self.started
+            # Without a pace yet (one step seen), wait unless the wait itself is long.
+            if (step < 3 and waited < 2.0) or (first_seen and waited < 10.0):
+                return None
+            opening = "Denoising at"
+        else:
+            told_at, told_left = self.told
+            implied = max(0.0, told_left - (now - told_at))
+            if abs(left - implied) <= max(2.0, 0.25 * implied):
+                return None
+            opening = "Re-estimated: denoising at"
+        self.told = (now, left)
+        then = f"decoding included ({self.decode_seconds:.0f} s)" if self.decode_seconds else "then decoding"
+        return f"{opening} {per_step:.2f} s per step: about {left:.0f} s left, {then}."
 
 
 class _Interrupted(Exception):
@@ -162,6 +197,7 @@ class GenerationWorker:
         self.load_seconds: float | None = None
         self.current_request: str | None = None
         self._load_engine = load_engine
+        self._decode_pace: float | None = None  # seconds per output pixel after the last step, last run
         self._wakeup = threading.Event()
         self._cancel_hint = threading.Event()
         self._stopping = threading.Event()  # claim nothing more
@@ -434,7 +470,8 @@ class GenerationWorker:
             if job.ignored_words:
                 self._log(job, profile.ignored_words_line(job.ignored_words), "WARN")
 
-        estimate = _Estimate(time.monotonic())
+        sized = jobs[0].images is None  # with image inputs the size is the input's, known later
+        estimate = _Estimate(time.monotonic(), decode_seconds=self._decode_estimate(batch) if sized else None)
 
         def on_step(step: int, total: int) -> None:
             forecast = estimate.after(step, total)
@@ -486,12 +523,30 @@ class GenerationWorker:
                     self._answer(job, outcomes.failed(error))
             return
         inference_time = time.perf_counter() - started
+        self._learn_decode_pace(results)
         for job, result in zip(jobs, results, strict=True):
             if not job.live:  # cancelled or lost during the run: already answered
                 continue
             if self.metrics is not None:
                 self.metrics.observe_generation(inference_time, result.timings)
             self._answer(job, self._output(job, result, inference_time))
+
+    def _decode_estimate(self, batch: Sequence[LayerDiffusionInput]) -> float | None:
+        """What decoding this batch after its last step should take, at the pace of the last run (if sized)."""
+        if self._decode_pace is None or self.engine is None:
+            return None
+        side = self.engine.native_size
+        pixels = sum(
+            getattr(params, "num_images", 1) * (params.width or side) * (params.height or side) for params in batch
+        )
+        return self._decode_pace * pixels
+
+    def _learn_decode_pace(self, results: Sequence[GenerationResult]) -> None:
+        """Seconds per output pixel of what follows the last step (decoding, safety check), for the next estimate."""
+        pixels = sum(image.width * image.height for result in results for image in result.images)
+        if results and pixels:
+            timings = results[0].timings  # the batch's, shared by its requests
+            self._decode_pace = (timings.get("decoding", 0.0) + timings.get("safety_check", 0.0)) / pixels
 
     def _drop_lost(self, jobs: list[_Job]) -> None:
         """Jobs whose lease a heartbeat after their claim no longer held were taken over: stop working on them."""
