@@ -7,7 +7,9 @@ import json
 import ssl
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -117,6 +119,14 @@ class SlowEngineProcess(ServerProcess):
         return [sys.executable, "-c", SLOW_ENGINE, *super().command()[3:]]
 
 
+def wait_for_status(url: str, headers: dict[str, str], status: str, process: Any, seconds: float = 120) -> None:
+    """Poll until the request reports ``status``; a deadline that names the process's log instead of a hang."""
+    deadline = time.monotonic() + seconds
+    while httpx.get(url, headers=headers).json()["status"] != status:
+        assert time.monotonic() < deadline, f"no {status} within {seconds} s:\n{process.log()}"
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("role", ["serve", "worker"])
 def test_a_stop_is_bounded_however_slow_a_step_is(
     role: str, settings: Settings, tiny_folder: Path, tmp_path: Path
@@ -137,8 +147,7 @@ def test_a_stop_is_bounded_however_slow_a_step_is(
         body = {"width": 64, "height": 64, "num_inference_steps": 3, "seed": 5}
         request_id = httpx.post(f"{api.http_url}/queue/{APP}", json=body, headers=headers).json()["request_id"]
         status_url = f"{api.http_url}/queue/{APP}/requests/{request_id}/status"
-        while httpx.get(status_url, headers=headers).json()["status"] != "IN_PROGRESS":
-            threading.Event().wait(0.1)
+        wait_for_status(status_url, headers, "IN_PROGRESS", front)
         threading.Event().wait(0.5)  # inside its first 10-second step
 
         seconds = front.stop(timeout=60)
@@ -153,8 +162,7 @@ def test_a_stop_is_bounded_however_slow_a_step_is(
             store.close()
 
         restarted.start()  # fast steps now: the request handed back completes
-        while httpx.get(status_url, headers=headers).json()["status"] != "COMPLETED":
-            threading.Event().wait(0.2)
+        wait_for_status(status_url, headers, "COMPLETED", restarted)
         result = httpx.get(f"{api.http_url}/queue/{APP}/requests/{request_id}", headers=headers)
         assert result.status_code == 200 and result.json()["seed"] == 5
     finally:

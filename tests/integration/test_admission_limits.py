@@ -103,6 +103,26 @@ def test_a_full_budget_answers_503_with_retry_after(settings: Settings, tmp_path
     assert services.body_budget().held == 0
 
 
+def test_uploads_count_against_the_same_budget(settings: Settings, tmp_path: Path) -> None:
+    services = build_services(
+        server_settings(settings, tmp_path, max_body_memory_bytes=6 * MiB, body_memory_wait_seconds=0.2),
+        None,
+        model_name="tiny",
+    )
+    held = HeldAdmissions(services)
+    with TestClient(create_app(services)) as client, ThreadPoolExecutor(1) as pool:
+        client.headers["Authorization"] = f"Key {issue_key(services.store.keys, 'tests').value}"
+        first = pool.submit(client.post, IMAGE_TO_IMAGE, json=inline_body(4 * MiB))
+        assert held.entered.acquire(timeout=20)
+        upload = {"content": b"\0" * (4 * MiB), "headers": {"Content-Type": "application/octet-stream"}}
+        refused = client.post("/cdn/files/upload", **upload)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        held.release.set()
+        assert first.result(timeout=60).status_code == 200
+        assert client.post("/cdn/files/upload", **upload).status_code == 200  # room again
+    assert services.body_budget().held == 0
+
+
 def wait_until(condition: Callable[[], bool], seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
     while not condition():

@@ -179,10 +179,13 @@ LIBRARY_NOISE = ("torchvision", "Loading pipeline components", "Loading weights"
 
 
 def test_strength_without_an_image_is_an_error(settings: Settings, tmp_path: Path) -> None:
-    done = run_cli("generate", "a red star", "--strength", "0.3", "--model", "demo", settings=settings)
+    output = tmp_path / "output.png"
+    done = run_cli(
+        "generate", "a red star", "--strength", "0.3", "--model", "demo", "-o", str(output), settings=settings
+    )
     assert done.returncode == 2
     assert "--strength" in done.stderr and "--image" in done.stderr
-    assert not (tmp_path / "output.png").exists()
+    assert not output.exists()
 
 
 def test_a_file_that_is_not_an_image_is_refused_before_the_model_loads(settings: Settings, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from itertools import product
 from pathlib import Path
 
@@ -134,3 +135,7 @@ def test_an_api_node_names_the_model_its_workers_run(settings: Settings, tmp_pat
         worker.engine = FakeEngine()
         worker.report()
         assert client.get("/api/info").json()["model"]["name"] == "demo"
+        # A worker whose heartbeat stopped (crashed) names nothing: the configured model again.
+        (row,) = [row for row in services.store.workers.all() if row.id == worker.worker_id]
+        services.store.workers.report(replace(row, heartbeat_at=row.heartbeat_at - 3600))
+        assert client.get("/api/info").json()["model"]["name"] == "sdxl"

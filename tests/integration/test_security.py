@@ -187,6 +187,12 @@ def test_a_405_names_exactly_the_methods_the_path_takes(idle_client: TestClient)
         assert refused, path
 
 
+def test_a_405_from_a_mounted_folder_keeps_its_own_allow(idle_client: TestClient) -> None:
+    refused = idle_client.post("/playground/playground.js")
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "GET, HEAD"
+
+
 def test_request_routes_answer_under_an_endpoint_sub_path_too(idle_client: TestClient) -> None:
     submitted = idle_client.post(f"/queue{APP}/image-to-image", json=SMALL | {"image_url": png_data_uri()}).json()
     request_id = submitted["request_id"]

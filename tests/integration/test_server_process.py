@@ -59,7 +59,7 @@ def test_a_start_that_fails_ends_the_process_and_its_children(tmp_path: Path) ->
     process.data_dir.mkdir(parents=True)
     (process.data_dir / "child.pid").write_text("")
     with pytest.raises(AssertionError, match="not ready"):
-        process.start(timeout=3)
+        process.start(timeout=10)
     pids = [process.pid, int((process.data_dir / "child.pid").read_text() or 0)]
     assert pids[1], "the stub's child never started"
     assert_gone(pids)

@@ -12,12 +12,15 @@ from layerdiffuse_server.api.admission_lanes import AdmissionLanes
 def test_a_key_holds_at_most_its_share_of_the_fetch_lane() -> None:
     lanes = AdmissionLanes(inline=1, fetches=4, fetches_per_key=2)
     lock, running, most = threading.Lock(), {"a": 0, "b": 0}, {"a": 0, "b": 0}
+    # Each admission waits for a second one of its key: two at once are proven, however slow the machine.
+    pairs = {"a": threading.Barrier(2, timeout=30), "b": threading.Barrier(2, timeout=30)}
 
     def admit(key: str) -> None:
         with lock:
             running[key] += 1
             most[key] = max(most[key], running[key])
-        threading.Event().wait(0.05)
+        pairs[key].wait()
+        threading.Event().wait(0.02)  # a third one of the key would be counted while these two hold
         with lock:
             running[key] -= 1
 

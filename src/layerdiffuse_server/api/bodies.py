@@ -40,14 +40,15 @@ class BodyTooLargeError(LayerDiffuseError):
 async def read_limited_body(request: Request, limit: int, reservation: BodyReservation | None = None) -> bytes:
     """The whole body, refused as soon as it is known to exceed ``limit`` (before reading it all).
 
-    With a ``reservation``, the declared length is reserved before the first byte is read, and a
-    body without one is reserved as it streams.
+    With a ``reservation``, the declared length is reserved before the first byte is read; a body
+    without one reserves ``limit`` at once, since two bodies that each held part of the budget and
+    waited to grow could wait for each other until both were refused.
     """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(f"the body is {declared} bytes; this server accepts at most {limit}")
-    if reservation is not None and declared and declared.isdigit():
-        await reservation.grow_to(int(declared))
+    if reservation is not None:
+        await reservation.grow_to(int(declared) if declared and declared.isdigit() else limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -129,6 +130,17 @@ async def read_json_object(
         return parse_json_object(body)
     # Megabytes of JSON take a while to parse: not on the event loop, which serves everyone else.
     return await anyio.to_thread.run_sync(parse_json_object, body)
+
+
+@contextlib.asynccontextmanager
+async def budgeted_body(request: Request, limit: int, budget: BodyBudget) -> AsyncIterator[bytes]:
+    """The body's bytes, counted against ``budget`` from before the first read until the block
+    ends (an upload: until its bytes are checked and stored)."""
+    reservation = budget.reservation()
+    try:
+        yield await read_limited_body(request, limit, reservation)
+    finally:
+        reservation.release()
 
 
 @contextlib.asynccontextmanager

@@ -33,7 +33,7 @@ class BodyBudget:
         self.capacity = capacity
         self.wait_seconds = wait_seconds
         self.held = 0
-        #: The most held at once since start (tests and metrics read it).
+        #: The most held at once since start.
         self.peak = 0
         self._waiters: list[asyncio.Future[None]] = []
 

@@ -80,8 +80,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         error_type = ERROR_TYPES_BY_STATUS.get(error.status_code)
         headers = dict(error.headers or {})
-        if error.status_code == 405:
-            headers["Allow"] = allowed_methods(request)
+        if error.status_code == 405 and (allowed := allowed_methods(request)):
+            # The app's routes by the whole path; a mounted app (static files) set its own already.
+            headers["Allow"] = allowed
         return fal_error(error.status_code, error.detail, error_type, **headers)
 
     @app.exception_handler(Exception)

@@ -5,6 +5,8 @@ snippets. Not part of fal's protocol; no API key (nothing in it is secret)."""
 
 from __future__ import annotations
 
+import time
+
 import anyio
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -42,8 +44,8 @@ class ServerInfo(BaseModel):
     )
 
 
-#: Workers in these states run (or will run) requests.
-_WORKING = (WorkerState.LOADING, WorkerState.READY, WorkerState.BUSY)
+#: Workers in these states run (or will run) requests; a silent one (crashed) does not.
+_WORKING = {state.value for state in (WorkerState.LOADING, WorkerState.READY, WorkerState.BUSY)}
 
 
 async def running_model(services: Services) -> str:
@@ -52,7 +54,8 @@ async def running_model(services: Services) -> str:
     if services.local_worker is not None:
         return services.local_worker.model_name
     workers = await anyio.to_thread.run_sync(services.store.workers.all)
-    working = [worker for worker in workers if worker.state in _WORKING]
+    now = time.time()
+    working = [worker for worker in workers if worker.observed_state(now) in _WORKING]
     if not working:
         return services.settings.model
     return max(working, key=lambda worker: worker.heartbeat_at).model

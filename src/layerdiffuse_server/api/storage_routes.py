@@ -34,7 +34,7 @@ from ..auth import AuthenticationError, authenticate
 from ..errors import LayerDiffuseError
 from ..files import check_content_type, check_upload, content_disposition, file_url, new_file_id, safe_file_name
 from ..store.contracts import FileRecord
-from .bodies import read_json_object, read_limited_body
+from .bodies import budgeted_body, read_json_object
 from .payloads import error_responses
 from .services import KeyDep, Services, ServicesDep
 
@@ -187,22 +187,22 @@ async def cdn_upload(
     else:
         key_id = (await anyio.to_thread.run_sync(authenticate, services.store.keys, authorization)).id
     content_type = check_content_type(request.headers.get("content-type"))
-    data = await read_limited_body(request, services.settings.max_upload_bytes)
-    await anyio.to_thread.run_sync(
-        lambda: check_upload(content_type, data, max_pixels=services.settings.max_upload_pixels)
-    )
-    record = FileRecord(
-        id=new_file_id(),
-        file_name=safe_file_name(x_fal_file_name),
-        content_type=content_type,
-        size=len(data),
-        key_id=key_id,
-        request_id=None,
-        created_at=time.time(),
-        expires_at=_expiry(services),
-        ready=True,
-    )
-    await anyio.to_thread.run_sync(_save, services, record, data)
+    async with budgeted_body(request, services.settings.max_upload_bytes, services.body_budget()) as data:
+        await anyio.to_thread.run_sync(
+            lambda: check_upload(content_type, data, max_pixels=services.settings.max_upload_pixels)
+        )
+        record = FileRecord(
+            id=new_file_id(),
+            file_name=safe_file_name(x_fal_file_name),
+            content_type=content_type,
+            size=len(data),
+            key_id=key_id,
+            request_id=None,
+            created_at=time.time(),
+            expires_at=_expiry(services),
+            ready=True,
+        )
+        await anyio.to_thread.run_sync(_save, services, record, data)
     url = file_url(services.files_url, record.id, record.file_name)
     return JSONResponse(
         {"access_url": url, "file_name": record.file_name, "content_type": content_type, "file_size": len(data)}
@@ -257,18 +257,18 @@ async def put_upload(
     record = await anyio.to_thread.run_sync(services.store.files.get, file_id)
     if record is None or record.ready:
         raise UploadUrlError("This upload URL has already been used")
-    data = await read_limited_body(request, services.settings.max_upload_bytes)
-    max_pixels = services.settings.max_upload_pixels
-    await anyio.to_thread.run_sync(lambda: check_upload(record.content_type, data, max_pixels=max_pixels))
-    # Taken before the bytes are written: of two PUTs at once, one writes and the other is refused.
-    if not await anyio.to_thread.run_sync(services.store.files.claim_upload, file_id):
-        raise UploadUrlError("This upload URL has already been used")
-    try:
-        await anyio.to_thread.run_sync(services.blobs.put, file_id, data, record.content_type)
-    except BaseException:
-        await anyio.to_thread.run_sync(services.store.files.unclaim_upload, file_id)
-        raise
-    await anyio.to_thread.run_sync(services.store.files.mark_ready, file_id, len(data))
+    async with budgeted_body(request, services.settings.max_upload_bytes, services.body_budget()) as data:
+        max_pixels = services.settings.max_upload_pixels
+        await anyio.to_thread.run_sync(lambda: check_upload(record.content_type, data, max_pixels=max_pixels))
+        # Taken before the bytes are written: of two PUTs at once, one writes and the other is refused.
+        if not await anyio.to_thread.run_sync(services.store.files.claim_upload, file_id):
+            raise UploadUrlError("This upload URL has already been used")
+        try:
+            await anyio.to_thread.run_sync(services.blobs.put, file_id, data, record.content_type)
+        except BaseException:
+            await anyio.to_thread.run_sync(services.store.files.unclaim_upload, file_id)
+            raise
+        await anyio.to_thread.run_sync(services.store.files.mark_ready, file_id, len(data))
     return JSONResponse({"file_url": file_url(services.files_url, file_id, record.file_name), "file_size": len(data)})
 
 

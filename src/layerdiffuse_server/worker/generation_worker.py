@@ -284,6 +284,7 @@ class GenerationWorker:
         with self._live_lock:
             for job in jobs:
                 self._live.pop(job.id, None)
+        self.current_request = None
         self._hand_back(jobs)
         if jobs:
             logger.warning("the batch in hand did not reach a step boundary in time; handed back without waiting")
@@ -379,11 +380,15 @@ class GenerationWorker:
         leases = self.manager.claim(self.worker_id, self.max_batch_size)
         if not leases:
             return False
-        with self._live_lock:
-            self._live.update((lease.id, lease) for lease in leases)
         jobs = [_Job(lease) for lease in leases]
-        self._jobs = jobs
-        self.current_request = leases[0].id
+        with self._writes:
+            if self._abandoned.is_set():  # claimed while a stop gave up on this thread: straight back
+                self._hand_back(jobs)
+                return True
+            with self._live_lock:
+                self._live.update((lease.id, lease) for lease in leases)
+            self._jobs = jobs
+            self.current_request = leases[0].id
         try:
             self.report()
             with request_id_context(leases[0].id):
@@ -613,6 +618,8 @@ class GenerationWorker:
         Best effort: a line the store could not take is not worth the request. Only a refusal
         (the lease is no longer ours) stops the work on it.
         """
+        if self._abandoned.is_set():
+            return  # handed back: not even the process log hears of it (the interpreter may be exiting)
         python_level = logging.getLevelNamesMapping().get("WARNING" if level == "WARN" else level, logging.INFO)
         logger.log(python_level if echo else logging.DEBUG, message, extra={"request_id": job.id})
         try:
