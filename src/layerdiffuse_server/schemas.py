@@ -38,13 +38,21 @@ IMAGE_URL_PATTERN = r"^([Hh][Tt][Tt][Pp][Ss]?://|[Dd][Aa][Tt][Aa]:)"
 API_INPUT: dict[str, Any] = {"source": "api"}
 _IMAGE_URL = re.compile(IMAGE_URL_PATTERN)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{0,31}):")
+#: What an image field accepts, as its refusals say it.
+ACCEPTED_IMAGE_URLS = "an http(s) URL, a data: URI or a file URL of this server"
+
+
+def describe_refused_url(value: str) -> str:
+    """A refused image URL as its refusal names it: by its scheme, else by its start (data: URIs are long)."""
+    scheme = _SCHEME.match(value)
+    return (
+        f"a URL of scheme {scheme[1].lower()!r}" if scheme else repr(value if len(value) <= 100 else f"{value[:97]}...")
+    )
 
 
 def _checked_image_url(value: str, info: ValidationInfo) -> str:
     if (info.context or {}).get("source") == API_INPUT["source"] and not _IMAGE_URL.match(value):
-        scheme = _SCHEME.match(value)
-        shown = f"a URL of scheme {scheme[1].lower()!r}" if scheme else repr(value[:60])
-        raise ValueError(f"must be an http(s) URL, a data: URI or a file URL of this server, got {shown}")
+        raise ValueError(f"must be {ACCEPTED_IMAGE_URLS}, got {describe_refused_url(value)}")
     return value
 
 

@@ -191,3 +191,8 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def files_url(self) -> str:
+        """The base of stored files' URLs: the operator's separate files origin if there is one, else the API's."""
+        return (self.files_public_url or self.base_url).rstrip("/")

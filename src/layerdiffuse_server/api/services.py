@@ -14,7 +14,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from ..auth import authenticate
-from ..files import BlobStore, files_base_url
+from ..files import BlobStore
 from ..files.image_inputs import ImageInputPolicy, discard_copies, needs_fetching, store_image_inputs
 from ..lifecycle import Housekeeper, RequestEvents, RequestManager
 from ..observability import Metrics
@@ -74,7 +74,7 @@ class Services:
     @property
     def files_url(self) -> str:
         """The base of stored files' URLs (``files_public_url``, else ``base_url``)."""
-        return files_base_url(self.settings.files_public_url, self.base_url)
+        return self.settings.files_url
 
     def discard_copies(self, file_ids: list[str]) -> None:
         if file_ids:

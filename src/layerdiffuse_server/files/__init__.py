@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .blobs import BlobReader, BlobStore, StorageError, file_url, files_base_url, is_file_id, new_file_id
+from .blobs import BlobReader, BlobStore, StorageError, file_url, is_file_id, new_file_id
 from .content import (
     UnsupportedContentError,
     check_content_type,
@@ -33,7 +33,6 @@ __all__ = [
     "content_disposition",
     "decode_data_uri",
     "file_url",
-    "files_base_url",
     "is_file_id",
     "is_inline",
     "new_file_id",

@@ -40,11 +40,6 @@ def is_file_id(value: str) -> bool:
     return bool(_SAFE_ID.match(value))
 
 
-def files_base_url(files_public_url: str | None, base_url: str) -> str:
-    """The base of file URLs: the operator's separate files origin if there is one, else the API's."""
-    return (files_public_url or base_url).rstrip("/")
-
-
 def file_url(base_url: str, file_id: str, file_name: str) -> str:
     """The stable URL of a file: the API serves it (or redirects to the object store) forever."""
     return f"{base_url}/files/{file_id}/{file_name}"

@@ -38,6 +38,7 @@ import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InvalidInputError
+from ..schemas import ACCEPTED_IMAGE_URLS, describe_refused_url
 from ..store.contracts import FileCatalog, FileRecord
 from ..webhooks.targets import (
     MAX_URL_LENGTH,
@@ -67,8 +68,6 @@ _FILE_PATH = re.compile(r"/files/(?P<id>[A-Za-z0-9_-]{8,64})/(?P<name>[^/]+)$")
 _EXTENSIONS = {"image/png": (".png",), "image/jpeg": (".jpg", ".jpeg"), "image/webp": (".webp",)}
 #: Types object stores give files nobody typed: the bytes say what the image is.
 _UNTYPED = {"", "application/octet-stream", "binary/octet-stream"}
-_ACCEPTED_FORMS = "an http(s) URL, a data: URI or a file URL of this server"
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{0,31}):")
 _SIXTEEN_BIT_GRAY = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 #: Longest side of an image input. A side is what fitting scales by, so it bounds the work more
 #: than the pixel count does (a 65536×1 strip has 65 K pixels).
@@ -286,9 +285,9 @@ def _materialise(
 
 def _checked_string(value: object, field: str) -> str:
     if not isinstance(value, str):
-        raise InvalidInputError(f"must be {_ACCEPTED_FORMS}, got {type(value).__name__}", field=field)
+        raise InvalidInputError(f"must be {ACCEPTED_IMAGE_URLS}, got {type(value).__name__}", field=field)
     if not value.strip():
-        raise InvalidInputError(f"must be {_ACCEPTED_FORMS}, got an empty string", field=field)
+        raise InvalidInputError(f"must be {ACCEPTED_IMAGE_URLS}, got an empty string", field=field)
     return value
 
 
@@ -297,9 +296,7 @@ def _check_url_form(url: str, field: str) -> None:
     if len(url) > MAX_URL_LENGTH:
         raise InvalidInputError(f"URLs longer than {MAX_URL_LENGTH} characters are refused", field=field)
     if not url.lower().startswith(("http://", "https://")):
-        scheme = _SCHEME.match(url)
-        shown = f"a URL of scheme {scheme[1].lower()!r}" if scheme else repr(_shorten(url))
-        raise InvalidInputError(f"must be {_ACCEPTED_FORMS}, got {shown}", field=field)
+        raise InvalidInputError(f"must be {ACCEPTED_IMAGE_URLS}, got {describe_refused_url(url)}", field=field)
 
 
 def _own_file(url: str, catalog: FileCatalog) -> FileRecord | None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ..command_name import command
 from ..errors import LayerDiffuseError
-from ..files import BlobStore, files_base_url, open_blob_store
+from ..files import BlobStore, open_blob_store
 from ..lifecycle import Housekeeper, RequestEvents, RequestManager
 from ..observability import Metrics
 from ..settings import Settings
@@ -87,7 +87,7 @@ def build_worker(core: Core, load_engine: Callable[[], Engine], *, model_name: s
         core.manager,
         core.blobs,
         load_engine,
-        base_url=files_base_url(settings.files_public_url, settings.base_url),
+        base_url=settings.files_url,
         model_name=model_name,
         metrics=core.metrics,
         device=settings.device,
