@@ -508,6 +508,12 @@ def record_submissions(page: Page) -> list[tuple[str, Any]]:
 
 
 def natural_size(page: Page, element_id: str) -> tuple[int, int]:
+    """The decoded size of an image, once the browser has loaded it: a status can say done before the PNG arrives."""
+    page.wait_for_function(
+        "(id) => { const img = document.getElementById(id); return img.complete && img.naturalWidth > 0; }",
+        arg=element_id,
+        timeout=30_000,
+    )
     width, height = page.evaluate(
         "(id) => [document.getElementById(id).naturalWidth, document.getElementById(id).naturalHeight]", element_id
     )
