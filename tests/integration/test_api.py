@@ -248,8 +248,8 @@ def test_retention_deletes_old_requests_with_their_files(client: TestClient, ser
     file_path = output["image"]["url"].removeprefix("http://testserver")
     assert client.get(file_path).status_code == 200
     hours = services.settings.retention_hours
-    assert sweep(services.store, services.blobs, hours, now=time.time() + 3600) == (0, 0)  # inside retention
-    requests_deleted, files_deleted = sweep(services.store, services.blobs, hours, now=time.time() + 200 * 3600)
+    assert sweep(services.store, services.files, hours, now=time.time() + 3600) == (0, 0)  # inside retention
+    requests_deleted, files_deleted = sweep(services.store, services.files, hours, now=time.time() + 200 * 3600)
     assert requests_deleted >= 1 and files_deleted >= 1
     assert client.get(file_path).status_code == 404
 

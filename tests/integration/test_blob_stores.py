@@ -77,6 +77,7 @@ def test_storage_urls_are_checked() -> None:
 def test_retention_deletes_expired_files_from_the_store(blobs: BlobStore, tmp_path: Path) -> None:
     import time
 
+    from layerdiffuse_server.files import StoredFiles
     from layerdiffuse_server.lifecycle.retention import sweep
     from layerdiffuse_server.store import open_store
     from layerdiffuse_server.store.contracts import FileRecord
@@ -86,7 +87,7 @@ def test_retention_deletes_expired_files_from_the_store(blobs: BlobStore, tmp_pa
     for file_id, expires_at in ((kept, time.time() + 3600), (expired, time.time() - 1)):
         blobs.put(file_id, b"bytes", "image/png")
         store.files.add(FileRecord(file_id, "a.png", "image/png", 5, "k", None, time.time(), expires_at, True))
-    assert sweep(store, blobs, retention_hours=168, now=time.time()) == (0, 1)
+    assert sweep(store, StoredFiles(blobs, store.files), retention_hours=168, now=time.time()) == (0, 1)
     assert read(blobs, expired) is None and read(blobs, kept) == b"bytes"
     assert store.files.get(expired) is None and store.files.get(kept) is not None
     store.close()

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from layerdiffuse_server.errors import InvalidInputError
-from layerdiffuse_server.files import LocalBlobStore
+from layerdiffuse_server.files import LocalBlobStore, StoredFiles
 from layerdiffuse_server.files.image_inputs import ImageInputPolicy, read_image_input, store_image_inputs
 from layerdiffuse_server.store import Store, open_store
 from layerdiffuse_server.webhooks.targets import parse_networks
@@ -151,8 +151,7 @@ def materialise(store: Store, blobs: LocalBlobStore, url: str, policy: ImageInpu
     return store_image_inputs(
         {"image_url": url},
         ["image_url"],
-        blobs=blobs,
-        catalog=store.files,
+        files=StoredFiles(blobs, store.files),
         base_url=BASE_URL,
         key_id="key-1",
         policy=policy,
@@ -175,7 +174,7 @@ def test_an_allowed_url_is_fetched_at_the_checked_address_and_stored(
     stored = materialise(store, blobs, f"http://localhost:{port}/cat.png")
     assert seen.hosts["/cat.png"] == f"localhost:{port}"  # connected to 127.0.0.1, named as the URL does
     assert stored["image_url"].startswith(f"{BASE_URL}/files/") and stored["image_url"].endswith("/cat.png")
-    pixels = read_image_input(stored["image_url"], blobs=blobs, catalog=store.files)
+    pixels = read_image_input(stored["image_url"], files=StoredFiles(blobs, store.files))
     assert pixels.shape == (3, 5, 4) and (pixels == np.array([200, 40, 40, 128], dtype=np.uint8)).all()
 
 

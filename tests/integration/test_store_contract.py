@@ -280,7 +280,10 @@ def test_an_upload_is_written_by_one_put_only(store: Store) -> None:
     assert not store.files.claim_upload("upload-0001")  # a second PUT at the same moment
     store.files.unclaim_upload("upload-0001")  # the first one's write failed: the URL works again
     assert store.files.claim_upload("upload-0001")
-    assert store.files.mark_ready("upload-0001", 5) and not store.files.claim_upload("upload-0001")
+    assert store.files.mark_ready("upload-0001", 5, expires_at=77.0) and not store.files.claim_upload("upload-0001")
+    written = store.files.get("upload-0001")
+    assert written is not None and (written.ready, written.size, written.expires_at) == (True, 5, 77.0)
+    assert not store.files.mark_ready("upload-0001", 5, expires_at=None)  # published once
 
 
 def test_a_started_request_no_longer_times_out_as_unstarted(store: Store) -> None:

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from layerdiffuse_server.errors import InvalidInputError
-from layerdiffuse_server.files import LocalBlobStore, file_url, new_file_id
+from layerdiffuse_server.files import LocalBlobStore, StoredFiles, file_url, new_file_id
 from layerdiffuse_server.files.image_inputs import (
     ImageInputPolicy,
     decode_rgba,
@@ -74,8 +74,7 @@ def materialise(store: Store, blobs: LocalBlobStore, raw: dict[str, Any], **poli
     return store_image_inputs(
         raw,
         ["image_url", "mask_url"],
-        blobs=blobs,
-        catalog=store.files,
+        files=StoredFiles(blobs, store.files),
         base_url=BASE_URL,
         key_id="key-1",
         policy=ImageInputPolicy(**policy),
@@ -84,7 +83,7 @@ def materialise(store: Store, blobs: LocalBlobStore, raw: dict[str, Any], **poli
 
 
 def read(store: Store, blobs: LocalBlobStore, url: str) -> np.ndarray:
-    return read_image_input(url, blobs=blobs, catalog=store.files)
+    return read_image_input(url, files=StoredFiles(blobs, store.files))
 
 
 def png16(samples: np.ndarray, colour_type: int) -> bytes:
@@ -217,7 +216,7 @@ def test_an_upload_that_was_never_written_is_refused(store: Store, blobs: LocalB
 )
 def test_workers_read_only_own_files(store: Store, blobs: LocalBlobStore, url: str) -> None:
     with pytest.raises(InvalidInputError, match="not a file of this server"):
-        read_image_input(url, blobs=blobs, catalog=store.files, field="image_url")
+        read_image_input(url, files=StoredFiles(blobs, store.files), field="image_url")
 
 
 def test_an_own_url_with_another_name_is_not_that_file(store: Store, blobs: LocalBlobStore) -> None:

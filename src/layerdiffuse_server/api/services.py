@@ -14,8 +14,8 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from ..auth import authenticate
-from ..files import BlobStore
-from ..files.image_inputs import ImageInputPolicy, discard_copies, needs_fetching, store_image_inputs
+from ..files import BlobStore, StoredFiles
+from ..files.image_inputs import ImageInputPolicy, needs_fetching, store_image_inputs
 from ..lifecycle import Housekeeper, RequestEvents, RequestManager
 from ..observability import Metrics
 from ..settings import Settings
@@ -62,6 +62,7 @@ class Services:
     draining: Draining = field(default_factory=Draining)
     _admission_lanes: AdmissionLanes | None = None
     _body_budget: BodyBudget | None = None
+    _files: StoredFiles | None = None
 
     @property
     def store(self) -> Store:
@@ -76,9 +77,17 @@ class Services:
         """The base of stored files' URLs (``files_public_url``, else ``base_url``)."""
         return self.settings.files_url
 
+    @property
+    def files(self) -> StoredFiles:
+        """The owner of stored files (uploads, image-input copies): every write and read goes through it."""
+        if self._files is None:
+            self._files = StoredFiles(self.blobs, self.store.files)
+        return self._files
+
     def discard_copies(self, file_ids: list[str]) -> None:
+        """Blocking: delete the image-input copies of a request that was refused."""
         if file_ids:
-            discard_copies(file_ids, blobs=self.blobs, catalog=self.store.files)
+            self.files.discard(file_ids)
 
     def admission_lanes(self) -> AdmissionLanes:
         """The threads that admit requests with image inputs, kept apart from the pool every other
@@ -90,7 +99,7 @@ class Services:
 
     def needs_fetching(self, raw_input: dict[str, Any], fields: list[str]) -> bool:
         """Blocking (a catalog lookup): whether any image field names an external URL."""
-        return needs_fetching(raw_input, fields, catalog=self.store.files)
+        return needs_fetching(raw_input, fields, files=self.files)
 
     def body_budget(self) -> BodyBudget:
         """The bytes of submission bodies this process holds at once (``max_body_memory_bytes``)."""
@@ -114,8 +123,7 @@ class Services:
         return store_image_inputs(
             raw_input,
             fields,
-            blobs=self.blobs,
-            catalog=self.store.files,
+            files=self.files,
             base_url=self.files_url,
             key_id=key_id,
             policy=ImageInputPolicy.from_settings(self.settings),

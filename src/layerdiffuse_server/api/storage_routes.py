@@ -16,6 +16,9 @@ takes the bytes off the API nodes. Only the checked raster images are served ``i
 other file (text, SVG, HTML, model weights) is ``Content-Disposition: attachment``. Served bytes
 carry ``nosniff`` and a sandboxing CSP, so not even a file opened directly can run script in this
 origin.
+
+Every file is written through :class:`..files.StoredFiles`: its row, with an expiry, before its
+bytes, so a failing database or object store never leaves bytes that no row names.
 """
 
 from __future__ import annotations
@@ -32,8 +35,7 @@ from pydantic import BaseModel, Field
 
 from ..auth import AuthenticationError, authenticate
 from ..errors import LayerDiffuseError
-from ..files import check_content_type, check_upload, content_disposition, file_url, new_file_id, safe_file_name
-from ..store.contracts import FileRecord
+from ..files import check_content_type, check_upload, content_disposition, file_url, safe_file_name
 from .bodies import budgeted_body, read_json_object
 from .payloads import error_responses
 from .services import KeyDep, Services, ServicesDep
@@ -138,11 +140,6 @@ def _check_upload_signature(services: Services, file_id: str, expires: int, sign
         raise UploadUrlError("This upload URL is invalid or has expired")
 
 
-def _save(services: Services, record: FileRecord, data: bytes) -> None:
-    services.blobs.put(record.id, data, record.content_type)
-    services.store.files.add(record)
-
-
 @router.post(
     "/rest/storage/auth/token",
     summary="Token for direct uploads (fal_client.upload)",
@@ -191,18 +188,15 @@ async def cdn_upload(
         await anyio.to_thread.run_sync(
             lambda: check_upload(content_type, data, max_pixels=services.settings.max_upload_pixels)
         )
-        record = FileRecord(
-            id=new_file_id(),
-            file_name=safe_file_name(x_fal_file_name),
-            content_type=content_type,
-            size=len(data),
-            key_id=key_id,
-            request_id=None,
-            created_at=time.time(),
-            expires_at=_expiry(services),
-            ready=True,
+        record = await anyio.to_thread.run_sync(
+            lambda: services.files.store(
+                data,
+                file_name=safe_file_name(x_fal_file_name),
+                content_type=content_type,
+                key_id=key_id,
+                expires_at=_expiry(services),
+            )
         )
-        await anyio.to_thread.run_sync(_save, services, record, data)
     url = file_url(services.files_url, record.id, record.file_name)
     return JSONResponse(
         {"access_url": url, "file_name": record.file_name, "content_type": content_type, "file_size": len(data)}
@@ -224,19 +218,12 @@ async def cdn_upload(
 async def initiate_upload(request: Request, services: ServicesDep, key: KeyDep) -> JSONResponse:
     body = InitiateUpload.model_validate(await read_json_object(request))
     content_type = check_content_type(body.content_type)
-    record = FileRecord(
-        id=new_file_id(),
-        file_name=safe_file_name(body.file_name),
-        content_type=content_type,
-        size=None,
-        key_id=key.id,
-        request_id=None,
-        created_at=time.time(),
-        expires_at=_expiry(services),
-        ready=False,
-    )
-    await anyio.to_thread.run_sync(services.store.files.add, record)
     expires = int(time.time() + UPLOAD_URL_LIFETIME)
+    record = await anyio.to_thread.run_sync(
+        lambda: services.files.initiate_upload(
+            file_name=safe_file_name(body.file_name), content_type=content_type, key_id=key.id, writable_until=expires
+        )
+    )
     signature = _b64(services.signing_keys.sign(_upload_claims(record.id, expires)))
     upload_url = f"{services.base_url}/files/upload/{record.id}?expires={expires}&signature={signature}"
     return JSONResponse(
@@ -254,21 +241,17 @@ async def put_upload(
     file_id: str, request: Request, services: ServicesDep, expires: int = 0, signature: str = ""
 ) -> JSONResponse:
     _check_upload_signature(services, file_id, expires, signature)
-    record = await anyio.to_thread.run_sync(services.store.files.get, file_id)
+    record = await anyio.to_thread.run_sync(services.files.get, file_id)
     if record is None or record.ready:
         raise UploadUrlError("This upload URL has already been used")
     async with budgeted_body(request, services.settings.max_upload_bytes, services.body_budget()) as data:
         max_pixels = services.settings.max_upload_pixels
         await anyio.to_thread.run_sync(lambda: check_upload(record.content_type, data, max_pixels=max_pixels))
-        # Taken before the bytes are written: of two PUTs at once, one writes and the other is refused.
-        if not await anyio.to_thread.run_sync(services.store.files.claim_upload, file_id):
+        written = await anyio.to_thread.run_sync(
+            lambda: services.files.write_upload(record, data, expires_at=_expiry(services))
+        )
+        if not written:
             raise UploadUrlError("This upload URL has already been used")
-        try:
-            await anyio.to_thread.run_sync(services.blobs.put, file_id, data, record.content_type)
-        except BaseException:
-            await anyio.to_thread.run_sync(services.store.files.unclaim_upload, file_id)
-            raise
-        await anyio.to_thread.run_sync(services.store.files.mark_ready, file_id, len(data))
     return JSONResponse({"file_url": file_url(services.files_url, file_id, record.file_name), "file_size": len(data)})
 
 
@@ -293,22 +276,17 @@ FILE_DOC: dict[int | str, dict[str, Any]] = {
     responses=FILE_DOC,
 )
 async def download(file_id: str, file_name: str, request: Request, services: ServicesDep) -> Response:
-    record = await anyio.to_thread.run_sync(services.store.files.get, file_id)
-    if record is None or not record.ready or record.file_name != file_name:
+    record = await anyio.to_thread.run_sync(services.files.named, file_id, file_name)
+    if record is None or not record.ready:
         return JSONResponse({"detail": "File not found", "error_type": "not_found"}, status_code=404)
     headers = {**FILE_HEADERS, "Content-Disposition": content_disposition(record.content_type, record.file_name)}
     if services.settings.file_delivery == "redirect":
         url = await anyio.to_thread.run_sync(
-            lambda: services.blobs.presigned_url(
-                file_id,
-                file_name=record.file_name,
-                content_type=record.content_type,
-                expires_seconds=PRESIGNED_URL_SECONDS,
-            )
+            lambda: services.files.presigned_url(record, expires_seconds=PRESIGNED_URL_SECONDS)
         )
         if url is not None:
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": "private, max-age=60"})
-    blob = await anyio.to_thread.run_sync(services.blobs.open, file_id)
+    blob = await anyio.to_thread.run_sync(services.files.open, record)
     if blob is None:
         return JSONResponse({"detail": "File not found", "error_type": "not_found"}, status_code=404)
     headers["Content-Length"] = str(blob.size)

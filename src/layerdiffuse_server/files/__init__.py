@@ -1,4 +1,5 @@
-"""Bytes of stored files (outputs and uploads) behind one contract, on a local directory or S3.
+"""Bytes of stored files (outputs and uploads) behind one contract, on a local directory or S3, and
+:class:`StoredFiles`, the one owner of files' rows and bytes together.
 
 ``open_blob_store`` reads ``LAYERDIFFUSE_STORAGE_URL``: ``file:///path`` or ``s3://bucket/prefix``.
 """
@@ -20,12 +21,14 @@ from .content import (
     safe_file_name,
 )
 from .local import LocalBlobStore
+from .stored_files import StoredFiles
 
 __all__ = [
     "BlobReader",
     "BlobStore",
     "LocalBlobStore",
     "StorageError",
+    "StoredFiles",
     "UnsupportedContentError",
     "check_content_type",
     "check_image",

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import io
 import re
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,7 +38,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InvalidInputError
 from ..schemas import ACCEPTED_IMAGE_URLS, describe_refused_url
-from ..store.contracts import FileCatalog, FileRecord
+from ..store.contracts import FileRecord
 from ..webhooks.targets import (
     MAX_URL_LENGTH,
     IPNetwork,
@@ -48,7 +47,7 @@ from ..webhooks.targets import (
     parse_networks,
     resolve_webhook_target,
 )
-from .blobs import BlobStore, file_url, new_file_id
+from .blobs import file_url
 from .content import (
     DEFAULT_MAX_PIXELS,
     RASTER_FORMATS,
@@ -57,6 +56,7 @@ from .content import (
     decode_data_uri,
     safe_file_name,
 )
+from .stored_files import StoredFiles
 
 if TYPE_CHECKING:
     import numpy
@@ -105,27 +105,18 @@ class ImageInputPolicy:
 
 @dataclass(frozen=True)
 class _Destination:
-    blobs: BlobStore
-    catalog: FileCatalog
+    files: StoredFiles
     base_url: str
     key_id: str
     expires_at: float | None
     created: list[str]  # ids of the copies stored, so a refused request can take them back
 
 
-def discard_copies(file_ids: Sequence[str], *, blobs: BlobStore, catalog: FileCatalog) -> None:
-    """Delete copies that :func:`store_image_inputs` made for a request that was then refused."""
-    for file_id in file_ids:
-        blobs.delete(file_id)
-    catalog.delete(list(file_ids))
-
-
 def store_image_inputs(
     raw_input: Mapping[str, Any],
     fields: Sequence[str],
     *,
-    blobs: BlobStore,
-    catalog: FileCatalog,
+    files: StoredFiles,
     base_url: str,
     key_id: str,
     policy: ImageInputPolicy,
@@ -143,14 +134,14 @@ def store_image_inputs(
     Args:
         raw_input: The request's input as received.
         fields: The endpoint's image fields.
-        blobs: Where the copies' bytes go.
-        catalog: Where they are catalogued (and where own file URLs are looked up).
+        files: Where the copies are stored (and where own file URLs are looked up).
         base_url: This server's public URL, the base of the URLs written into the fields.
         key_id: The API key the copies belong to.
         policy: Limits of fetching and decoding.
         expires_at: When the copies may be deleted (None: never).
         transport: The HTTP transport of external fetches (tests); default: real connections.
-        created: Receives the ids of the copies stored (also those of a call that then fails).
+        created: Receives the ids of the copies stored (also those of a call that then fails), for
+            the caller to discard (``files.discard``) if the request is refused.
         fetch: Whether external URLs may be fetched (False: admitted as inline, see
             :func:`needs_fetching`; an external URL is then refused).
 
@@ -160,7 +151,7 @@ def store_image_inputs(
     Raises:
         InvalidInputError: A field holds something that is not a usable image (``field`` names it).
     """
-    destination = _Destination(blobs, catalog, base_url, key_id, expires_at, created if created is not None else [])
+    destination = _Destination(files, base_url, key_id, expires_at, created if created is not None else [])
     stored = dict(raw_input)
     done: dict[str, str] = {}
     for field in fields:
@@ -174,19 +165,19 @@ def store_image_inputs(
     return stored
 
 
-def needs_fetching(raw_input: Mapping[str, Any], fields: Sequence[str], *, catalog: FileCatalog) -> bool:
+def needs_fetching(raw_input: Mapping[str, Any], fields: Sequence[str], *, files: StoredFiles) -> bool:
     """Whether :func:`store_image_inputs` would fetch anything: an http(s) URL in a field that is not a
     file of this server. Blocking (the catalog): call it off the event loop."""
     for field in fields:
         value = raw_input.get(field)
         external = isinstance(value, str) and value.lower().startswith(("http://", "https://"))
-        if external and _own_file(value, catalog) is None:
+        if external and _own_file(str(value), files) is None:
             return True
     return False
 
 
 def read_image_input(
-    url: str, *, blobs: BlobStore, catalog: FileCatalog, field: str | None = None
+    url: str, *, files: StoredFiles, field: str | None = None
 ) -> numpy.ndarray[Any, numpy.dtype[numpy.uint8]]:
     """An own file's image as straight-alpha RGBA ``uint8`` of shape ``[H, W, 4]``, upright per its EXIF.
 
@@ -197,13 +188,12 @@ def read_image_input(
     Raises:
         InvalidInputError: The URL is not a ready file of this server, or the file is gone or unreadable.
     """
-    record = _own_file(url, catalog)
+    record = _own_file(url, files)
     if record is None or not record.ready:
         raise InvalidInputError(f"{_shorten(url)} is not a file of this server", field=field)
-    blob = blobs.open(record.id)
-    if blob is None:
+    data = files.read(record)
+    if data is None:
         raise InvalidInputError(f"the file {record.file_name} is no longer stored", field=field)
-    data = b"".join(blob.chunks)
     _check_shape(data, ImageInputPolicy(), field)  # queued before these limits, or an upload never admitted
     try:
         return decode_rgba(data)
@@ -267,7 +257,7 @@ def _materialise(
         _check_shape(data, policy, field)
         return _store_copy(destination, media_type, data, _file_name("", media_type))
     _check_url_form(url, field)
-    record = _own_file(url, destination.catalog)
+    record = _own_file(url, destination.files)
     if record is not None:
         if not record.ready:
             raise InvalidInputError(f"the file {record.file_name} has not been uploaded yet", field=field)
@@ -275,7 +265,7 @@ def _materialise(
             raise InvalidInputError(
                 f"the file {record.file_name} is {record.content_type}, not a PNG, JPEG or WebP image", field=field
             )
-        _check_stored_shape(record, destination.blobs, policy, field)
+        _check_stored_shape(record, destination.files, policy, field)
         return file_url(destination.base_url, record.id, record.file_name)
     if not fetch:  # found to be an own file when the lane was chosen, and deleted since
         raise InvalidInputError(f"{_shorten(url)} is no longer a file of this server", field=field)
@@ -299,7 +289,7 @@ def _check_url_form(url: str, field: str) -> None:
         raise InvalidInputError(f"must be {ACCEPTED_IMAGE_URLS}, got {describe_refused_url(url)}", field=field)
 
 
-def _own_file(url: str, catalog: FileCatalog) -> FileRecord | None:
+def _own_file(url: str, files: StoredFiles) -> FileRecord | None:
     """The catalogued file a URL names by the download route's path, whatever host it names."""
     try:
         path = httpx.URL(url).path
@@ -308,8 +298,7 @@ def _own_file(url: str, catalog: FileCatalog) -> FileRecord | None:
     match = _FILE_PATH.search(path)
     if match is None:
         return None
-    record = catalog.get(match["id"])
-    return record if record is not None and record.file_name == match["name"] else None
+    return files.named(match["id"], match["name"])
 
 
 async def _download(
@@ -414,9 +403,9 @@ def _shape_refusal(width: int, height: int, policy: ImageInputPolicy) -> str | N
     return None
 
 
-def _check_stored_shape(record: FileRecord, blobs: BlobStore, policy: ImageInputPolicy, field: str) -> None:
+def _check_stored_shape(record: FileRecord, files: StoredFiles, policy: ImageInputPolicy, field: str) -> None:
     """:func:`_check_shape` for an own file (an upload), from its header: the first megabyte, else all of it."""
-    blob = blobs.open(record.id)
+    blob = files.open(record)
     if blob is None:
         raise InvalidInputError(f"the file {record.file_name} is no longer stored", field=field)
     head = bytearray()
@@ -455,20 +444,15 @@ def _file_name(url_path: str, media_type: str) -> str:
 
 
 def _store_copy(destination: _Destination, media_type: str, data: bytes, file_name: str) -> str:
-    """Store checked bytes as a ready file, catalogued like an upload; its URL."""
-    record = FileRecord(
-        id=new_file_id(),
+    """Store checked bytes as a ready file, like an upload (a failed write leaves no bytes that no
+    row names); its URL."""
+    record = destination.files.store(
+        data,
         file_name=file_name,
         content_type=media_type,
-        size=len(data),
         key_id=destination.key_id,
-        request_id=None,
-        created_at=time.time(),
         expires_at=destination.expires_at,
-        ready=True,
     )
-    destination.blobs.put(record.id, data, media_type)
-    destination.catalog.add(record)
     destination.created.append(record.id)
     return file_url(destination.base_url, record.id, record.file_name)
 

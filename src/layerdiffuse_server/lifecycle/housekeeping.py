@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..files import BlobStore
+from ..files import BlobStore, StoredFiles
 from .manager import RequestManager
 from .retention import sweep
 
@@ -23,6 +23,7 @@ class Housekeeper:
     def __init__(self, manager: RequestManager, blobs: BlobStore, *, retention_hours: float) -> None:
         self.manager = manager
         self.blobs = blobs
+        self.files = StoredFiles(blobs, manager.store.files, clock=manager.clock)
         self.retention_hours = retention_hours
         #: Often enough that a lost worker's request is back in the queue soon after its lease ends.
         self.interval = max(0.2, min(5.0, manager.lease_seconds / 3))
@@ -46,7 +47,7 @@ class Housekeeper:
         now = self.manager.clock()
         if now - self._last_retention >= RETENTION_EVERY_SECONDS:
             self._last_retention = now
-            sweep(self.manager.store, self.blobs, self.retention_hours, now)
+            sweep(self.manager.store, self.files, self.retention_hours, now)
 
     def run_until(self, stopping: threading.Event) -> None:
         """The loop of a worker process (a thread); the API runs :meth:`tick` from its event loop."""

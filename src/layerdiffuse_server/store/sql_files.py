@@ -37,9 +37,13 @@ class SqlFileCatalog:
         with self._engine.begin() as connection:
             connection.execute(statement)
 
-    def mark_ready(self, file_id: str, size: int) -> bool:
-        """Publish a pending upload once; False if it was already written (upload URLs are single-use)."""
-        statement = update(files).where(files.c.id == file_id, files.c.ready.is_(False)).values(ready=True, size=size)
+    def mark_ready(self, file_id: str, size: int, *, expires_at: float | None) -> bool:
+        """Publish a pending file once; False if it was already published (upload URLs are single-use)."""
+        statement = (
+            update(files)
+            .where(files.c.id == file_id, files.c.ready.is_(False))
+            .values(ready=True, size=size, expires_at=expires_at)
+        )
         with self._engine.begin() as connection:
             return connection.execute(statement).rowcount == 1
 

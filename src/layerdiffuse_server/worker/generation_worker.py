@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from ..endpoints import endpoint_of
 from ..errors import GenerationCancelled, InvalidInputError, LayerDiffuseError
-from ..files import BlobStore
+from ..files import BlobStore, StoredFiles
 from ..files.image_inputs import read_image_input
 from ..lifecycle import RequestManager, outcomes
 from ..lifecycle.local_processes import process_scope
@@ -183,6 +183,8 @@ class GenerationWorker:
         self.manager = manager
         self.store = manager.store
         self.blobs = blobs
+        #: Inputs are read and outputs written through the owner of stored files, on the manager's clock.
+        self.files = StoredFiles(blobs, manager.store.files, clock=manager.clock)
         self.base_url = base_url
         self.model_name = model_name
         self.metrics = metrics
@@ -429,10 +431,7 @@ class GenerationWorker:
                 fields = image_fields(params)
                 if fields:
                     job.images = {
-                        name: read_image_input(
-                            getattr(params, name), blobs=self.blobs, catalog=self.store.files, field=name
-                        )
-                        for name in fields
+                        name: read_image_input(getattr(params, name), files=self.files, field=name) for name in fields
                     }
                     job.params = params
                 else:
@@ -578,8 +577,7 @@ class GenerationWorker:
                 raise _Interrupted()
             stored = store_image(
                 image,
-                blobs=self.blobs,
-                catalog=self.store.files,
+                files=self.files,
                 base_url=self.base_url,
                 key_id=job.lease.key_id,
                 request_id=job.id,
@@ -609,7 +607,7 @@ class GenerationWorker:
             # Completed meanwhile (a cancel, or another worker that took the request over): its
             # outcome stands, ours is dropped with the files it made.
             for output in job.outputs:
-                discard(output, blobs=self.blobs, catalog=self.store.files)
+                discard(output, files=self.files)
             logger.warning("%s was no longer ours to complete; its result was discarded", job.id)
 
     def _log(self, job: _Job, message: str, level: str = "INFO", *, echo: bool = True) -> None:
