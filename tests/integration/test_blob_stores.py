@@ -118,3 +118,17 @@ def test_file_urls_redirect_to_presigned_urls_when_asked(s3_bucket: str, setting
         assert fetched.content == png_bytes() and fetched.headers["content-type"] == "image/png"
         policy = client.get("/").headers["content-security-policy"]
         assert os.environ["AWS_ENDPOINT_URL"] in policy  # the playground may show and download them
+
+
+def test_retention_deletes_a_row_whose_bytes_never_arrived(blobs: BlobStore, tmp_path: Path) -> None:
+    from layerdiffuse_server.files import StoredFiles
+    from layerdiffuse_server.lifecycle.retention import sweep
+    from layerdiffuse_server.store import open_store
+    from layerdiffuse_server.store.contracts import FileRecord
+
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    file_id = new_file_id()  # a writer that died between its row and its bytes
+    store.files.add(FileRecord(file_id, "a.png", "image/png", 5, "k", None, 1.0, 2.0, ready=False))
+    assert sweep(store, StoredFiles(blobs, store.files), retention_hours=0, now=3.0) == (0, 1)
+    assert store.files.get(file_id) is None
+    store.close()
