@@ -11,10 +11,10 @@ each still gets its own seed, image, logs and result.
 
 A graceful stop claims nothing more, gives the batch in hand ``grace_seconds`` to finish, then
 interrupts it between steps and hands its requests back to the queue without counting an attempt.
-The bound holds on wall time however slow a step is: a batch that has not reached a step boundary
-:data:`INTERRUPT_WAIT_SECONDS` after the grace is handed back by the stop itself, and its thread,
-left inside the engine to end with the process, writes nothing more (each of its writes is made
-under a lock that the hand-back takes, and checks first whether it still may).
+The bound holds on wall time (the worker's clock) however slow a step is: a batch that has not
+reached a step boundary :data:`INTERRUPT_WAIT_SECONDS` after the grace is handed back by the stop
+itself, and its thread, left inside the engine to end with the process, writes nothing more (each
+of its writes is made under a lock that the hand-back takes, and checks first whether it still may).
 """
 
 from __future__ import annotations
