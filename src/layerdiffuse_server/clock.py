@@ -8,12 +8,15 @@ so, and whose waits end when it does, so a test of a lease that runs out need no
 Two readings, as the standard library has them: :meth:`Clock.time` is the wall clock, for what is
 stored and compared across processes (a lease's end, a request's deadline, a log line's timestamp);
 :meth:`Clock.monotonic` never goes back, for intervals inside one process (how long a step took,
-when a cancel was last checked). Waits are on :class:`threading.Event` with a timeout, the one way
-the worker's threads wait: they return early when the event is set.
+when a cancel was last checked). Waits are on an event with a timeout, the one way the worker's
+threads (:meth:`Clock.wait`) and the webhook loop (:meth:`Clock.wait_async`) pause: they return
+early when the event is set.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from typing import Protocol
@@ -37,6 +40,10 @@ class Clock(Protocol):
         True when the event is set (as :meth:`threading.Event.wait`)."""
         ...
 
+    async def wait_async(self, event: asyncio.Event, timeout: float) -> bool:
+        """:meth:`wait` for a coroutine: until ``event`` is set or ``timeout`` seconds have passed."""
+        ...
+
 
 class SystemClock:
     """The real clock: the :mod:`time` module and the events' own waits."""
@@ -52,6 +59,11 @@ class SystemClock:
 
     def wait(self, event: threading.Event, timeout: float) -> bool:
         return event.wait(timeout)
+
+    async def wait_async(self, event: asyncio.Event, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        return event.is_set()
 
 
 #: The clock every part of the service uses unless it is given another.

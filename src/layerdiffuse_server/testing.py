@@ -14,6 +14,7 @@ moment the test says so, instead of after a real sleep that a loaded machine may
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -158,6 +159,14 @@ class FakeClock:
             finally:
                 del self._deadlines[waiter]
                 self._changed.notify_all()
+
+    async def wait_async(self, event: asyncio.Event, timeout: float) -> bool:
+        """Like :meth:`wait`, but not counted by :meth:`advance` or :meth:`wait_for_sleepers`: the
+        coroutine may share its event loop with the test that moves the clock, so nothing blocks on it."""
+        deadline = self.monotonic() + timeout
+        while not event.is_set() and self.monotonic() < deadline:
+            await asyncio.sleep(EVENT_POLL_SECONDS)
+        return event.is_set()
 
     def advance(self, seconds: float, *, within: float = 10.0) -> None:
         """Move the clock on by ``seconds``; returns when each wait that ends by then has returned

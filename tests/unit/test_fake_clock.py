@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -44,3 +45,18 @@ def test_a_wait_ends_early_when_its_event_is_set() -> None:
 def test_waiting_for_sleepers_that_never_come_fails() -> None:
     with pytest.raises(AssertionError, match="not 1"):
         FakeClock().wait_for_sleepers(1, within=0.05)
+
+
+def test_a_coroutine_waits_on_the_clock_beside_the_test_that_moves_it() -> None:
+    clock = FakeClock()
+
+    async def scenario() -> tuple[bool, bool]:
+        event = asyncio.Event()
+        waiting = asyncio.create_task(clock.wait_async(event, 5.0))
+        await asyncio.sleep(0.02)
+        clock.advance(5.0)  # on the waiter's own loop: must not block on it
+        timed_out = await waiting
+        event.set()
+        return timed_out, await clock.wait_async(event, 5.0)
+
+    assert asyncio.run(scenario()) == (False, True)

@@ -115,8 +115,7 @@ class WebhookDeliverer:
                         task.add_done_callback(in_flight.discard)
                     if len(due) == room:
                         continue  # more may be due
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
+                    await self.clock.wait_async(self._wakeup, POLL_SECONDS)
             finally:
                 for task in in_flight:
                     task.cancel()
