@@ -19,6 +19,7 @@ from layerdiffuse_server.auth import issue_key
 from layerdiffuse_server.lifecycle.retention import sweep
 from layerdiffuse_server.server.bootstrap import build_services
 from layerdiffuse_server.settings import Settings
+from layerdiffuse_server.testing import FakeClock
 
 from ..support.images import png_bytes
 from .api_support import APP, SMALL, server_settings, wait_completed
@@ -147,14 +148,21 @@ def test_cancel_stops_a_running_request_between_steps(client: TestClient) -> Non
     assert 0 < len(steps) < 150
 
 
-def test_start_timeout_expires_a_request_that_waited_too_long(idle_client: TestClient) -> None:
-    submitted = idle_client.post(f"/queue{APP}", json=SMALL, headers={"X-Fal-Request-Timeout": "1.5"}).json()
-    time.sleep(1.6)
-    services: Services = idle_client.app.state.services  # type: ignore[attr-defined]
-    services.manager.expire_deadlines()
-    result = idle_client.get(f"/queue{APP}/requests/{submitted['request_id']}")
-    assert result.status_code == 504 and result.headers["x-fal-request-timeout-type"] == "user"
-    assert result.json()["error_type"] == "request_timeout"
+def test_start_timeout_expires_a_request_that_waited_too_long(settings: Settings, tmp_path: Path) -> None:
+    clock = FakeClock()
+    idle = build_services(server_settings(settings, tmp_path), None, model_name="tiny", clock=clock)
+    with TestClient(create_app(idle)) as client:
+        client.headers["Authorization"] = f"Key {issue_key(idle.store.keys, 'tests').value}"
+        submitted = client.post(f"/queue{APP}", json=SMALL, headers={"X-Fal-Request-Timeout": "1.5"}).json()
+        status_url = f"/queue{APP}/requests/{submitted['request_id']}/status"
+        clock.advance(1.4)
+        idle.manager.expire_deadlines()  # what housekeeping does, now
+        assert client.get(status_url).json()["status"] == "IN_QUEUE"  # still inside its timeout
+        clock.advance(0.2)
+        idle.manager.expire_deadlines()
+        result = client.get(f"/queue{APP}/requests/{submitted['request_id']}")
+        assert result.status_code == 504 and result.headers["x-fal-request-timeout-type"] == "user"
+        assert result.json()["error_type"] == "request_timeout"
 
 
 @pytest.mark.parametrize(

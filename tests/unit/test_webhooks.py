@@ -21,6 +21,7 @@ from layerdiffuse_server.errors import InvalidInputError
 from layerdiffuse_server.signing import SigningKeys, generate_key_file, load_private_key, verify_signature
 from layerdiffuse_server.store import NewRequest, Store, open_store
 from layerdiffuse_server.store.contracts import Completion
+from layerdiffuse_server.testing import FakeClock
 from layerdiffuse_server.webhooks.delivery import WebhookDeliverer
 from layerdiffuse_server.webhooks.targets import check_webhook_url, is_permitted, parse_networks
 
@@ -147,7 +148,13 @@ def test_delivery_is_retried_with_backoff_then_recorded(store: Store, tmp_path: 
         return httpx.Response(503 if len(calls) == 1 else 204)
 
     attempts: list[str] = []
-    deliverer = make_deliverer(store, tmp_path, httpx.MockTransport(answer), on_attempt=attempts.append)
+    clock = FakeClock()
+    deliverer = make_deliverer(store, tmp_path, httpx.MockTransport(answer), on_attempt=attempts.append, clock=clock)
+    deliver_until(deliverer, lambda: attempts == ["retrying"])
+    clock.advance(0.04)  # not yet the retry delay (0.05 s of the clock)
+    deliver_until(deliverer, lambda: len(calls) > 1, seconds=0.3)
+    assert len(calls) == 1
+    clock.advance(0.02)  # past it
     deliver_until(deliverer, lambda: store.webhooks.get_for_request(request_id).state == "delivered")  # type: ignore[union-attr]
     delivery = store.webhooks.get_for_request(request_id)
     assert delivery is not None and delivery.state == "delivered" and delivery.attempts == 2

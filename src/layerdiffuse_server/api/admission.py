@@ -6,7 +6,6 @@ as fal's queue does; the sync run answers them at once.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import anyio
@@ -89,7 +88,7 @@ def admit(
     """
     priority = parse_priority(headers)
     webhook = check_webhook_url(webhook_url, services.webhook_networks) if webhook_url is not None else None
-    start_deadline = parse_start_deadline(headers, time.time())
+    start_deadline = parse_start_deadline(headers, services.manager.clock.time())
     created: list[str] = []
     rejection: Completion | None = None
     stored = raw_input

@@ -44,13 +44,14 @@ class Housekeeper:
                 logger.warning("housekeeping: %s failed; retrying later", chore.__name__, exc_info=True)
 
     def _retention(self) -> None:
-        now = self.manager.clock()
+        now = self.manager.clock.time()
         if now - self._last_retention >= RETENTION_EVERY_SECONDS:
             self._last_retention = now
             sweep(self.manager.store, self.files, self.retention_hours, now)
 
     def run_until(self, stopping: threading.Event) -> None:
-        """The loop of a worker process (a thread); the API runs :meth:`tick` from its event loop."""
+        """The loop of a worker process (a thread); the API runs :meth:`tick` from its event loop.
+        Its pause is on the manager's clock, so a test that moves that clock runs the next round."""
         while not stopping.is_set():
             self.tick()
-            stopping.wait(self.interval)
+            self.manager.clock.wait(stopping, self.interval)

@@ -16,7 +16,6 @@ back without counting anything.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..endpoints import endpoint_of
 from ..errors import ServiceUnavailableError
 from ..schemas import batch_key
@@ -68,7 +68,7 @@ class RequestManager:
         max_queue_length: int,
         max_attempts: int,
         lease_seconds: float,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         on_completed: Callable[[Completion], None] | None = None,
     ) -> None:
         self.store = store
@@ -86,7 +86,7 @@ class RequestManager:
     def submit(self, submission: Submission) -> RequestRecord:
         """Store a new request: queued, or completed at once with a 422 when its input is invalid
         (the queue reports input errors as the request's result, as fal's does)."""
-        now = self.clock()
+        now = self.clock.time()
         request = NewRequest(
             id=str(uuid.uuid4()),
             app_id=submission.app_id,
@@ -147,7 +147,7 @@ class RequestManager:
         """A queued request (or one whose worker is gone) ends now; a running one stops at its
         worker's next denoising step."""
         completion = completion or outcomes.cancelled()
-        outcome = self.store.requests.request_cancel(request_id, self.clock(), completion)
+        outcome = self.store.requests.request_cancel(request_id, self.clock.time(), completion)
         if outcome is CancelOutcome.CANCELLED:
             self._on_completed(completion)
         return outcome
@@ -156,23 +156,27 @@ class RequestManager:
 
     def claim(self, worker_id: str, max_batch: int) -> list[RequestRecord]:
         """The next request and compatible ones behind it, leased to ``worker_id``."""
-        return self.store.requests.claim(worker_id, self.clock(), lease_seconds=self.lease_seconds, max_batch=max_batch)
+        return self.store.requests.claim(
+            worker_id, self.clock.time(), lease_seconds=self.lease_seconds, max_batch=max_batch
+        )
 
     def renew(self, leases: list[RequestRecord]) -> set[str]:
         """Extend the leases a worker still works on; the ids it still holds."""
         tokens = [lease.lease_token for lease in leases if lease.lease_token is not None]
-        return self.store.requests.renew(tokens, self.clock(), self.lease_seconds)
+        return self.store.requests.renew(tokens, self.clock.time(), self.lease_seconds)
 
     def log(self, lease: RequestRecord, message: str, level: str = "INFO") -> bool:
         """A line of the request's own log, from the holder of its lease (False once it lost it)."""
-        return self.store.requests.append_log(lease.id, message, level, self.clock(), lease_token=lease.lease_token)
+        return self.store.requests.append_log(
+            lease.id, message, level, self.clock.time(), lease_token=lease.lease_token
+        )
 
     def cancel_requested(self, leases: list[RequestRecord]) -> set[str]:
         return self.store.requests.cancel_requested([lease.id for lease in leases])
 
     def complete(self, lease: RequestRecord, completion: Completion) -> bool:
         """Record the outcome the lease holder produced; False when it is no longer the holder."""
-        done = self.store.requests.complete(lease.id, completion, self.clock(), lease_token=lease.lease_token)
+        done = self.store.requests.complete(lease.id, completion, self.clock.time(), lease_token=lease.lease_token)
         if done:
             self._on_completed(completion)
         return done
@@ -182,7 +186,7 @@ class RequestManager:
         could not finish it); a cancel that was waiting ends it instead."""
         assert lease.lease_token is not None
         completion = outcomes.cancelled()
-        outcome = self.store.requests.release(lease.id, lease.lease_token, self.clock(), completion)
+        outcome = self.store.requests.release(lease.id, lease.lease_token, self.clock.time(), completion)
         if outcome is ReleaseOutcome.CANCELLED:
             self._on_completed(completion)
         return outcome
@@ -200,11 +204,11 @@ class RequestManager:
             for worker in self.store.workers.all()
             if worker.scope == scope and worker.state is not WorkerState.STOPPED and not is_running(worker.pid)
         ]
-        return self.store.requests.expire_leases(dead, self.clock()) if dead else []
+        return self.store.requests.expire_leases(dead, self.clock.time()) if dead else []
 
     def reclaim_expired(self) -> Reclaimed:
         """Take back what lost workers held; any process may run this, concurrently with others."""
-        now = self.clock()
+        now = self.clock.time()
         reclaimed = self.store.requests.reclaim_expired(
             now,
             max_lost_runs=self.max_attempts,
@@ -233,7 +237,7 @@ class RequestManager:
 
     def expire_deadlines(self) -> list[str]:
         """Requests still queued past their ``X-Fal-Request-Timeout`` end with 504."""
-        expired = self.store.requests.expire_start_deadlines(self.clock(), outcomes.timed_out())
+        expired = self.store.requests.expire_start_deadlines(self.clock.time(), outcomes.timed_out())
         for _ in expired:
             self._on_completed(outcomes.timed_out())
         return expired

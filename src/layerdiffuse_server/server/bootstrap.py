@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..command_name import command
 from ..errors import LayerDiffuseError
 from ..files import BlobStore, open_blob_store
@@ -52,7 +53,7 @@ class Core:
         self.store.close()
 
 
-def open_core(settings: Settings, *, store: Store | None = None) -> Core:
+def open_core(settings: Settings, *, store: Store | None = None, clock: Clock = SYSTEM_CLOCK) -> Core:
     if settings.database_url is None or settings.storage_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = store or open_store(settings.store_url)
@@ -63,6 +64,7 @@ def open_core(settings: Settings, *, store: Store | None = None) -> Core:
         max_queue_length=settings.max_queue_length,
         max_attempts=settings.max_attempts,
         lease_seconds=settings.lease_seconds,
+        clock=clock,
         on_completed=lambda completion: metrics.observe_completed(completion.status_code, completion.error_type),
     )
     return Core(settings, store, blobs, manager, metrics)
@@ -103,11 +105,13 @@ def build_services(
     model_name: str = "",
     store: Store | None = None,
     role: Literal["serve", "api"] = "serve",
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Services:
-    """Everything ``create_app`` needs; with ``load_engine``, a worker runs in this process too."""
+    """Everything ``create_app`` needs; with ``load_engine``, a worker runs in this process too.
+    ``clock`` times leases, deadlines, retention and webhook retries (a test's fake one moves on demand)."""
     from ..api.services import Services
 
-    core = open_core(settings, store=store)
+    core = open_core(settings, store=store, clock=clock)
     keys = signing_keys(settings, role)
     networks = parse_networks(settings.webhook_allowed_networks)
     services = Services(
@@ -127,6 +131,7 @@ def build_services(
         max_attempts=settings.webhook_max_attempts,
         retry_seconds=settings.webhook_retry_seconds,
         timeout_seconds=settings.webhook_timeout_seconds,
+        clock=clock,
         on_attempt=lambda result: services.metrics.webhooks.labels(result).inc(),
     )
     if load_engine is not None:

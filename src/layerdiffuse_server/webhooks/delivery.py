@@ -15,13 +15,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 import httpx
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import InvalidInputError
 from ..signing import SigningKeys
 from ..store.contracts import RequestRecord, Store, WebhookDelivery
@@ -57,7 +57,7 @@ class WebhookDeliverer:
         retry_seconds: float,
         timeout_seconds: float,
         transport: httpx.AsyncBaseTransport | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         on_attempt: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
@@ -103,7 +103,9 @@ class WebhookDeliverer:
                         continue
                     self._wakeup.clear()
                     try:
-                        due = await anyio.to_thread.run_sync(self.store.webhooks.claim_due, self.clock(), lease, room)
+                        due = await anyio.to_thread.run_sync(
+                            self.store.webhooks.claim_due, self.clock.time(), lease, room
+                        )
                     except Exception:  # the database is away: try again at the next poll
                         logger.warning("could not read the webhook outbox", exc_info=True)
                         due = []
@@ -113,8 +115,7 @@ class WebhookDeliverer:
                         task.add_done_callback(in_flight.discard)
                     if len(due) == room:
                         continue  # more may be due
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
+                    await self.clock.wait_async(self._wakeup, POLL_SECONDS)
             finally:
                 for task in in_flight:
                     task.cancel()
@@ -135,7 +136,7 @@ class WebhookDeliverer:
             return
         body = json.dumps(webhook_payload(record), separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "layerdiffuse-server webhooks"}
-        headers |= self.signer.webhook_headers(record.id, record.key_id, int(self.clock()), body)
+        headers |= self.signer.webhook_headers(record.id, record.key_id, int(self.clock.time()), body)
         try:
             async with asyncio.timeout(self.timeout_seconds):  # the whole exchange, not each read
                 error = await self._post(client, delivery.url, body, headers)
@@ -147,7 +148,7 @@ class WebhookDeliverer:
         except TimeoutError:
             error = f"no complete answer within {self.timeout_seconds:g} s"
         if error is None:
-            await anyio.to_thread.run_sync(self.store.webhooks.mark_delivered, delivery.id, self.clock())
+            await anyio.to_thread.run_sync(self.store.webhooks.mark_delivered, delivery.id, self.clock.time())
             self.on_attempt("delivered")
             logger.info("webhook for %s delivered (attempt %d)", record.id, delivery.attempts)
             return
@@ -169,7 +170,9 @@ class WebhookDeliverer:
             return f"{type(failure).__name__}: {failure}"
 
     async def _record_failure(self, delivery: WebhookDelivery, error: str) -> None:
-        retry_at = self.clock() + self.retry_delay(delivery.attempts) if delivery.attempts < self.max_attempts else None
+        retry_at = (
+            self.clock.time() + self.retry_delay(delivery.attempts) if delivery.attempts < self.max_attempts else None
+        )
         await anyio.to_thread.run_sync(self.store.webhooks.mark_failed_attempt, delivery.id, error, retry_at)
         self.on_attempt("retrying" if retry_at else "dropped")
         logger.warning(

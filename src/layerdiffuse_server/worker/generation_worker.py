@@ -11,10 +11,10 @@ each still gets its own seed, image, logs and result.
 
 A graceful stop claims nothing more, gives the batch in hand ``grace_seconds`` to finish, then
 interrupts it between steps and hands its requests back to the queue without counting an attempt.
-The bound holds on wall time however slow a step is: a batch that has not reached a step boundary
-:data:`INTERRUPT_WAIT_SECONDS` after the grace is handed back by the stop itself, and its thread,
-left inside the engine to end with the process, writes nothing more (each of its writes is made
-under a lock that the hand-back takes, and checks first whether it still may).
+The bound holds on wall time (the worker's clock) however slow a step is: a batch that has not
+reached a step boundary :data:`INTERRUPT_WAIT_SECONDS` after the grace is handed back by the stop
+itself, and its thread, left inside the engine to end with the process, writes nothing more (each
+of its writes is made under a lock that the hand-back takes, and checks first whether it still may).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
+from ..clock import Clock
 from ..endpoints import endpoint_of
 from ..errors import GenerationCancelled, InvalidInputError, LayerDiffuseError
 from ..files import BlobStore, StoredFiles
@@ -94,9 +95,9 @@ class Engine(Protocol):
 @dataclass
 class _Job:
     lease: RequestRecord
+    claimed_at: float  # the worker clock's monotonic time
     params: LayerDiffusionInput | None = None  # parsed from the input when the job starts
     images: dict[str, Any] | None = None  # the image inputs, read from the store, for endpoints that have them
-    claimed_at: float = field(default_factory=time.monotonic)
     answered: bool = False  # completed (by us, or elsewhere: cancel, lost lease)
     outputs: list[StoredOutput] = field(default_factory=list)
     ignored_words: list[str] | None = None  # for a model with a closed vocabulary: the prompt's unknown words
@@ -179,8 +180,11 @@ class GenerationWorker:
         device: str = "auto",
         max_batch_size: int = 1,
         grace_seconds: float = 20.0,
+        clock: Clock | None = None,
     ) -> None:
         self.manager = manager
+        #: What the worker's waits and intervals run on: its manager's, which times the leases, unless given.
+        self.clock = clock or manager.clock
         self.store = manager.store
         self.blobs = blobs
         #: Inputs are read and outputs written through the owner of stored files, on the manager's clock.
@@ -192,7 +196,7 @@ class GenerationWorker:
         self.max_batch_size = max_batch_size
         self.grace_seconds = grace_seconds
         self.worker_id = f"worker-{uuid.uuid4().hex[:8]}"
-        self.started_at = manager.clock()
+        self.started_at = self.clock.time()
         self.requests_done = 0
         self.engine: Engine | None = None
         self.load_error: BaseException | None = None
@@ -205,6 +209,7 @@ class GenerationWorker:
         self._stopping = threading.Event()  # claim nothing more
         self._interrupting = threading.Event()  # stop the batch in hand between steps
         self._heart_stops = threading.Event()  # the last beat: the worker thread is gone
+        self._finished = threading.Event()  # the worker thread's loop has ended
         self._abandoned = threading.Event()  # the stop handed the batch back: its thread writes nothing more
         self._writes = threading.RLock()  # held by each write of the batch in hand, and by the hand-back
         self._jobs: list[_Job] = []  # the batch in hand
@@ -260,11 +265,12 @@ class GenerationWorker:
         self.begin_stop()
         grace = self.grace_seconds if grace_seconds is None else grace_seconds
         if self._thread is not None:
-            self._thread.join(grace)
-            if self._thread.is_alive():
+            if not self.clock.wait(self._finished, grace):
                 self._interrupting.set()
-                self._thread.join(INTERRUPT_WAIT_SECONDS)  # a fast engine stops at its next step
-            if self._thread.is_alive():
+                self.clock.wait(self._finished, INTERRUPT_WAIT_SECONDS)  # a fast engine stops at its next step
+            if self._finished.is_set():
+                self._thread.join()  # only its return is left
+            else:
                 self._abandon()
         self._heart_stops.set()
         if self._heartbeat_thread is not None:
@@ -324,7 +330,7 @@ class GenerationWorker:
                     requests_done=self.requests_done,
                     error=str(self.load_error) if self.load_error is not None else None,
                     started_at=self.started_at,
-                    heartbeat_at=self.manager.clock(),
+                    heartbeat_at=self.clock.time(),
                     scope=process_scope(),
                 )
             )
@@ -337,16 +343,22 @@ class GenerationWorker:
         interval = max(0.1, self.manager.lease_seconds / 3)
         while not self._heart_stops.is_set():
             try:
-                began = time.monotonic()
+                began = self.clock.monotonic()
                 with self._live_lock:
                     leases = list(self._live.values())
                 self._held = (began, self.manager.renew(leases))
             except Exception:
                 logger.warning("could not renew the leases of %s", self.worker_id, exc_info=True)
             self.report()
-            self._heart_stops.wait(interval)
+            self.clock.wait(self._heart_stops, interval)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._finished.set()
+
+    def _serve(self) -> None:
         started = time.perf_counter()
         try:
             self.engine = self._load_engine()
@@ -367,7 +379,7 @@ class GenerationWorker:
                 logger.warning("could not claim work", exc_info=True)
                 ran = False
             if not ran:
-                self._wakeup.wait(IDLE_POLL_SECONDS)
+                self.clock.wait(self._wakeup, IDLE_POLL_SECONDS)
                 self._wakeup.clear()
 
     # -- one batch ----------------------------------------------------------------------------
@@ -382,7 +394,8 @@ class GenerationWorker:
         leases = self.manager.claim(self.worker_id, self.max_batch_size)
         if not leases:
             return False
-        jobs = [_Job(lease) for lease in leases]
+        claimed_at = self.clock.monotonic()
+        jobs = [_Job(lease, claimed_at) for lease in leases]
         with self._writes:
             if self._abandoned.is_set():  # claimed while a stop gave up on this thread: straight back
                 self._hand_back(jobs)
@@ -475,7 +488,8 @@ class GenerationWorker:
                 self._log(job, profile.ignored_words_line(job.ignored_words), "WARN")
 
         sized = jobs[0].images is None  # with image inputs the size is the input's, known later
-        estimate = _Estimate(time.monotonic(), decode_seconds=self._decode_estimate(batch) if sized else None)
+        decode_seconds = self._decode_estimate(batch) if sized else None
+        estimate = _Estimate(self.clock.monotonic(), decode_seconds=decode_seconds, clock=self.clock.monotonic)
 
         def on_step(step: int, total: int) -> None:
             forecast = estimate.after(step, total)
@@ -493,10 +507,10 @@ class GenerationWorker:
             if self._interrupting.is_set():
                 return True
             self._drop_lost(jobs)
-            due = time.monotonic() - last_check[0] >= CANCEL_CHECK_SECONDS
+            due = self.clock.monotonic() - last_check[0] >= CANCEL_CHECK_SECONDS
             if self._cancel_hint.is_set() or due:
                 self._cancel_hint.clear()
-                last_check[0] = time.monotonic()
+                last_check[0] = self.clock.monotonic()
                 try:
                     cancelled = self.manager.cancel_requested([job.lease for job in jobs if job.live])
                 except Exception:  # the store is away for a moment: ask again at the next step
