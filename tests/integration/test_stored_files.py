@@ -22,6 +22,7 @@ from layerdiffuse_server.server.bootstrap import build_services
 from layerdiffuse_server.settings import Settings
 from layerdiffuse_server.store import Store, open_store
 from layerdiffuse_server.store.contracts import FileRecord
+from layerdiffuse_server.testing import FakeClock
 
 from ..support.images import png_bytes
 from .api_support import APP, server_settings
@@ -175,7 +176,7 @@ def test_a_file_whose_publishing_fails_is_discarded_at_once(
 def test_an_output_is_stored_unpublished_with_an_expiry_and_a_failed_write_leaves_nothing(
     store: Store, blobs: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    files = StoredFiles(blobs, store.files, clock=lambda: 1000.0)
+    files = StoredFiles(blobs, store.files, clock=FakeClock(1000.0))
     output = files.store(
         b"png", file_name="o.png", content_type="image/png", key_id="k", expires_at=None, request_id="r", publish=False
     )

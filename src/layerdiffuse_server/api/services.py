@@ -81,7 +81,7 @@ class Services:
     def files(self) -> StoredFiles:
         """The owner of stored files (uploads, image-input copies): every write and read goes through it."""
         if self._files is None:
-            self._files = StoredFiles(self.blobs, self.store.files)
+            self._files = StoredFiles(self.blobs, self.store.files, clock=self.manager.clock)
         return self._files
 
     def discard_copies(self, file_ids: list[str]) -> None:

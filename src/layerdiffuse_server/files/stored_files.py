@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..store.contracts import FileCatalog, FileRecord
 from .blobs import BlobReader, BlobStore, StorageError, new_file_id
 
@@ -41,7 +41,7 @@ class StoredFiles:
     Args:
         blobs: Where the bytes live.
         catalog: Which files exist.
-        clock: The time in seconds since the epoch (tests pass their own).
+        clock: Where the time comes from (tests pass a fake one).
         pending_seconds: How long an unpublished row lives (:data:`PENDING_WRITE_SECONDS`).
     """
 
@@ -50,7 +50,7 @@ class StoredFiles:
         blobs: BlobStore,
         catalog: FileCatalog,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         pending_seconds: float = PENDING_WRITE_SECONDS,
     ) -> None:
         self.blobs = blobs
@@ -227,7 +227,7 @@ class StoredFiles:
 
     def _pending_expiry(self, expires_at: float | None) -> float:
         """When an unpublished row expires: after the pending period, or sooner if the file would."""
-        pending = self.clock() + self.pending_seconds
+        pending = self.clock.time() + self.pending_seconds
         return pending if expires_at is None else min(expires_at, pending)
 
     def _new_record(
@@ -248,7 +248,7 @@ class StoredFiles:
             size=size,
             key_id=key_id,
             request_id=request_id,
-            created_at=self.clock(),
+            created_at=self.clock.time(),
             expires_at=expires_at,
             ready=False,
         )
