@@ -47,6 +47,7 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
         ("worker", {"LAYERDIFFUSE_DECODER_PASSES": "3"}, "LAYERDIFFUSE_DECODER_PASSES=3: input should be 8, 4, 2 or 1"),
         ("api", {"LAYERDIFFUSE_LOG_FORMAT": "xml"}, "LAYERDIFFUSE_LOG_FORMAT=xml: input should be 'text' or 'json'"),
         ("api", {"LAYERDIFFUSE_PORT": "http"}, "LAYERDIFFUSE_PORT=http: input should be a valid integer"),
+        ("api", {"LAYERDIFFUSE_TLS_NAMES": "a.example"}, "LAYERDIFFUSE_TLS_NAMES: lists are written as JSON"),
         ("generate", {"LAYERDIFFUSE_DTYPE": "bf16"}, "LAYERDIFFUSE_DTYPE=bf16: input should be"),
     ],
 )

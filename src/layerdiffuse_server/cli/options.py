@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import NoneType, UnionType
@@ -19,6 +20,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import typer
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_settings import SettingsError
 
 from ..errors import plain_message
 from ..settings import Settings
@@ -61,6 +63,10 @@ def read_settings(given: Mapping[str, Any], flags: Mapping[str, str] | None = No
             message = plain_message(problem["msg"])
             problems.append(f"{source}: {message[:1].lower()}{message[1:]}")
         raise InvalidSettings("; ".join(problems)) from None
+    except SettingsError as error:  # a variable that is not JSON where a list is expected
+        field = re.search(r'field "(\w+)"', str(error))
+        variable = environment_variable(field[1]) if field else "a LAYERDIFFUSE_* variable"
+        raise InvalidSettings(f"{variable}: lists are written as JSON, e.g. '[\"a.example\"]'") from None
 
 
 def settings_options(*names: str, flags: Mapping[str, str] | None = None) -> Callable[[Command], Command]:
