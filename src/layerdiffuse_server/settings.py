@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .engine_choices import DEVICE_PATTERN, DEVICES, DecoderPasses, Dtype, MemoryMode, Preset
 
 
 def _default_home() -> Path:
@@ -21,10 +24,11 @@ def _default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    """Where generated files live and which model to run.
+    """Every knob of every role, each one settable as ``LAYERDIFFUSE_<NAME>`` and by the flag of its name.
 
-    The Hugging Face cache (``HF_HOME``, ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``) is the hub library's
-    own business; this only holds what belongs to us.
+    A value that can never work (an unknown preset, a dtype by another name) is refused when the
+    settings are read, which every command does first. The Hugging Face cache (``HF_HOME``,
+    ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``) is the hub library's own business; this only holds ours.
     """
 
     model_config = SettingsConfigDict(env_prefix="LAYERDIFFUSE_", extra="ignore")
@@ -33,15 +37,38 @@ class Settings(BaseSettings):
         default_factory=_default_home,
         description="Directory for generated preset weights (tiny, sdxl-random) and other local state.",
     )
-    model: str = Field(default="sdxl", description="Preset name: sdxl, tiny or sdxl-random.")
-    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
-    dtype: str = Field(default="auto", description="auto, float32, float16 or bfloat16.")
+    # -- the engine (``generate``, ``serve``, ``worker``) --------------------------------------------
+    model: Preset = Field(
+        default="sdxl",
+        description="Model preset: sdxl (real weights), demo (small trained model, offline, 128²), "
+        "tiny (small random model, tests) or sdxl-random.",
+    )
+    base: str | None = Field(
+        default=None, description="Another SDXL base: hub repo id, diffusers folder or .safetensors file."
+    )
+    layer_weights: str | None = Field(
+        default=None,
+        description="Other LayerDiffuse transparency weights: attention (either format) or layer_xl_transparent_conv.",
+    )
+    decoder: str | None = Field(default=None, description="Another transparent VAE decoder file.")
+    decoder_passes: DecoderPasses = Field(default=8, description="Decoder test-time passes: 8 (best), 4, 2 or 1.")
+    device: str = Field(default="auto", description=f"{DEVICES}.")
+    dtype: Dtype = Field(default="auto", description="auto, float32, float16 or bfloat16.")
     threads: int | None = Field(
         default=None,
         ge=1,
         description="torch's CPU threads; default: OMP_NUM_THREADS, else one per physical core. Their OpenMP "
         "waits sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless set), so a busy machine does not "
         "slow them down many times over.",
+    )
+    memory_mode: MemoryMode = Field(
+        default="default", description="GPU memory vs speed: fast, default, low or offload (see README)."
+    )
+    vae_tiling: bool = Field(default=False, description="Decode the VAE in tiles (less memory, slight seams).")
+    channels_last: bool = Field(default=False, description="NHWC memory layout for UNet, VAE and decoder.")
+    compile: bool = Field(default=False, description="torch.compile UNet and decoder (slow first call).")
+    warmup: bool | None = Field(
+        default=None, description="One short run before serving; default: on accelerators, not on a CPU."
     )
 
     # -- server (``layerdiffuse serve``) ---------------------------------------------------------
@@ -73,7 +100,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Earlier keys (private or public PEM), still published and accepted during a rotation.",
     )
-    host: str = Field(default="127.0.0.1", description="Address the HTTP and HTTPS listeners bind to.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the listeners bind to: the API's HTTP and HTTPS ports, a worker's health port.",
+    )
     port: int = Field(default=8080, ge=1, le=65535, description="Plain HTTP port.")
     tls_port: int = Field(
         default=8443, ge=0, le=65535, description="HTTPS port (fal_client needs https); 0 turns HTTPS off."
@@ -168,6 +198,19 @@ class Settings(BaseSettings):
         description="Base URL of a separate origin for stored files' URLs (it must route /files/ to the API); "
         "default: public_url.",
     )
+
+    @field_validator("decoder_passes", mode="before")
+    @classmethod
+    def _passes_from_text(cls, value: object) -> object:
+        """An environment variable is text: ``"4"`` means the number 4."""
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(DEVICE_PATTERN, value):
+            raise ValueError(f"Input should be {DEVICES}")
+        return value
 
     @property
     def presets_dir(self) -> Path:

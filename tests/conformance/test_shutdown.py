@@ -103,10 +103,10 @@ def test_stops_are_bounded_and_interrupted_work_keeps_its_attempts(
 #: A process whose engine is :class:`FakeEngine` with steps of ``LAYERDIFFUSE_TEST_STEP_SECONDS``.
 SLOW_ENGINE = (
     "import os\n"
-    "from layerdiffuse_server.server.engine_options import EngineOptions\n"
+    "from layerdiffuse_server.server import engine_loader\n"
     "from layerdiffuse_server.testing import FakeEngine\n"
     "seconds = float(os.environ['LAYERDIFFUSE_TEST_STEP_SECONDS'])\n"
-    "EngineOptions.loader = lambda self, settings: lambda: FakeEngine(step_seconds=seconds)\n"
+    "engine_loader.load_engine = lambda settings: FakeEngine(step_seconds=seconds)\n"
     "from layerdiffuse_server.cli import main\n"
     "main()\n"
 )

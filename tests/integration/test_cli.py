@@ -213,3 +213,14 @@ def test_the_demo_model_warns_about_words_it_does_not_know(settings: Settings, t
     assert "ignored these words of the prompt" in stderr and "black, cat" in stderr
     assert "Model 'demo' ready in" in stderr and stderr.count("ready in") == 1
     assert not [noise for noise in LIBRARY_NOISE if noise in done.stderr], done.stderr
+
+
+@pytest.mark.parametrize(("role", "variable", "value"), [("worker", "MODEL", "nonsense"), ("serve", "DTYPE", "fp16")])
+def test_a_role_with_a_bad_setting_ends_before_loading_anything(
+    settings: Settings, role: str, variable: str, value: str
+) -> None:
+    started = time.monotonic()
+    done = run_cli(role, settings=settings, env={f"LAYERDIFFUSE_{variable}": value})
+    assert done.returncode == 2, done.stderr
+    assert f"LAYERDIFFUSE_{variable}={value}: input should be" in done.stderr and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 30

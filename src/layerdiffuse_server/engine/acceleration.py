@@ -10,18 +10,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 
+from ..engine_choices import MemoryMode
 from ..schemas import GenerationParams
+from ..settings import Settings
 
 if TYPE_CHECKING:
     from .pipeline import TransparentSDXLPipeline
 
 logger = logging.getLogger(__name__)
-
-MemoryMode = Literal["fast", "default", "low", "offload"]
 
 #: Transparent-decoder passes per forward call on a GPU, by memory mode. At 1024² in fp16 each pass
 #: in flight holds about 0.8 GB (H200, with the SDXL VAE decode: 8 per call +6.1 GB in 192 ms,
@@ -51,6 +51,16 @@ class RuntimeOptions:
     vae_tiling: bool = False
     channels_last: bool = False
     compile: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RuntimeOptions:
+        """The one place settings become runtime options (``serve`` and ``worker``)."""
+        return cls(
+            memory_mode=settings.memory_mode,
+            vae_tiling=settings.vae_tiling,
+            channels_last=settings.channels_last,
+            compile=settings.compile,
+        )
 
     def decoder_max_batch(self, device: torch.device) -> int:
         return 1 if device.type == "cpu" else DECODER_BATCH[self.memory_mode]

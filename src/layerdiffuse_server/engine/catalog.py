@@ -1,5 +1,5 @@
-"""The engine's choices by name, without loading the engine: presets, devices, dtypes, decoder
-passes. The CLI checks flags against these before it imports torch (seconds) or loads a model
+"""Checks of the engine's choices (:mod:`..engine_choices`) and weight files, without loading the
+engine. The CLI checks flags against these before it imports torch (seconds) or loads a model
 (longer), so a typo is answered at once."""
 
 from __future__ import annotations
@@ -7,15 +7,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-PRESETS = {
-    "sdxl": "SDXL base 1.0 + LayerDiffuse (real weights; a GPU and a 7 GB download)",
-    "demo": "a small model trained on procedural sprites, shipped with the package (128 px, CPU)",
-    "tiny": "a small random-weight model with SDXL's topology, written once (offline, CPU, tests)",
-    "sdxl-random": "full-size SDXL with random weights, written once (~7 GB; benchmarks)",
-}
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-DECODER_PASSES = (8, 4, 2, 1)
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+from ..engine_choices import DECODER_PASSES, DEVICE_PATTERN, DEVICES, DTYPES, PRESETS
+
+_DEVICE = re.compile(DEVICE_PATTERN)
 
 
 def looks_local(reference: str) -> bool:
@@ -36,7 +30,7 @@ def check_choices(
     if model is not None and model not in PRESETS:
         problems.append(f"--model: unknown preset {model!r}; choose one of {', '.join(PRESETS)}")
     if device is not None and not _DEVICE.match(device):
-        problems.append(f"--device: {device!r} is not auto, cpu, cuda, cuda:N or mps")
+        problems.append(f"--device: {device!r} is not {DEVICES}")
     if dtype is not None and dtype not in DTYPES:
         problems.append(f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     if decoder_passes is not None and decoder_passes not in DECODER_PASSES:

@@ -18,20 +18,23 @@ import uvicorn
 
 from ..settings import Settings
 from .bootstrap import build_worker, open_core
-from .engine_options import EngineOptions
+from .engine_loader import engine_loader
 from .listeners import bind
 from .serve import SignalFreeServer
 
 logger = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings, options: EngineOptions) -> None:
+def run_worker(settings: Settings) -> None:
     from ..worker.health import create_health_app
+
+    if settings.public_url is None:
+        logger.warning("no --public-url: image URLs will point at %s; set it to the API's address", settings.base_url)
 
     # Bound first: a taken port ends the process now, naming the address, not after the model loads.
     listener = bind(settings.host, settings.worker_port, "worker health") if settings.worker_port else None
     core = open_core(settings)
-    worker = build_worker(core, options.loader(settings), model_name=settings.model)
+    worker = build_worker(core, engine_loader(settings), model_name=settings.model)
     stopping = threading.Event()
     housekeeping = threading.Thread(
         target=core.housekeeper().run_until, args=(stopping,), name="housekeeping", daemon=True

@@ -1,0 +1,123 @@
+"""Every setting reaches the roles by flag or by ``LAYERDIFFUSE_*`` variable, and a value that can
+never work ends the command at once, naming where it came from: run in-process, with the roles'
+start-up replaced by a recorder so nothing binds a port or loads a model."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from layerdiffuse_server.cli import app
+from layerdiffuse_server.cli.options import environment_variable
+from layerdiffuse_server.engine.acceleration import RuntimeOptions
+from layerdiffuse_server.server import api_node, embedded, engine_loader, worker_node
+from layerdiffuse_server.settings import Settings
+
+ROLES = ("serve", "api", "worker")
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """The settings each role was started with; loading a model fails the test."""
+    calls: list[Settings] = []
+    for module, name in ((embedded, "run_embedded"), (api_node, "run_api"), (worker_node, "run_worker")):
+        monkeypatch.setattr(module, name, calls.append)
+
+    def no_model(settings: Settings) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(engine_loader, "load_engine", no_model)
+    return calls
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args), env=env)
+    return result.exit_code, " ".join((result.output + (result.stderr or "")).split())
+
+
+@pytest.mark.parametrize(
+    ("role", "env", "said"),
+    [
+        ("worker", {"LAYERDIFFUSE_MODEL": "nonsense"}, "LAYERDIFFUSE_MODEL=nonsense: input should be 'sdxl', 'demo'"),
+        ("serve", {"LAYERDIFFUSE_DTYPE": "fp16"}, "LAYERDIFFUSE_DTYPE=fp16: input should be 'auto', 'float32'"),
+        ("serve", {"LAYERDIFFUSE_DEVICE": "gpu0"}, "LAYERDIFFUSE_DEVICE=gpu0: input should be auto, cpu, cuda, cuda:N"),
+        ("worker", {"LAYERDIFFUSE_MEMORY_MODE": "huge"}, "LAYERDIFFUSE_MEMORY_MODE=huge: input should be 'fast'"),
+        ("worker", {"LAYERDIFFUSE_DECODER_PASSES": "3"}, "LAYERDIFFUSE_DECODER_PASSES=3: input should be 8, 4, 2 or 1"),
+        ("api", {"LAYERDIFFUSE_LOG_FORMAT": "xml"}, "LAYERDIFFUSE_LOG_FORMAT=xml: input should be 'text' or 'json'"),
+        ("api", {"LAYERDIFFUSE_PORT": "http"}, "LAYERDIFFUSE_PORT=http: input should be a valid integer"),
+        ("api", {"LAYERDIFFUSE_TLS_NAMES": "a.example"}, "LAYERDIFFUSE_TLS_NAMES: lists are written as JSON"),
+        ("generate", {"LAYERDIFFUSE_DTYPE": "bf16"}, "LAYERDIFFUSE_DTYPE=bf16: input should be"),
+    ],
+)
+def test_a_bad_variable_ends_each_role_at_once_naming_it(
+    started: list[Settings], role: str, env: dict[str, str], said: str
+) -> None:
+    code, output = invoke(role, env=env)
+    assert code == 2, output
+    assert said in output and not started
+
+
+@pytest.mark.parametrize("role", ["serve", "worker", "generate"])
+def test_a_bad_flag_is_named_as_the_flag(started: list[Settings], role: str) -> None:
+    code, output = invoke(role, "--model", "sdxl-typo", "--device", "cuda:x")
+    assert code == 2, output
+    assert "--model sdxl-typo: input should be 'sdxl'" in output and "--device cuda:x: input should be" in output
+    assert not started
+
+
+def test_the_settings_refuse_what_can_never_load() -> None:
+    for bad in ({"dtype": "fp16"}, {"device": "gpu0"}, {"model": "sdxl-typo"}, {"decoder_passes": 3}):
+        with pytest.raises(ValidationError):
+            Settings(**bad)  # type: ignore[arg-type]
+    assert Settings(device="cuda:1", dtype="bfloat16", model="demo").device == "cuda:1"
+
+
+def test_variables_reach_the_engine_options(started: list[Settings]) -> None:
+    env = {
+        "LAYERDIFFUSE_MODEL": "tiny",
+        "LAYERDIFFUSE_DEVICE": "cpu",
+        "LAYERDIFFUSE_DTYPE": "float32",
+        "LAYERDIFFUSE_DECODER_PASSES": "4",
+        "LAYERDIFFUSE_MEMORY_MODE": "low",
+        "LAYERDIFFUSE_VAE_TILING": "1",
+        "LAYERDIFFUSE_CHANNELS_LAST": "true",
+        "LAYERDIFFUSE_WARMUP": "false",
+        "LAYERDIFFUSE_MAX_BATCH_SIZE": "2",
+        "LAYERDIFFUSE_WORKER_PORT": "0",
+    }
+    code, output = invoke("worker", env=env)
+    assert code == 0, output
+    [settings] = started
+    assert (settings.model, settings.device, settings.dtype, settings.decoder_passes) == ("tiny", "cpu", "float32", 4)
+    assert (settings.warmup, settings.max_batch_size, settings.worker_port) == (False, 2, 0)
+    assert RuntimeOptions.from_settings(settings) == RuntimeOptions(
+        memory_mode="low", vae_tiling=True, channels_last=True
+    )
+
+
+def test_flags_win_over_variables(started: list[Settings]) -> None:
+    env = {"LAYERDIFFUSE_MEMORY_MODE": "low", "LAYERDIFFUSE_COMPILE": "1", "LAYERDIFFUSE_PORT": "1234"}
+    code, output = invoke("serve", "--memory-mode", "fast", "--no-compile", "--port", "4321", env=env)
+    assert code == 0, output
+    [settings] = started
+    assert (settings.memory_mode, settings.compile, settings.port) == ("fast", False, 4321)
+    code, output = invoke("worker", "--port", "0", env=env)  # the worker's --port is its health port
+    assert code == 0, output
+    assert (started[1].worker_port, started[1].port) == (0, 1234)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_help_shows_every_setting_with_its_default_and_variable(role: str) -> None:
+    command = typer.main.get_command(app).commands[role]  # type: ignore[attr-defined]
+    options = [option for option in command.params if option.name != "help"]
+    for option in options:
+        field = Settings.model_fields[option.name]
+        assert f"env: {environment_variable(option.name)}" in option.help, (role, option.help)
+        if field.get_default(call_default_factory=True) not in (None, []):  # no default is said as none
+            assert "[default: " in option.help, (role, option.help)
+    code, output = invoke(role, "--help")
+    assert code == 0, output
+    assert "--data-dir" in output and "[default: ~/.local/share/layerdiffuse; env: LAYERDIFFUSE_DATA_DIR]" in output
+    assert output.count("env: LAYERDIFFUSE_") == len(options)
