@@ -46,11 +46,11 @@ from rich.table import Table  # noqa: E402
 
 from layerdiffuse_server import __version__  # noqa: E402
 from layerdiffuse_server.engine.acceleration import RuntimeOptions  # noqa: E402
-from layerdiffuse_server.engine.images import encode_png  # noqa: E402
 from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline  # noqa: E402
 from layerdiffuse_server.engine.presets import preset_sources, resolve_base  # noqa: E402
 from layerdiffuse_server.engine.schedulers import make_scheduler  # noqa: E402
 from layerdiffuse_server.engine.timing import StageTimer  # noqa: E402
+from layerdiffuse_server.images import encode_png  # noqa: E402
 from layerdiffuse_server.schemas import ForegroundToBlendedInput, GenerationParams, ImageToImageInput  # noqa: E402
 from layerdiffuse_server.settings import Settings  # noqa: E402
 

@@ -18,10 +18,10 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "TransparentSDXLPipeline": "layerdiffuse_server.engine.pipeline",
-    "GenerationResult": "layerdiffuse_server.engine.results",
+    "GenerationResult": "layerdiffuse_server.results",
     "TransparentDecoder": "layerdiffuse_server.engine.decoder",
     "TransparentDecoderNetwork": "layerdiffuse_server.engine.decoder_network",
-    "TransparentImage": "layerdiffuse_server.engine.images",
+    "TransparentImage": "layerdiffuse_server.images",
     "AttentionWeights": "layerdiffuse_server.engine.attention_weights",
     "attention_deltas": "layerdiffuse_server.engine.attention_weights",
     "merge_attention_weights": "layerdiffuse_server.engine.attention_weights",

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from ..images import TransparentImage
+from ..results import GenerationResult
 from ..schemas import ConditionedLayerInput
 from .decoder import to_model_space, to_vae_space
 from .diff_weights import DiffWeights, merge_diff_weights
 from .image_sizing import centre_crop, run_size
-from .images import TransparentImage
-from .results import GenerationResult
 from .schedulers import make_scheduler
 from .sources import resolve_file
 from .timing import StageTimer

@@ -21,6 +21,8 @@ import torch
 from ..command_name import command
 from ..endpoints import endpoint_for_input
 from ..errors import GenerationCancelled, InvalidInputError, MissingWeightsError
+from ..images import TransparentImage
+from ..results import GenerationResult
 from ..schemas import (
     ConditionedLayerInput,
     GenerationParams,
@@ -35,7 +37,6 @@ from .decoder import TransparentDecoder, to_model_space
 from .devices import resolve_device, resolve_dtype, use_threads, vae_dtype
 from .encoder import TransparentEncoder
 from .image_sizing import centre_crop, crop_and_resize, pad_to, run_size, size_from_image
-from .images import TransparentImage
 from .layer_weights import TEXT_TO_IMAGE, transparency_patch
 from .presets import (
     ModelSources,
@@ -44,7 +45,6 @@ from .presets import (
     resolve_safety_checker,
     resolve_single_file_config,
 )
-from .results import GenerationResult
 from .safety import SafetyChecker
 from .schedulers import make_scheduler
 from .sources import resolve_file

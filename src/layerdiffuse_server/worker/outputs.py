@@ -17,7 +17,7 @@ from ..schemas import Image, LayerDiffusionOutput
 from ..store.contracts import FileCatalog, FileRecord
 
 if TYPE_CHECKING:
-    from ..engine.images import TransparentImage
+    from ..images import TransparentImage
 
 #: An unpublished output this old belongs to a worker that died; retention deletes it.
 UNPUBLISHED_OUTPUT_SECONDS = 3600.0
