@@ -261,7 +261,7 @@ def generate(
         console.print(f"[yellow]warning:[/] {profile.ignored_words_line(ignored)}", highlight=False)
 
     loading = time.perf_counter()
-    from .engine.pipeline import TransparentSDXLPipeline
+    from .engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
     from .engine.quiet import quiet_libraries
 
     quiet_libraries()
@@ -346,7 +346,7 @@ def train_demo(
     """Train the demo model from scratch on a CPU (about 45 minutes on 2 cores): data set, VAE,
     transparent encoder and decoder, base UNet, transparency LoRA. Writes them in the official
     formats, scores them on the evaluation prompts and records how they were made (MANIFEST.json)."""
-    from .engine.demo_training import Recipe, write_demo
+    from .engine.making.demo_training import Recipe, write_demo
 
     _configure_logging(False)
     with training_reporter() as progress:

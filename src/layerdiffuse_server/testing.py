@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine.image_sizing import size_from_image
+from .engine.pipelines.image_sizing import size_from_image
 from .errors import GenerationCancelled
 from .images import TransparentImage
 from .results import GenerationResult

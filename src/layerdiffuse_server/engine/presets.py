@@ -19,8 +19,8 @@ import torch
 
 from ..command_name import command
 from .catalog import PRESETS
-from .random_weights import SDXL_SPEC, TINY_SPEC, ArchitectureSpec, write_random_preset
-from .sources import parse_reference, resolve_file, resolve_folder
+from .making.random_weights import SDXL_SPEC, TINY_SPEC, ArchitectureSpec, write_random_preset
+from .weights.sources import parse_reference, resolve_file, resolve_folder
 
 logger = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ class EngineOptions:
             from ..engine.quiet import quiet_libraries
 
             quiet_libraries()
-            from ..engine.acceleration import RuntimeOptions, warm_up
-            from ..engine.pipeline import TransparentSDXLPipeline
+            from ..engine.pipelines.acceleration import RuntimeOptions, warm_up
+            from ..engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 
             runtime = RuntimeOptions(
                 memory_mode=self.memory_mode,  # type: ignore[arg-type]

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from ..schemas import GenerationParams
+from ...schemas import GenerationParams
 
 if TYPE_CHECKING:
-    from .pipeline import TransparentSDXLPipeline
+    from .transparent_sdxl import TransparentSDXLPipeline
 
 logger = logging.getLogger(__name__)
 

@@ -19,20 +19,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
-from ..images import TransparentImage
-from ..results import GenerationResult
-from ..schemas import ConditionedLayerInput
-from .decoder import to_model_space, to_vae_space
-from .diff_weights import DiffWeights, merge_diff_weights
+from ...errors import InvalidInputError
+from ...images import TransparentImage
+from ...results import GenerationResult
+from ...schemas import ConditionedLayerInput
+from ..networks.decoder import to_model_space, to_vae_space
+from ..timing import StageTimer
+from ..weights.diff_weights import DiffWeights, merge_diff_weights
+from ..weights.sources import resolve_file
+from ..weights.unet_patches import BASE
 from .image_sizing import centre_crop, run_size
 from .schedulers import make_scheduler
-from .sources import resolve_file
-from .timing import StageTimer
-from .unet_patches import BASE
 
 if TYPE_CHECKING:
-    from .pipeline import TransparentSDXLPipeline
+    from .transparent_sdxl import TransparentSDXLPipeline
 
 #: Input fields in the order their latents are concatenated (Forge: ``cat([fg|bg, blend])``).
 CONDITIONS: dict[str, tuple[str, ...]] = {
@@ -145,7 +145,7 @@ def _denoise(
     on_step: Callable[[int, int], None] | None,
     should_cancel: Callable[[], bool] | None,
 ) -> torch.Tensor:
-    from .pipeline import step_callback  # the pipeline module imports this one when it needs it
+    from .transparent_sdxl import step_callback  # the pipeline module imports this one when it needs it
 
     total = params.num_inference_steps
     width, height = run_size(*params.size)

@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from ..command_name import command
-from ..endpoints import endpoint_for_input
-from ..errors import GenerationCancelled, InvalidInputError, MissingWeightsError
-from ..images import TransparentImage
-from ..results import GenerationResult
-from ..schemas import (
+from ...command_name import command
+from ...endpoints import endpoint_for_input
+from ...errors import GenerationCancelled, InvalidInputError, MissingWeightsError
+from ...images import TransparentImage
+from ...results import GenerationResult
+from ...schemas import (
     ConditionedLayerInput,
     GenerationParams,
     ImageToImageInput,
@@ -31,25 +31,25 @@ from ..schemas import (
     batch_key,
     image_fields,
 )
-from ..settings import Settings
-from .acceleration import RuntimeOptions, apply_runtime_options
-from .decoder import TransparentDecoder, to_model_space
-from .devices import resolve_device, resolve_dtype, use_threads, vae_dtype
-from .encoder import TransparentEncoder
-from .image_sizing import centre_crop, crop_and_resize, pad_to, run_size, size_from_image
-from .layer_weights import TEXT_TO_IMAGE, transparency_patch
-from .presets import (
+from ...settings import Settings
+from ..devices import resolve_device, resolve_dtype, use_threads, vae_dtype
+from ..networks.decoder import TransparentDecoder, to_model_space
+from ..networks.encoder import TransparentEncoder
+from ..networks.safety import SafetyChecker
+from ..presets import (
     ModelSources,
     preset_sources,
     resolve_base,
     resolve_safety_checker,
     resolve_single_file_config,
 )
-from .safety import SafetyChecker
+from ..timing import StageTimer
+from ..weights.layer_weights import TEXT_TO_IMAGE, transparency_patch
+from ..weights.sources import resolve_file
+from ..weights.unet_patches import UNetPatches
+from .acceleration import RuntimeOptions, apply_runtime_options
+from .image_sizing import centre_crop, crop_and_resize, pad_to, run_size, size_from_image
 from .schedulers import make_scheduler
-from .sources import resolve_file
-from .timing import StageTimer
-from .unet_patches import UNetPatches
 
 logger = logging.getLogger(__name__)
 
