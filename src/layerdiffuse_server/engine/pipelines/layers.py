@@ -28,6 +28,7 @@ from ..timing import StageTimer
 from ..weights.diff_weights import DiffWeights, merge_diff_weights
 from ..weights.sources import resolve_file
 from ..weights.unet_patches import BASE
+from .callbacks import CancelCheck, StepCallback, step_callback
 from .image_sizing import centre_crop, run_size
 from .schedulers import make_scheduler
 
@@ -102,8 +103,8 @@ def generate_layer(
     task: str,
     images: dict[str, np.ndarray],
     *,
-    on_step: Callable[[int, int], None] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
+    on_step: StepCallback | None = None,
+    should_cancel: CancelCheck | None = None,
 ) -> GenerationResult:
     """One image of a conditioned-layer model (``images``: input field → RGBA array)."""
     params = pipeline.with_image_size(params, images).with_seed()  # type: ignore[assignment]
@@ -142,11 +143,9 @@ def _denoise(
     seed: int,
     condition: torch.Tensor,
     embeddings: dict[str, torch.Tensor],
-    on_step: Callable[[int, int], None] | None,
-    should_cancel: Callable[[], bool] | None,
+    on_step: StepCallback | None,
+    should_cancel: CancelCheck | None,
 ) -> torch.Tensor:
-    from .transparent_sdxl import step_callback  # the pipeline module imports this one when it needs it
-
     total = params.num_inference_steps
     width, height = run_size(*params.size)
     sdxl = pipeline.sdxl

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +48,11 @@ from ..weights.layer_weights import TEXT_TO_IMAGE, transparency_patch
 from ..weights.sources import resolve_file
 from ..weights.unet_patches import UNetPatches
 from .acceleration import RuntimeOptions, apply_runtime_options
+from .callbacks import CancelCheck, StepCallback, step_callback
 from .image_sizing import centre_crop, crop_and_resize, pad_to, run_size, size_from_image
 from .schedulers import make_scheduler
 
 logger = logging.getLogger(__name__)
-
-StepCallback = Callable[[int, int], None]
-CancelCheck = Callable[[], bool]
-
 
 def _detect_variant(folder: Path) -> str | None:
     """The weight variant (``fp16`` in the hub's SDXL) of a diffusers folder whose UNet has only variant files."""
@@ -481,15 +478,3 @@ class TransparentSDXLPipeline:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-
-def step_callback(total: int, on_step: StepCallback | None, should_cancel: CancelCheck | None) -> Any:
-    """diffusers' ``callback_on_step_end``: progress after every step, cancel between steps."""
-
-    def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        if on_step is not None:
-            on_step(step + 1, total)
-        if should_cancel is not None and should_cancel() and step + 1 < total:
-            raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
-        return tensors
-
-    return step_end
