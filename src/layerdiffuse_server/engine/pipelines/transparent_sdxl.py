@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from ...command_name import command
-from ...endpoints import endpoint_for_input
 from ...errors import GenerationCancelled, InvalidInputError, MissingWeightsError
 from ...images import TransparentImage
 from ...results import GenerationResult
@@ -388,7 +387,7 @@ class TransparentSDXLPipeline:
         """A request of an endpoint with image inputs (``images``: field name → RGBA ``uint8`` array)."""
         from .layers import generate_layer
 
-        task = endpoint_for_input(params).task
+        task = params.task
         if isinstance(params, ImageToImageInput):
             return self.image_to_image(params, images["image_url"], on_step=on_step, should_cancel=should_cancel)
         if isinstance(params, ConditionedLayerInput):
