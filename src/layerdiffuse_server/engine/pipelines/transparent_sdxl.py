@@ -93,7 +93,7 @@ class TransparentSDXLPipeline:
         self.sdxl = sdxl
         self.decoder = decoder
         self.encoder = encoder
-        #: The UNet's LayerDiffuse weights, switched per request (see unet_patches.py).
+        #: The UNet's LayerDiffuse weights, switched per request (see weights/unet_patches.py).
         self.patches = patches or UNetPatches(sdxl.unet)
         #: Conditioned-layer model files by task (``fg2ble`` …), loaded on first use.
         self.layer_files = layer_files or {}
@@ -125,7 +125,7 @@ class TransparentSDXLPipeline:
     ) -> TransparentSDXLPipeline:
         """Load a preset (``sdxl``, ``tiny``, ``sdxl-random``), optionally replacing some of its files.
 
-        ``settings.threads`` sets torch's CPU threads for the process (see :mod:`..cpu_threads`).
+        ``settings.threads`` sets torch's CPU threads for the process (see :mod:`...cpu_threads`).
         """
         settings = settings or Settings()
         use_threads(settings.threads)
