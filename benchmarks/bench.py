@@ -45,12 +45,12 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from layerdiffuse_server import __version__  # noqa: E402
-from layerdiffuse_server.engine.acceleration import RuntimeOptions  # noqa: E402
-from layerdiffuse_server.engine.images import encode_png  # noqa: E402
-from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline  # noqa: E402
+from layerdiffuse_server.engine.pipelines.acceleration import RuntimeOptions  # noqa: E402
+from layerdiffuse_server.engine.pipelines.schedulers import make_scheduler  # noqa: E402
+from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline  # noqa: E402
 from layerdiffuse_server.engine.presets import preset_sources, resolve_base  # noqa: E402
-from layerdiffuse_server.engine.schedulers import make_scheduler  # noqa: E402
 from layerdiffuse_server.engine.timing import StageTimer  # noqa: E402
+from layerdiffuse_server.images import encode_png  # noqa: E402
 from layerdiffuse_server.schemas import ForegroundToBlendedInput, GenerationParams, ImageToImageInput  # noqa: E402
 from layerdiffuse_server.settings import Settings  # noqa: E402
 
@@ -351,7 +351,7 @@ def image_rows(
     if "fg2ble" not in ours.layer_files:
         from safetensors.torch import save_file
 
-        from layerdiffuse_server.engine.random_weights import conditioned_diff_state_dict
+        from layerdiffuse_server.engine.making.random_weights import conditioned_diff_state_dict
 
         save_file(conditioned_diff_state_dict(ours.patches.unet, "fg2ble"), scratch / "layer_xl_fg2ble.safetensors")
         ours.layer_files["fg2ble"] = str(scratch / "layer_xl_fg2ble.safetensors")

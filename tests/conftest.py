@@ -58,7 +58,7 @@ def tiny_folder(settings: Settings) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(settings: Settings, tiny_folder: Path) -> Iterator[object]:
-    from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline
+    from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 
     yield TransparentSDXLPipeline.from_preset("tiny", settings=settings, device="cpu")
 

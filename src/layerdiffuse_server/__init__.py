@@ -17,14 +17,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "TransparentSDXLPipeline": "layerdiffuse_server.engine.pipeline",
-    "GenerationResult": "layerdiffuse_server.engine.results",
-    "TransparentDecoder": "layerdiffuse_server.engine.decoder",
-    "TransparentDecoderNetwork": "layerdiffuse_server.engine.decoder_network",
-    "TransparentImage": "layerdiffuse_server.engine.images",
-    "AttentionWeights": "layerdiffuse_server.engine.attention_weights",
-    "attention_deltas": "layerdiffuse_server.engine.attention_weights",
-    "merge_attention_weights": "layerdiffuse_server.engine.attention_weights",
+    "TransparentSDXLPipeline": "layerdiffuse_server.engine.pipelines.transparent_sdxl",
+    "GenerationResult": "layerdiffuse_server.results",
+    "TransparentDecoder": "layerdiffuse_server.engine.networks.decoder",
+    "TransparentDecoderNetwork": "layerdiffuse_server.engine.networks.decoder_network",
+    "TransparentImage": "layerdiffuse_server.images",
+    "AttentionWeights": "layerdiffuse_server.engine.weights.attention_weights",
+    "attention_deltas": "layerdiffuse_server.engine.weights.attention_weights",
+    "merge_attention_weights": "layerdiffuse_server.engine.weights.attention_weights",
     "ModelSources": "layerdiffuse_server.engine.presets",
     "GenerationParams": "layerdiffuse_server.schemas",
     "Settings": "layerdiffuse_server.settings",

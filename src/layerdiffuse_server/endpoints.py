@@ -8,7 +8,6 @@ request stores the endpoint it was sent to, so the worker runs the method that w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from .errors import NotFoundError
 from .schemas import (
@@ -18,23 +17,24 @@ from .schemas import (
     ForegroundToBlendedInput,
     ImageToImageInput,
     LayerDiffusionInput,
+    Task,
     image_fields,
 )
 
 APP_ID = "fal-ai/layer-diffusion"
 
-#: The engine methods. The conditioned ones are named after their official weight files
-#: (``layer_xl_fg2ble.safetensors`` …).
-Task = Literal["text-to-image", "image-to-image", "fg2ble", "bg2ble", "fgble2bg", "bgble2fg"]
-
 
 @dataclass(frozen=True)
 class Endpoint:
     path: str  # after the app id; "" for text to image
-    task: Task
     input_model: type[LayerDiffusionInput]
     title: str
     transparent: bool  # the result is a transparent layer (else an opaque image, alpha 255)
+
+    @property
+    def task(self) -> Task:
+        """What the engine runs for it: its input model's task."""
+        return self.input_model.task
 
     @property
     def image_fields(self) -> list[str]:
@@ -47,20 +47,18 @@ class Endpoint:
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("", "text-to-image", LayerDiffusionInput, "Text to transparent image", True),
-    Endpoint("image-to-image", "image-to-image", ImageToImageInput, "Transparent image to transparent image", True),
-    Endpoint("foreground-to-blended", "fg2ble", ForegroundToBlendedInput, "Foreground to blended image", False),
-    Endpoint("background-to-blended", "bg2ble", BackgroundToBlendedInput, "Background to blended image", False),
+    Endpoint("", LayerDiffusionInput, "Text to transparent image", True),
+    Endpoint("image-to-image", ImageToImageInput, "Transparent image to transparent image", True),
+    Endpoint("foreground-to-blended", ForegroundToBlendedInput, "Foreground to blended image", False),
+    Endpoint("background-to-blended", BackgroundToBlendedInput, "Background to blended image", False),
     Endpoint(
         "foreground-blended-to-background",
-        "fgble2bg",
         ForegroundBlendedToBackgroundInput,
         "Foreground and blended image to background",
         False,
     ),
     Endpoint(
         "background-blended-to-foreground",
-        "bgble2fg",
         BackgroundBlendedToForegroundInput,
         "Background and blended image to transparent foreground",
         True,
@@ -77,14 +75,6 @@ def endpoint_at(subpath: str) -> Endpoint:
         known = ", ".join(f"{APP_ID}/{e.path}" for e in ENDPOINTS if e.path)
         raise NotFoundError(f"No endpoint {APP_ID}/{subpath.strip('/')}; this app has {APP_ID} and {known}")
     return endpoint
-
-
-def endpoint_for_input(params: LayerDiffusionInput) -> Endpoint:
-    """The endpoint whose input model ``params`` is (text to image for its engine subclass)."""
-    for endpoint in reversed(ENDPOINTS):
-        if isinstance(params, endpoint.input_model):
-            return endpoint
-    raise TypeError(type(params).__name__)
 
 
 def endpoint_of(app_id: str) -> Endpoint:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -65,6 +65,12 @@ ImageUrl = Annotated[
 ]
 
 
+#: What the engine runs for an input: text or image to image, or one of the conditioned-layer models
+#: (named after their official weight files, ``layer_xl_fg2ble.safetensors`` …). Each input model
+#: carries its own, so the engine dispatches on the input it is handed.
+Task = Literal["text-to-image", "image-to-image", "fg2ble", "bg2ble", "fgble2bg", "bgble2fg"]
+
+
 def random_seed() -> int:
     """A fresh seed in the range every tool in this field accepts (32 bits)."""
     return secrets.randbits(32)
@@ -72,6 +78,8 @@ def random_seed() -> int:
 
 class LayerDiffusionInput(BaseModel):
     """The input of the ``fal-ai/layer-diffusion`` endpoint: one transparent image."""
+
+    task: ClassVar[Task] = "text-to-image"
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -128,6 +136,8 @@ def padded_side(side: int) -> int:
 class ImageToImageInput(LayerDiffusionInput):
     """The input of ``fal-ai/layer-diffusion/image-to-image``: a transparent image re-generated."""
 
+    task: ClassVar[Task] = "image-to-image"
+
     image_url: ImageUrl = Field(description="The RGBA image to start from (transparency is kept and re-generated).")
     strength: float = Field(
         default=0.7,
@@ -180,17 +190,23 @@ _BLENDED = Field(description="The blended image: foreground over background.")
 class ForegroundToBlendedInput(ConditionedLayerInput):
     """``…/foreground-to-blended``: a scene generated around a transparent foreground."""
 
+    task: ClassVar[Task] = "fg2ble"
+
     foreground_image_url: ImageUrl = _FOREGROUND
 
 
 class BackgroundToBlendedInput(ConditionedLayerInput):
     """``…/background-to-blended``: a subject generated into a background."""
 
+    task: ClassVar[Task] = "bg2ble"
+
     background_image_url: ImageUrl = _BACKGROUND
 
 
 class ForegroundBlendedToBackgroundInput(ConditionedLayerInput):
     """``…/foreground-blended-to-background``: the background behind a foreground, recovered from a blend."""
+
+    task: ClassVar[Task] = "fgble2bg"
 
     foreground_image_url: ImageUrl = _FOREGROUND
     blended_image_url: ImageUrl = _BLENDED
@@ -199,6 +215,8 @@ class ForegroundBlendedToBackgroundInput(ConditionedLayerInput):
 
 class BackgroundBlendedToForegroundInput(ConditionedLayerInput):
     """``…/background-blended-to-foreground``: the transparent foreground of a blend over a known background."""
+
+    task: ClassVar[Task] = "bgble2fg"
 
     background_image_url: ImageUrl = _BACKGROUND
     blended_image_url: ImageUrl = _BLENDED

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from .clock import SYSTEM_CLOCK, Clock
-from .engine.image_sizing import size_from_image
-from .engine.images import TransparentImage
-from .engine.results import GenerationResult
+from .engine.pipelines.image_sizing import size_from_image
 from .errors import GenerationCancelled
+from .images import TransparentImage
+from .results import GenerationResult
 from .schemas import GenerationParams, LayerDiffusionInput, image_fields
 
 

@@ -44,7 +44,7 @@ def test_the_official_client_gets_the_sprites_it_asked_for(demo_server: ServerPr
 def test_the_same_seed_gives_the_same_png_through_the_server_and_the_engine(
     demo_server: ServerProcess, demo_key: str, settings: Settings
 ) -> None:
-    from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline
+    from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 
     case = CASES[0]
     arguments = {"input": {"prompt": case.prompt, "seed": case.seed}}

@@ -16,7 +16,7 @@ from PIL import Image
 
 from layerdiffuse_server.api import Services, create_app
 from layerdiffuse_server.auth import issue_key
-from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline
+from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 from layerdiffuse_server.schemas import GenerationParams
 from layerdiffuse_server.server.bootstrap import build_services
 from layerdiffuse_server.settings import Settings

@@ -22,14 +22,14 @@ MANIFEST = json.loads((DEMO_FOLDER / "MANIFEST.json").read_text())
 
 @pytest.fixture(scope="module")
 def demo_pipeline(settings: Settings) -> Iterator[object]:
-    from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline
+    from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 
     yield TransparentSDXLPipeline.from_preset("demo", settings=settings, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def scores(demo_pipeline: object) -> Scores:
-    from layerdiffuse_server.engine.demo_training import evaluate
+    from layerdiffuse_server.engine.making.demo_training import evaluate
 
     scores, _ = evaluate(demo_pipeline)
     return scores

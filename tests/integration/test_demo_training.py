@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from layerdiffuse_server.engine import demo_training
-from layerdiffuse_server.engine.demo_training import CONTACT_SHEET, Recipe, write_demo
+from layerdiffuse_server.engine.making import demo_training
+from layerdiffuse_server.engine.making.demo_training import CONTACT_SHEET, Recipe, write_demo
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,8 @@ from PIL import Image
 from layerdiffuse_server.errors import InvalidInputError
 from layerdiffuse_server.files import LocalBlobStore, StoredFiles
 from layerdiffuse_server.files.image_inputs import ImageInputPolicy, read_image_input, store_image_inputs
+from layerdiffuse_server.outbound import parse_networks
 from layerdiffuse_server.store import Store, open_store
-from layerdiffuse_server.webhooks.targets import parse_networks
 
 BASE_URL = "https://api.example"
 LOOPBACK = ImageInputPolicy(allowed_networks=parse_networks(["127.0.0.1/32"]), max_bytes=200_000, timeout_seconds=2)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline
+from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 from layerdiffuse_server.errors import InvalidInputError, WeightFormatError
 from layerdiffuse_server.schemas import (
     BackgroundBlendedToForegroundInput,

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from layerdiffuse_server.engine.acceleration import RuntimeOptions, apply_runtime_options, warm_up
-from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline
-from layerdiffuse_server.engine.safety import SafetyChecker
+from layerdiffuse_server.engine.networks.safety import SafetyChecker
+from layerdiffuse_server.engine.pipelines.acceleration import RuntimeOptions, apply_runtime_options, warm_up
+from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 from layerdiffuse_server.errors import GenerationCancelled, InvalidInputError
 from layerdiffuse_server.schemas import GenerationParams
 from layerdiffuse_server.settings import Settings

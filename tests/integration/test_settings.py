@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from layerdiffuse_server.cli import app
 from layerdiffuse_server.cli.options import environment_variable
-from layerdiffuse_server.engine.acceleration import RuntimeOptions
+from layerdiffuse_server.engine.pipelines.acceleration import RuntimeOptions
 from layerdiffuse_server.server import api_node, embedded, engine_loader, worker_node
 from layerdiffuse_server.settings import Settings
 

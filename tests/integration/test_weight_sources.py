@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from layerdiffuse_server.engine.pipeline import TransparentSDXLPipeline
+from layerdiffuse_server.engine.making.random_weights import TINY_SPEC, write_random_preset
+from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 from layerdiffuse_server.engine.presets import LAYERDIFFUSE_REPO, SAFETY_CHECKER, SDXL_BASE
-from layerdiffuse_server.engine.random_weights import TINY_SPEC, write_random_preset
-from layerdiffuse_server.engine.sources import HubReference, parse_reference, resolve_file
+from layerdiffuse_server.engine.weights.sources import HubReference, parse_reference, resolve_file
 from layerdiffuse_server.errors import MissingWeightsError
 from layerdiffuse_server.settings import Settings
 

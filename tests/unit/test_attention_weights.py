@@ -10,18 +10,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from layerdiffuse_server.engine.attention_weights import (
+from layerdiffuse_server.engine.making.random_weights import (
+    SDXL_SPEC,
+    build_unet,
+    dense_offsets_state_dict,
+    forge_lora_state_dict,
+)
+from layerdiffuse_server.engine.weights.attention_weights import (
     AttentionWeights,
     attention_deltas,
     attention_projection_keys,
     merge_attention_weights,
     sgm_to_diffusers_key,
-)
-from layerdiffuse_server.engine.random_weights import (
-    SDXL_SPEC,
-    build_unet,
-    dense_offsets_state_dict,
-    forge_lora_state_dict,
 )
 from layerdiffuse_server.errors import WeightFormatError
 from tests.conftest import parse_shape, read_key_table

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from layerdiffuse_server.engine.decoder import AUGMENTATIONS, TransparentDecoder, to_rgba_uint8
-from layerdiffuse_server.engine.decoder_network import TransparentDecoderNetwork
+from layerdiffuse_server.engine.networks.decoder import AUGMENTATIONS, TransparentDecoder, to_rgba_uint8
+from layerdiffuse_server.engine.networks.decoder_network import TransparentDecoderNetwork
 from layerdiffuse_server.errors import InvalidInputError, WeightFormatError
 from tests.conftest import parse_shape, read_key_table
 
@@ -85,7 +85,7 @@ def test_passes_are_combined_by_the_lower_median(passes: int, expected: float) -
 
 
 def test_every_augmentation_is_undone() -> None:
-    from layerdiffuse_server.engine.decoder import augment, unaugment
+    from layerdiffuse_server.engine.networks.decoder import augment, unaugment
 
     image = torch.arange(2 * 3 * 64 * 128, dtype=torch.float32).reshape(2, 3, 64, 128)
     for flip, turns in AUGMENTATIONS[8]:

@@ -10,8 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from layerdiffuse_server.engine.diff_weights import DiffWeights, apply_diff, merge_diff_weights
-from layerdiffuse_server.engine.random_weights import (
+from layerdiffuse_server.engine.making.random_weights import (
     SDXL_SPEC,
     TINY_SPEC,
     build_unet,
@@ -19,7 +18,8 @@ from layerdiffuse_server.engine.random_weights import (
     conv_diff_state_dict,
     diff_file_shapes,
 )
-from layerdiffuse_server.engine.unet_keys import sgm_names
+from layerdiffuse_server.engine.weights.diff_weights import DiffWeights, apply_diff, merge_diff_weights
+from layerdiffuse_server.engine.weights.unet_keys import sgm_names
 from layerdiffuse_server.errors import WeightFormatError
 
 EXTRA_CHANNELS = {"fg2ble": 4, "bg2ble": 4, "fgble2bg": 8, "bgble2fg": 8}

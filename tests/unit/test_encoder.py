@@ -7,10 +7,10 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from layerdiffuse_server.engine.encoder import OFFSET_SCALE, TransparentEncoder, encoder_input, vae_input
-from layerdiffuse_server.engine.encoder_network import LatentTransparencyOffsetEncoder
-from layerdiffuse_server.engine.padding import pad_rgb
-from layerdiffuse_server.engine.random_weights import TINY_SPEC, encoder_state_dict
+from layerdiffuse_server.engine.making.random_weights import TINY_SPEC, encoder_state_dict
+from layerdiffuse_server.engine.networks.encoder import OFFSET_SCALE, TransparentEncoder, encoder_input, vae_input
+from layerdiffuse_server.engine.networks.encoder_network import LatentTransparencyOffsetEncoder
+from layerdiffuse_server.engine.networks.padding import pad_rgb
 
 
 @pytest.fixture(scope="module")

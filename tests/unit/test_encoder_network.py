@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerdiffuse_server.engine.encoder_network import LatentTransparencyOffsetEncoder
+from layerdiffuse_server.engine.networks.encoder_network import LatentTransparencyOffsetEncoder
 from layerdiffuse_server.errors import WeightFormatError
 from tests.conftest import parse_shape, read_key_table
 

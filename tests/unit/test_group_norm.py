@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerdiffuse_server.engine.decoder_network import TransparentDecoderNetwork
-from layerdiffuse_server.engine.group_norm import WideGroupNorm, group_norm_by_reductions, widen_group_norms
+from layerdiffuse_server.engine.networks.decoder_network import TransparentDecoderNetwork
+from layerdiffuse_server.engine.networks.group_norm import WideGroupNorm, group_norm_by_reductions, widen_group_norms
 
 
 def sample(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

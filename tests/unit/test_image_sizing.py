@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layerdiffuse_server.engine.image_sizing import centre_crop, crop_and_resize, pad_to, run_size, size_from_image
+from layerdiffuse_server.engine.pipelines.image_sizing import (
+    centre_crop,
+    crop_and_resize,
+    pad_to,
+    run_size,
+    size_from_image,
+)
 
 
 def test_the_model_runs_at_the_next_multiple_of_64() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layerdiffuse_server.engine.images import TransparentImage, checkerboard, checkerboard_preview, encode_png
+from layerdiffuse_server.images import TransparentImage, checkerboard, checkerboard_preview, encode_png
 from layerdiffuse_server.schemas import GenerationParams
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from layerdiffuse_server.engine.padding import pad_rgb
+from layerdiffuse_server.engine.networks.padding import pad_rgb
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "layerdiffuse"
 

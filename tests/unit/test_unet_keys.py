@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
-from layerdiffuse_server.engine.attention_weights import SGM_TO_DIFFUSERS_BLOCKS
-from layerdiffuse_server.engine.random_weights import SDXL_SPEC, SDXL_UNET_TOPOLOGY, TINY_SPEC, build_unet
-from layerdiffuse_server.engine.unet_keys import (
+from layerdiffuse_server.engine.making.random_weights import SDXL_SPEC, SDXL_UNET_TOPOLOGY, TINY_SPEC, build_unet
+from layerdiffuse_server.engine.weights.attention_weights import SGM_TO_DIFFUSERS_BLOCKS
+from layerdiffuse_server.engine.weights.unet_keys import (
     SDXL_LAYOUT,
     UnetLayout,
     diffusers_to_sgm_name,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from layerdiffuse_server.engine.unet_patches import BASE, UNetPatches
+from layerdiffuse_server.engine.weights.unet_patches import BASE, UNetPatches
 
 
 def model() -> nn.Module:

@@ -18,12 +18,12 @@ import httpx
 import pytest
 
 from layerdiffuse_server.errors import InvalidInputError
+from layerdiffuse_server.outbound import check_webhook_url, is_permitted, parse_networks
 from layerdiffuse_server.signing import SigningKeys, generate_key_file, load_private_key, verify_signature
 from layerdiffuse_server.store import NewRequest, Store, open_store
 from layerdiffuse_server.store.contracts import Completion
 from layerdiffuse_server.testing import FakeClock
 from layerdiffuse_server.webhooks.delivery import WebhookDeliverer
-from layerdiffuse_server.webhooks.targets import check_webhook_url, is_permitted, parse_networks
 
 LOOPBACK = parse_networks(["127.0.0.1/32"])
 

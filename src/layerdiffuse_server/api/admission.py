@@ -15,9 +15,9 @@ from starlette.datastructures import Headers
 from ..endpoints import ENDPOINTS, Endpoint
 from ..errors import InvalidInputError
 from ..lifecycle import Submission, outcomes
+from ..outbound import check_webhook_url
 from ..schemas import API_INPUT, image_fields
 from ..store.contracts import Completion, Priority, RequestRecord
-from ..webhooks.targets import check_webhook_url
 from .bodies import input_body_limit
 from .services import Services
 

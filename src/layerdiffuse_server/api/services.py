@@ -18,11 +18,11 @@ from ..files import BlobStore, StoredFiles
 from ..files.image_inputs import ImageInputPolicy, needs_fetching, store_image_inputs
 from ..lifecycle import Housekeeper, RequestEvents, RequestManager
 from ..observability import Metrics
+from ..outbound import IPNetwork
 from ..settings import Settings
 from ..signing import SigningKeys
 from ..store.contracts import ApiKey, Store, WorkerState
 from ..webhooks.delivery import WebhookDeliverer
-from ..webhooks.targets import IPNetwork
 from .admission_lanes import AdmissionLanes
 from .body_budget import BodyBudget
 from .draining import Draining

@@ -121,7 +121,7 @@ def train_demo(
     """Train the demo model from scratch on a CPU (about 45 minutes on 2 cores): data set, VAE,
     transparent encoder and decoder, base UNet, transparency LoRA. Writes them in the official
     formats, scores them on the evaluation prompts and records how they were made (MANIFEST.json)."""
-    from ..engine.demo_training import Recipe, write_demo
+    from ..engine.making.demo_training import Recipe, write_demo
 
     configure_console_logging(False)
     with training_reporter() as progress:

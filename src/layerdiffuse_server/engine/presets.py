@@ -1,7 +1,7 @@
 """Named model sets: ``sdxl`` (the real weights), ``demo`` (a small model made by ``train-demo``, shipped
 with the package), ``tiny`` and ``sdxl-random`` (random weights).
 
-A preset is only a set of weight references (see :mod:`.sources`). The random presets are written
+A preset is only a set of weight references (see :mod:`.weights.sources`). The random presets are written
 to disk on first use; every preset is in the official file formats and loads like real weights.
 """
 
@@ -19,8 +19,8 @@ import torch
 
 from ..command_name import command
 from .catalog import PRESETS
-from .random_weights import SDXL_SPEC, TINY_SPEC, ArchitectureSpec, write_random_preset
-from .sources import parse_reference, resolve_file, resolve_folder
+from .making.random_weights import SDXL_SPEC, TINY_SPEC, ArchitectureSpec, write_random_preset
+from .weights.sources import parse_reference, resolve_file, resolve_folder
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ DEMO_SIZE = 128
 
 
 def demo_sources(folder: Path = DEMO_FOLDER) -> ModelSources:
-    """The demo preset's files in ``folder``, laid out as :func:`.demo_training.train_demo` writes them."""
+    """The demo preset's files in ``folder``, laid out as :func:`.making.demo_training.train_demo` writes them."""
     return ModelSources(
         base=str(folder / "base"),
         base_variant="fp16",

@@ -14,7 +14,7 @@ A field may hold:
   rewritten to ``base_url``, not copied, if it is a PNG, JPEG or WebP (uploads may be any file;
   those three were decoded when they were uploaded);
 - a ``data:`` URI, decoded and checked like an upload;
-- any other http(s) URL, fetched under the webhook guard (:mod:`..webhooks.targets`: public
+- any other http(s) URL, fetched under the outbound-URL guard (:mod:`..outbound`: public
   addresses only unless the operator allows a network, connected to the checked address with the
   URL's Host header and TLS server name, no redirects, no credentials, no proxy from the
   environment), with the size limit enforced while streaming and one deadline for the whole
@@ -37,9 +37,7 @@ import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InvalidInputError
-from ..schemas import ACCEPTED_IMAGE_URLS, describe_refused_url
-from ..store.contracts import FileRecord
-from ..webhooks.targets import (
+from ..outbound import (
     MAX_URL_LENGTH,
     IPNetwork,
     TargetRefused,
@@ -47,6 +45,8 @@ from ..webhooks.targets import (
     parse_networks,
     resolve_webhook_target,
 )
+from ..schemas import ACCEPTED_IMAGE_URLS, describe_refused_url
+from ..store.contracts import FileRecord
 from .blobs import file_url
 from .content import (
     DEFAULT_MAX_PIXELS,

@@ -19,11 +19,11 @@ from ..errors import LayerDiffuseError
 from ..files import BlobStore, open_blob_store
 from ..lifecycle import Housekeeper, RequestEvents, RequestManager
 from ..observability import Metrics
+from ..outbound import parse_networks
 from ..settings import Settings
 from ..signing import SigningKeys
 from ..store import Store, open_store
 from ..webhooks.delivery import WebhookDeliverer
-from ..webhooks.targets import parse_networks
 
 if TYPE_CHECKING:
     from ..api.services import Services

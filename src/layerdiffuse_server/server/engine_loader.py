@@ -12,7 +12,7 @@ from ..cpu_threads import describe_threads
 from ..settings import Settings
 
 if TYPE_CHECKING:
-    from ..engine.pipeline import TransparentSDXLPipeline
+    from ..engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
     from ..worker import Engine
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def pipeline_from_settings(settings: Settings, **options: Any) -> TransparentSDX
     from ..engine.quiet import quiet_libraries
 
     quiet_libraries()
-    from ..engine.pipeline import TransparentSDXLPipeline
+    from ..engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 
     return TransparentSDXLPipeline.from_preset(
         settings.model,
@@ -41,7 +41,7 @@ def pipeline_from_settings(settings: Settings, **options: Any) -> TransparentSDX
 
 def load_engine(settings: Settings) -> Engine:
     """A worker's engine: the pipeline with the runtime settings, warmed up where that pays."""
-    from ..engine.acceleration import RuntimeOptions, warm_up
+    from ..engine.pipelines.acceleration import RuntimeOptions, warm_up
 
     pipeline = pipeline_from_settings(settings, runtime=RuntimeOptions.from_settings(settings))
     logger.info("model %s on %s: %s", settings.model, pipeline.device, describe_threads(pipeline.threads))

@@ -1,2 +1,2 @@
 """Webhooks as fal sends them: the payload envelope, ed25519 signatures with a published JWKS,
-retried delivery from a persisted outbox, and a guard against targets on private networks."""
+retried delivery from a persisted outbox (targets are checked and pinned by :mod:`..outbound`)."""

@@ -23,9 +23,9 @@ import httpx
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import InvalidInputError
+from ..outbound import IPNetwork, resolve_webhook_target
 from ..signing import SigningKeys
 from ..store.contracts import RequestRecord, Store, WebhookDelivery
-from .targets import IPNetwork, resolve_webhook_target
 
 logger = logging.getLogger(__name__)
 

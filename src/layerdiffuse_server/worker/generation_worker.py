@@ -53,7 +53,7 @@ from ..store.contracts import (
 from .outputs import StoredOutput, build_output, discard, store_image
 
 if TYPE_CHECKING:
-    from ..engine.results import GenerationResult
+    from ..results import GenerationResult
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from ..files import StoredFiles, file_url
 from ..schemas import Image, LayerDiffusionOutput
 
 if TYPE_CHECKING:
-    from ..engine.images import TransparentImage
+    from ..images import TransparentImage
 
 
 @dataclass(frozen=True)

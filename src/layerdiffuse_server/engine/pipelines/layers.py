@@ -14,35 +14,34 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
-from ..schemas import ConditionedLayerInput
-from .decoder import to_model_space, to_vae_space
-from .diff_weights import DiffWeights, merge_diff_weights
+from ...errors import InvalidInputError
+from ...images import TransparentImage
+from ...results import GenerationResult
+from ...schemas import ConditionedLayerInput, Task
+from ..networks.decoder import to_model_space, to_vae_space
+from ..timing import StageTimer
+from ..weights.diff_weights import DiffWeights, merge_diff_weights
+from ..weights.sources import resolve_file
+from ..weights.unet_patches import BASE
+from .callbacks import CancelCheck, StepCallback, step_callback
 from .image_sizing import centre_crop, run_size
-from .images import TransparentImage
-from .results import GenerationResult
+from .loaded import LoadedPipeline
 from .schedulers import make_scheduler
-from .sources import resolve_file
-from .timing import StageTimer
-from .unet_patches import BASE
-
-if TYPE_CHECKING:
-    from .pipeline import TransparentSDXLPipeline
 
 #: Input fields in the order their latents are concatenated (Forge: ``cat([fg|bg, blend])``).
-CONDITIONS: dict[str, tuple[str, ...]] = {
+CONDITIONS: dict[Task, tuple[str, ...]] = {
     "fg2ble": ("foreground_image_url",),
     "bg2ble": ("background_image_url",),
     "fgble2bg": ("foreground_image_url", "blended_image_url"),
     "bgble2fg": ("background_image_url", "blended_image_url"),
 }
 #: Tasks whose result is a transparent layer.
-TRANSPARENT = {"bgble2fg"}
+TRANSPARENT: set[Task] = {"bgble2fg"}
 
 
 def grey_composite(rgba: np.ndarray) -> torch.Tensor:
@@ -53,7 +52,7 @@ def grey_composite(rgba: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def condition_latents(pipeline: TransparentSDXLPipeline, images: Sequence[np.ndarray]) -> torch.Tensor:
+def condition_latents(pipeline: LoadedPipeline, images: Sequence[np.ndarray]) -> torch.Tensor:
     """The model-space latents of the fitted condition images, concatenated along channels."""
     vae = pipeline.sdxl.vae
     latents = []
@@ -80,7 +79,7 @@ def concatenated(conv_in: torch.nn.Module, condition: torch.Tensor) -> Iterator[
         handle.remove()
 
 
-def ensure_layer_model(pipeline: TransparentSDXLPipeline, task: str) -> None:
+def ensure_layer_model(pipeline: LoadedPipeline, task: Task) -> None:
     """Load a conditioned model's file on its first use and register it as a UNet patch."""
     if pipeline.patches.has(task):
         return
@@ -97,15 +96,15 @@ def ensure_layer_model(pipeline: TransparentSDXLPipeline, task: str) -> None:
 
 
 def generate_layer(
-    pipeline: TransparentSDXLPipeline,
+    pipeline: LoadedPipeline,
     params: ConditionedLayerInput,
-    task: str,
     images: dict[str, np.ndarray],
     *,
-    on_step: Callable[[int, int], None] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
+    on_step: StepCallback | None = None,
+    should_cancel: CancelCheck | None = None,
 ) -> GenerationResult:
-    """One image of a conditioned-layer model (``images``: input field → RGBA array)."""
+    """One image of the conditioned-layer model of ``params.task`` (``images``: input field → RGBA array)."""
+    task = params.task
     params = pipeline.with_image_size(params, images).with_seed()  # type: ignore[assignment]
     seed = int(params.seed)  # type: ignore[arg-type]
     timings: dict[str, float] = {}
@@ -136,17 +135,15 @@ def generate_layer(
 
 
 def _denoise(
-    pipeline: TransparentSDXLPipeline,
+    pipeline: LoadedPipeline,
     params: ConditionedLayerInput,
-    task: str,
+    task: Task,
     seed: int,
     condition: torch.Tensor,
     embeddings: dict[str, torch.Tensor],
-    on_step: Callable[[int, int], None] | None,
-    should_cancel: Callable[[], bool] | None,
+    on_step: StepCallback | None,
+    should_cancel: CancelCheck | None,
 ) -> torch.Tensor:
-    from .pipeline import step_callback  # the pipeline module imports this one when it needs it
-
     total = params.num_inference_steps
     width, height = run_size(*params.size)
     sdxl = pipeline.sdxl
@@ -183,7 +180,7 @@ def _denoise(
 
 
 @torch.no_grad()
-def opaque_decode(pipeline: TransparentSDXLPipeline, latents: torch.Tensor) -> list[np.ndarray]:
+def opaque_decode(pipeline: LoadedPipeline, latents: torch.Tensor) -> list[np.ndarray]:
     """Model-space latents → opaque RGBA ``uint8`` images (alpha 255) with the SDXL VAE alone."""
     vae = pipeline.sdxl.vae
     images = []

@@ -16,7 +16,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
 from torch import nn
 
-from ..errors import WeightFormatError
+from ...errors import WeightFormatError
 from .group_norm import widen_group_norms
 
 #: The latent (H/8) is added to the input of this down block, the first one at 1/8 resolution.

@@ -4,7 +4,8 @@ Stages, in call order: load (base SDXL, LayerDiffuse weights merged into the UNe
 transparent decoder and encoder, safety checker), then per request: encode prompts, prepare
 per-image noise (or encode the input image), denoise with diffusers' SDXL pipelines (progress and
 cooperative cancel at every step), decode with the SDXL VAE and the transparent decoder, crop to
-the size asked for, safety check. The conditioned-layer methods are in :mod:`.layers`.
+the size asked for, safety check. Image to image is in :mod:`.image_to_image`, the
+conditioned layers in :mod:`.layers`.
 """
 
 from __future__ import annotations
@@ -18,43 +19,47 @@ from typing import Any
 
 import torch
 
-from ..command_name import command
-from ..endpoints import endpoint_for_input
-from ..errors import GenerationCancelled, InvalidInputError, MissingWeightsError
-from ..schemas import (
-    ConditionedLayerInput,
+from ...command_name import command
+from ...errors import GenerationCancelled, InvalidInputError, MissingWeightsError
+from ...images import TransparentImage
+from ...results import GenerationResult
+from ...schemas import (
     GenerationParams,
-    ImageToImageInput,
     LayerDiffusionInput,
+    Task,
     batch_key,
     image_fields,
 )
-from ..settings import Settings
-from .acceleration import RuntimeOptions, apply_runtime_options
-from .decoder import TransparentDecoder, to_model_space
-from .devices import resolve_device, resolve_dtype, use_threads, vae_dtype
-from .encoder import TransparentEncoder
-from .image_sizing import centre_crop, crop_and_resize, pad_to, run_size, size_from_image
-from .images import TransparentImage
-from .layer_weights import TEXT_TO_IMAGE, transparency_patch
-from .presets import (
+from ...settings import Settings
+from ..devices import resolve_device, resolve_dtype, use_threads, vae_dtype
+from ..networks.decoder import TransparentDecoder, to_model_space
+from ..networks.encoder import TransparentEncoder
+from ..networks.safety import SafetyChecker
+from ..presets import (
     ModelSources,
     preset_sources,
     resolve_base,
     resolve_safety_checker,
     resolve_single_file_config,
 )
-from .results import GenerationResult
-from .safety import SafetyChecker
+from ..timing import StageTimer
+from ..weights.layer_weights import TEXT_TO_IMAGE, transparency_patch
+from ..weights.sources import resolve_file
+from ..weights.unet_patches import UNetPatches
+from .acceleration import RuntimeOptions, apply_runtime_options
+from .callbacks import CancelCheck, StepCallback, step_callback
+from .image_sizing import centre_crop, crop_and_resize, pad_to, run_size, size_from_image
+from .image_to_image import generate_image_to_image
+from .layers import CONDITIONS, generate_layer
 from .schedulers import make_scheduler
-from .sources import resolve_file
-from .timing import StageTimer
-from .unet_patches import UNetPatches
 
 logger = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, int], None]
-CancelCheck = Callable[[], bool]
+#: The pipeline of each task with image inputs, all of one shape: (loaded models, input, images, hooks).
+IMAGE_PIPELINES: dict[Task, Callable[..., GenerationResult]] = {
+    "image-to-image": generate_image_to_image,
+    **{task: generate_layer for task in CONDITIONS},
+}
 
 
 def _detect_variant(folder: Path) -> str | None:
@@ -88,7 +93,7 @@ class TransparentSDXLPipeline:
         self.sdxl = sdxl
         self.decoder = decoder
         self.encoder = encoder
-        #: The UNet's LayerDiffuse weights, switched per request (see unet_patches.py).
+        #: The UNet's LayerDiffuse weights, switched per request (see weights/unet_patches.py).
         self.patches = patches or UNetPatches(sdxl.unet)
         #: Conditioned-layer model files by task (``fg2ble`` …), loaded on first use.
         self.layer_files = layer_files or {}
@@ -120,7 +125,7 @@ class TransparentSDXLPipeline:
     ) -> TransparentSDXLPipeline:
         """Load a preset (``sdxl``, ``tiny``, ``sdxl-random``), optionally replacing some of its files.
 
-        ``settings.threads`` sets torch's CPU threads for the process (see :mod:`..cpu_threads`).
+        ``settings.threads`` sets torch's CPU threads for the process (see :mod:`...cpu_threads`).
         """
         settings = settings or Settings()
         use_threads(settings.threads)
@@ -388,15 +393,12 @@ class TransparentSDXLPipeline:
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> GenerationResult:
-        """A request of an endpoint with image inputs (``images``: field name → RGBA ``uint8`` array)."""
-        from .layers import generate_layer
-
-        task = endpoint_for_input(params).task
-        if isinstance(params, ImageToImageInput):
-            return self.image_to_image(params, images["image_url"], on_step=on_step, should_cancel=should_cancel)
-        if isinstance(params, ConditionedLayerInput):
-            return generate_layer(self, params, task, images, on_step=on_step, should_cancel=should_cancel)
-        raise TypeError(f"{type(params).__name__} has no image inputs")
+        """A request of an endpoint with image inputs (``images``: field name → RGBA ``uint8`` array),
+        run by the pipeline of the task its input carries."""
+        run = IMAGE_PIPELINES.get(params.task)
+        if run is None:
+            raise TypeError(f"{type(params).__name__} has no image inputs")
+        return run(self, params, images, on_step=on_step, should_cancel=should_cancel)
 
     def with_image_size(self, params: LayerDiffusionInput, images: dict[str, Any]) -> LayerDiffusionInput:
         """``params`` with its size fixed by its first image input where it names none."""
@@ -420,58 +422,6 @@ class TransparentSDXLPipeline:
         unscaled = self.encoder.encode([image], self.sdxl.vae, device=self.device)
         return to_model_space(unscaled, self.sdxl.vae).to(self.device, self.dtype)
 
-    def image_to_image(
-        self,
-        params: ImageToImageInput,
-        image: Any,
-        *,
-        on_step: StepCallback | None = None,
-        should_cancel: CancelCheck | None = None,
-    ) -> GenerationResult:
-        """Re-generate a transparent image: its latent (with the transparency offset) is noised to
-        ``strength`` of the schedule and denoised with the transparent UNet, as the official CLI does."""
-        params = self.with_image_size(params, {"image_url": image}).with_seed()  # type: ignore[assignment]
-        steps = min(int(params.num_inference_steps * params.strength), params.num_inference_steps)
-        if steps < 1:
-            raise InvalidInputError(
-                f"strength {params.strength} of {params.num_inference_steps} steps runs no step; raise either",
-                field="strength",
-            )
-        timings: dict[str, float] = {}
-        timer = StageTimer(timings, self.device)
-        width, height = run_size(*params.size)
-        self.use_text_to_image_weights()
-        with timer("image_encoding"):
-            latent = self.encode_image(self.fit_image(image, params))
-        with timer("text_encoding"):
-            embeddings = self.encode_prompts([params.prompt], [params.negative_prompt], params.guidance_scale)
-        pipe = self.image_to_image_pipe
-        pipe.scheduler = make_scheduler(params.scheduler, self.sdxl.scheduler.config)
-        seed = int(params.seed)  # type: ignore[arg-type]
-        with timer("denoising"):
-            latents = pipe(
-                **embeddings,
-                image=latent,
-                strength=params.strength,
-                height=height,
-                width=width,
-                num_inference_steps=params.num_inference_steps,
-                guidance_scale=params.guidance_scale,
-                generator=[torch.Generator("cpu").manual_seed(seed)],
-                output_type="latent",
-                callback_on_step_end=step_callback(steps, on_step, should_cancel),
-            ).images
-        with timer("decoding"):
-            rgba = [centre_crop(x, *params.size) for x in self.decoder.decode(latents, self.sdxl.vae, timer)]
-        flags = self.safety_check(rgba, [params.enable_safety_checker], timer)
-        return GenerationResult(
-            [TransparentImage(rgba=rgba[0], seed=seed, nsfw=flags[0])],
-            seed,
-            params,
-            has_nsfw_concepts=flags if params.enable_safety_checker and self.safety_checker is not None else None,
-            timings=timings,
-        )
-
     @functools.cached_property
     def image_to_image_pipe(self) -> Any:
         """diffusers' SDXL image-to-image pipeline on the same models (nothing is copied)."""
@@ -480,16 +430,3 @@ class TransparentSDXLPipeline:
         pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(self.sdxl)
         pipe.set_progress_bar_config(disable=True)
         return pipe
-
-
-def step_callback(total: int, on_step: StepCallback | None, should_cancel: CancelCheck | None) -> Any:
-    """diffusers' ``callback_on_step_end``: progress after every step, cancel between steps."""
-
-    def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        if on_step is not None:
-            on_step(step + 1, total)
-        if should_cancel is not None and should_cancel() and step + 1 < total:
-            raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
-        return tensors
-
-    return step_end

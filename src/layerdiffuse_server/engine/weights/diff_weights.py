@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..errors import WeightFormatError
+from ...errors import WeightFormatError
 from .unet_keys import SDXL_LAYOUT, UnetLayout, sgm_to_diffusers_name
 
 DIFF_PREFIX = "diffusion_model."

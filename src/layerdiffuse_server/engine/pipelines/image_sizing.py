@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..schemas import padded_side
+from ...schemas import padded_side
 
 #: The sides a request may ask for (the schema's limits).
 MIN_SIDE, MAX_SIDE = 64, 2048

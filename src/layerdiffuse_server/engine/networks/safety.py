@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .images import composite
+from ...images import composite
 
 #: Grey the checker sees behind transparent pixels.
 CHECK_BACKGROUND = 0.5

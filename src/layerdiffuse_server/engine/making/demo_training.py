@@ -36,12 +36,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..demo.sprites import COLOURS, SHAPES, STYLES, render, sprite_for
-from .attention_weights import attention_projection_keys
-from .decoder_network import TransparentDecoderNetwork
-from .encoder_network import LatentTransparencyOffsetEncoder
-from .padding import pad_rgb
-from .presets import DEMO_SIZE
+from ...demo.sprites import COLOURS, SHAPES, STYLES, render, sprite_for
+from ..networks.decoder_network import TransparentDecoderNetwork
+from ..networks.encoder_network import LatentTransparencyOffsetEncoder
+from ..networks.padding import pad_rgb
+from ..presets import DEMO_SIZE
+from ..weights.attention_weights import attention_projection_keys
 from .random_weights import (
     DIFFUSERS_TO_SGM_BLOCKS,
     TINY_SPEC,
@@ -446,8 +446,8 @@ def train_demo(folder: Path, recipe: Recipe, progress: Progress) -> dict[str, fl
 
 def evaluate(pipeline: Any) -> tuple[Any, list[np.ndarray]]:
     """The evaluation prompts through ``pipeline`` at the endpoint's defaults; (scores, images)."""
-    from ..demo.quality import evaluation_set, score
-    from ..schemas import GenerationParams
+    from ...demo.quality import evaluation_set, score
+    from ...schemas import GenerationParams
 
     cases = evaluation_set()
     images = [pipeline.generate(GenerationParams(prompt=case.prompt, seed=case.seed)).images[0].rgba for case in cases]
@@ -480,8 +480,8 @@ def write_demo(folder: Path, recipe: Recipe, progress: Progress, command: str | 
     import diffusers
     from PIL import Image
 
-    from .pipeline import TransparentSDXLPipeline
-    from .presets import demo_sources
+    from ..pipelines.transparent_sdxl import TransparentSDXLPipeline
+    from ..presets import demo_sources
 
     folder.mkdir(parents=True, exist_ok=True)
     seconds = train_demo(folder, recipe, progress)

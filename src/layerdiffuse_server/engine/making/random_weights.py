@@ -21,11 +21,11 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import save_file
 
-from .attention_weights import SGM_TO_DIFFUSERS_BLOCKS, AttentionWeights, attention_projection_keys
-from .decoder_network import TransparentDecoderNetwork
-from .encoder_network import LatentTransparencyOffsetEncoder
+from ..networks.decoder_network import TransparentDecoderNetwork
+from ..networks.encoder_network import LatentTransparencyOffsetEncoder
+from ..weights.attention_weights import SGM_TO_DIFFUSERS_BLOCKS, AttentionWeights, attention_projection_keys
+from ..weights.unet_keys import sgm_names
 from .tokenizer_files import write_byte_level_clip_tokenizer
-from .unet_keys import sgm_names
 
 DIFFUSERS_TO_SGM_BLOCKS = {diffusers: sgm for sgm, diffusers in SGM_TO_DIFFUSERS_BLOCKS.items()}
 

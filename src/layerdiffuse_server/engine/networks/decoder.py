@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..errors import InvalidInputError, WeightFormatError
+from ...errors import InvalidInputError, WeightFormatError
+from ..timing import StageTimer
 from .decoder_network import TransparentDecoderNetwork
-from .timing import StageTimer
 
 #: (horizontal flip, quarter turns) for each test-time pass, in the reference's order.
 Augmentation = tuple[bool, int]

@@ -18,9 +18,9 @@ from pathlib import Path
 from huggingface_hub import constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
-from ..command_name import command
-from ..errors import MissingWeightsError
-from .catalog import looks_local
+from ...command_name import command
+from ...errors import MissingWeightsError
+from ..catalog import looks_local
 
 _TRUTHY = {"1", "true", "yes", "on"}
 _DOWNLOAD_ERRORS = (LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError, OSError, ValueError)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..errors import WeightFormatError
+from ...errors import WeightFormatError
 from .attention_weights import AttentionWeights, merge_attention_weights
 from .diff_weights import DIFF_SUFFIX, DiffWeights, merge_diff_weights
 

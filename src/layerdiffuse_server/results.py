@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..schemas import GenerationParams
 from .images import TransparentImage
+from .schemas import GenerationParams
 
 
 @dataclass

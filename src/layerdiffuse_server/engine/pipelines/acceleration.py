@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..engine_choices import MemoryMode
-from ..schemas import GenerationParams
-from ..settings import Settings
+from ...engine_choices import MemoryMode
+from ...schemas import GenerationParams
+from ...settings import Settings
 
 if TYPE_CHECKING:
-    from .pipeline import TransparentSDXLPipeline
+    from .loaded import LoadedPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class RuntimeOptions:
         return 1 if device.type == "cpu" else DECODER_BATCH[self.memory_mode]
 
 
-def apply_runtime_options(pipeline: TransparentSDXLPipeline, options: RuntimeOptions) -> None:
+def apply_runtime_options(pipeline: LoadedPipeline, options: RuntimeOptions) -> None:
     """Called once after loading; models that stay resident are already on the pipeline's device."""
     sdxl = pipeline.sdxl
     pipeline.decoder.max_batch = min(pipeline.decoder.max_batch, options.decoder_max_batch(pipeline.device))
@@ -84,7 +84,7 @@ def apply_runtime_options(pipeline: TransparentSDXLPipeline, options: RuntimeOpt
         pipeline.decoder.network = torch.compile(pipeline.decoder.network, fullgraph=False)  # type: ignore[assignment]
 
 
-def warm_up(pipeline: TransparentSDXLPipeline, width: int = 1024, height: int = 1024, steps: int = 2) -> float:
+def warm_up(pipeline: LoadedPipeline, width: int = 1024, height: int = 1024, steps: int = 2) -> float:
     """One short generation at the serving size: CUDA context, cuDNN algorithm choice, allocator
     pools and compiled graphs are paid for here rather than by the first request. Returns seconds."""
     started = time.perf_counter()

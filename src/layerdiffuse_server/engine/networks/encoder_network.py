@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..errors import WeightFormatError
+from ...errors import WeightFormatError
 
 #: (output channels, stride) of each convolution before the last; the official widths.
 LAYERS = ((32, 1), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1))

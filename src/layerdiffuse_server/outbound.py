@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from ..errors import InvalidInputError
+from .errors import InvalidInputError
 
 MAX_URL_LENGTH = 2048
 

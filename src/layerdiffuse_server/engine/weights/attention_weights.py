@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file
 
-from ..errors import WeightFormatError
+from ...errors import WeightFormatError
 
 #: SGM (original Stability) transformer-block paths → diffusers module prefixes, for SDXL's
 #: UNet (layers_per_block=2, attention on the two inner levels). Checked against diffusers' own

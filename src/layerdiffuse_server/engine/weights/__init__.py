@@ -1,0 +1,1 @@
+"""Weight files: where they come from, their formats and key maps, and merging them into the UNet."""
