@@ -283,7 +283,7 @@ def generate(
         if files:
             total = params.num_inference_steps
             if isinstance(params, ImageToImageInput):  # only the end of the schedule runs
-                total = max(1, min(int(total * params.strength), total))
+                total = params.denoising_steps
             with step_reporter(total) as on_step:
                 result = pipeline.generate_from_images(params, arrays, on_step=on_step)
         else:

@@ -125,6 +125,23 @@ def padded_side(side: int) -> int:
     return -(-side // 64) * 64
 
 
+def strength_steps(strength: float, num_inference_steps: int) -> int:
+    """How many denoising steps image to image runs: the last ``strength`` of the schedule, counted
+    as diffusers' image-to-image pipeline counts them. The one rule for the input's validation, the
+    engine and the CLI's progress bar.
+
+    Raises:
+        ValueError: when that is no step at all.
+    """
+    steps = min(int(num_inference_steps * strength), num_inference_steps)
+    if steps < 1:
+        raise ValueError(
+            f"strength {strength} of {num_inference_steps} steps runs no step; raise either "
+            "(strength × num_inference_steps must reach 1)"
+        )
+    return steps
+
+
 class ImageToImageInput(LayerDiffusionInput):
     """The input of ``fal-ai/layer-diffusion/image-to-image``: a transparent image re-generated."""
 
@@ -142,13 +159,14 @@ class ImageToImageInput(LayerDiffusionInput):
         default=None, description="Output height; absent: the input image's (it is cropped and resized to fit)."
     )
 
+    @property
+    def denoising_steps(self) -> int:
+        """The steps that run: the last ``strength`` of the schedule (see :func:`strength_steps`)."""
+        return strength_steps(self.strength, self.num_inference_steps)
+
     @model_validator(mode="after")
     def _runs_a_step(self) -> Self:
-        if int(self.num_inference_steps * self.strength) < 1:
-            raise ValueError(
-                f"strength {self.strength} of {self.num_inference_steps} steps runs no step; raise either "
-                "(strength × num_inference_steps must reach 1)"
-            )
+        strength_steps(self.strength, self.num_inference_steps)
         return self
 
 

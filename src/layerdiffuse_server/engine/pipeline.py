@@ -431,12 +431,10 @@ class TransparentSDXLPipeline:
         """Re-generate a transparent image: its latent (with the transparency offset) is noised to
         ``strength`` of the schedule and denoised with the transparent UNet, as the official CLI does."""
         params = self.with_image_size(params, {"image_url": image}).with_seed()  # type: ignore[assignment]
-        steps = min(int(params.num_inference_steps * params.strength), params.num_inference_steps)
-        if steps < 1:
-            raise InvalidInputError(
-                f"strength {params.strength} of {params.num_inference_steps} steps runs no step; raise either",
-                field="strength",
-            )
+        try:
+            steps = params.denoising_steps
+        except ValueError as error:  # params changed past validation (model_copy)
+            raise InvalidInputError(str(error), field="strength") from None
         timings: dict[str, float] = {}
         timer = StageTimer(timings, self.device)
         width, height = run_size(*params.size)
