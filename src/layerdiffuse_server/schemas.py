@@ -113,6 +113,13 @@ class LayerDiffusionInput(BaseModel):
         return self.model_copy(update={"width": self.width or native, "height": self.height or native})
 
     @property
+    def fixed_seed(self) -> int:
+        """The seed of an input whose seed is fixed (see :meth:`with_seed`)."""
+        if self.seed is None:
+            raise ValueError("the seed is not fixed yet: call with_seed() first")
+        return self.seed
+
+    @property
     def size(self) -> tuple[int, int]:
         """(width, height) of an input whose size is fixed (see :meth:`with_size`)."""
         if self.width is None or self.height is None:

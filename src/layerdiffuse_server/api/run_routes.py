@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
 from ..lifecycle import outcomes, wait_for_change
-from ..schemas import API_INPUT, LayerDiffusionOutput
+from ..schemas import LayerDiffusionOutput
 from ..store.contracts import RequestRecord, RequestState
 from .admission import admit_in_lane, endpoint_body_limit
 from .bodies import budgeted_json_object
@@ -29,10 +29,9 @@ router = APIRouter(prefix=f"/run/{APP_ID}", tags=["run"])
 
 
 async def _admit(request: Request, services: Services, key_id: str, endpoint: Endpoint) -> RequestRecord:
-    """The admitted request; its input as received (inline images and all) is let go of here, not
-    kept for the whole wait."""
+    """The admitted request (invalid input raises its 422 now, and nothing is stored); its input as
+    received (inline images and all) is let go of here, not kept for the whole wait."""
     async with budgeted_json_object(request, endpoint_body_limit(services, endpoint), services.body_budget()) as raw:
-        endpoint.input_model.model_validate(raw, context=API_INPUT)  # invalid input: 422 now, nothing stored
         return await admit_in_lane(services, key_id, raw, request.headers, endpoint=endpoint, mode="sync")
 
 

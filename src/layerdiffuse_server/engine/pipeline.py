@@ -266,7 +266,7 @@ class TransparentSDXLPipeline:
         if len(keys) > 1:
             raise ValueError(f"requests in one batch must share size, steps, sampler and guidance; got {keys}")
         first = requests[0]
-        seeds = [params.seed + i for params in requests for i in range(params.num_images)]  # type: ignore[operator]
+        seeds = [params.fixed_seed + i for params in requests for i in range(params.num_images)]
         prompts = [params.prompt for params in requests for _ in range(params.num_images)]
         negatives = [params.negative_prompt for params in requests for _ in range(params.num_images)]
         timings: dict[str, float] = {}
@@ -293,7 +293,7 @@ class TransparentSDXLPipeline:
             results.append(
                 GenerationResult(
                     images,
-                    params.seed,  # type: ignore[arg-type]
+                    params.fixed_seed,
                     params,
                     has_nsfw_concepts=[flags[i] for i in span] if was_checked else None,
                     timings=dict(timings),
@@ -445,7 +445,7 @@ class TransparentSDXLPipeline:
             embeddings = self.encode_prompts([params.prompt], [params.negative_prompt], params.guidance_scale)
         pipe = self.image_to_image_pipe
         pipe.scheduler = make_scheduler(params.scheduler, self.sdxl.scheduler.config)
-        seed = int(params.seed)  # type: ignore[arg-type]
+        seed = params.fixed_seed
         with timer("denoising"):
             latents = pipe(
                 **embeddings,
