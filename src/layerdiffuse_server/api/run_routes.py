@@ -20,7 +20,7 @@ from ..schemas import LayerDiffusionOutput
 from ..store.contracts import RequestRecord, RequestState
 from .admission import admit_in_lane, endpoint_body_limit
 from .bodies import budgeted_json_object
-from .errors import fal_error
+from .errors import ending_response
 from .payloads import error_responses
 from .queue_routes import SUBMIT_DOC, input_doc, result_response
 from .services import KeyDep, Services, ServicesDep
@@ -39,9 +39,9 @@ async def _run(request: Request, services: Services, key_id: str, endpoint: Endp
     record = await _admit(request, services, key_id, endpoint)
     final = await wait_for_result(services, record, request)
     if final is None:
-        return fal_error(499, "The client disconnected; the request was cancelled", "client_disconnected")
+        return ending_response(outcomes.client_disconnected())
     if final.state is not RequestState.COMPLETED:
-        return fal_error(503, "The server is shutting down; the request was cancelled", "runner_disconnected")
+        return ending_response(outcomes.server_stopping())
     return result_response(final)
 
 
