@@ -8,13 +8,16 @@ request stores the endpoint it was sent to, so the worker runs the method that w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from .errors import NotFoundError
 from .schemas import (
+    API_INPUT,
     BackgroundBlendedToForegroundInput,
     BackgroundToBlendedInput,
     ForegroundBlendedToBackgroundInput,
     ForegroundToBlendedInput,
+    GenerationParams,
     ImageToImageInput,
     LayerDiffusionInput,
     Task,
@@ -44,6 +47,19 @@ class Endpoint:
     @property
     def app_id(self) -> str:
         return f"{APP_ID}/{self.path}" if self.path else APP_ID
+
+    def admitted_params(self, raw_input: Any, *, from_api: bool = True) -> LayerDiffusionInput:
+        """A request's input as the API admits it, checked once: validated as API input, its seed
+        drawn now when absent, so every run of the request (a retry after a lost worker too) is
+        the same image. Its size is fixed where the request runs (:func:`run_params`): by the
+        worker's model, or by its input image.
+
+        ``from_api``: apply the API's checks too (image fields hold URLs, see :data:`.schemas.API_INPUT`).
+
+        Raises:
+            pydantic.ValidationError: the input is not valid for this endpoint.
+        """
+        return self.input_model.model_validate(raw_input, context=API_INPUT if from_api else None).with_seed()
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -80,3 +96,25 @@ def endpoint_at(subpath: str) -> Endpoint:
 def endpoint_of(app_id: str) -> Endpoint:
     """The endpoint a stored request was sent to (requests of older releases: text to image)."""
     return _BY_APP_ID.get(app_id, ENDPOINTS[0])
+
+
+def stored_input(params: LayerDiffusionInput) -> dict[str, Any]:
+    """What a request's row keeps of its admitted parameters: the fields the client set, plus the
+    seed drawn for it (rows of older releases hold the input as received, which reads back the same)."""
+    return params.model_dump(mode="json", exclude_unset=True)
+
+
+def run_params(app_id: str, stored: dict[str, Any], native_size: int) -> LayerDiffusionInput:
+    """A stored request's parameters as the engine runs them: :class:`GenerationParams` for text to
+    image, else the endpoint's input model; the seed fixed (drawn now for rows of older releases
+    that stored none) and, without image inputs, the size fixed to the model's ``native_size``
+    where it names none (with image inputs the engine fixes it from the first image).
+
+    Raises:
+        pydantic.ValidationError: the stored input is not valid (stored by an older release that checked less).
+    """
+    model = endpoint_of(app_id).input_model
+    params = model.model_validate(stored).with_seed()
+    if image_fields(params):
+        return params
+    return GenerationParams(**params.model_dump()).with_size(native_size)

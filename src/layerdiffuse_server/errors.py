@@ -2,13 +2,33 @@
 
     LayerDiffuseError                  base; carries an HTTP status, a fal error type, response headers
     ├── InvalidInputError              a request the engine cannot run as given (422)
+    │   └── TargetRefused              webhooks.targets: a URL the address guard will not connect to
+    ├── NotFoundError                  nothing at this address (404)
+    ├── AuthenticationError            auth: no API key, or one this server does not know (401)
+    ├── UploadUrlError                 api.storage_routes: an upload URL invalid, expired or used (403)
+    ├── BodyTooLargeError              api.bodies: a request body over the limit (413)
+    ├── UnsupportedContentError        files.content: a file's content type is not accepted (415)
     ├── QueueFullError                 the queue is at its limit (429, with Retry-After)
     ├── ServiceUnavailableError        nothing can run the request now (503)
+    │   └── BodyMemoryFullError        api.body_budget: as many bodies in memory as this server holds
     ├── StoreError                     the database cannot be used (503)
+    ├── StorageError                   files.blobs: the file store cannot be used (503)
     ├── WeightsError                   something wrong with model files (503)
     │   ├── MissingWeightsError        a file is neither on disk nor downloadable
     │   └── WeightFormatError          a file is there but its keys or shapes are wrong
-    └── GenerationCancelled            a run stopped between denoising steps on request (499)
+    ├── GenerationCancelled            a run stopped between denoising steps on request (499)
+    ├── ConfigurationError             server.bootstrap: settings that describe no service that can run
+    ├── ListenError                    server.listeners: a listener that cannot be bound
+    └── SigningKeyError                signing: the service's signing key cannot be used
+
+Classes defined in another module name it (they belong with the code that raises them). Outside
+the tree, on purpose:
+
+    worker.generation_worker._Interrupted    the worker stopping mid-batch: control flow that never
+                                             leaves the worker, so no handler of ours may catch it
+
+A test walks the package and fails on an exception class that this drawing does not show where it
+is (``tests/unit/test_error_tree.py``).
 
 The HTTP layer translates these in one place; the engine and the CLI raise them with messages
 written for the person who has to act on them.

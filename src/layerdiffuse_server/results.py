@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .schemas import LayerDiffusionInput
 from .images import TransparentImage
 from .schemas import GenerationParams
 
@@ -15,7 +16,7 @@ class GenerationResult:
 
     images: list[TransparentImage]
     seed: int
-    params: GenerationParams
+    params: LayerDiffusionInput  # GenerationParams for text to image, else the endpoint's input
     has_nsfw_concepts: list[bool] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     batch_size: int = 1  # requests denoised together with this one (timings are the batch's)

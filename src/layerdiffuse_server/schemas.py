@@ -121,6 +121,13 @@ class LayerDiffusionInput(BaseModel):
         return self.model_copy(update={"width": self.width or native, "height": self.height or native})
 
     @property
+    def fixed_seed(self) -> int:
+        """The seed of an input whose seed is fixed (see :meth:`with_seed`)."""
+        if self.seed is None:
+            raise ValueError("the seed is not fixed yet: call with_seed() first")
+        return self.seed
+
+    @property
     def size(self) -> tuple[int, int]:
         """(width, height) of an input whose size is fixed (see :meth:`with_size`)."""
         if self.width is None or self.height is None:
@@ -131,6 +138,23 @@ class LayerDiffusionInput(BaseModel):
 def padded_side(side: int) -> int:
     """The side an image is generated at: the next multiple of 64 (see :data:`ImageSide`)."""
     return -(-side // 64) * 64
+
+
+def strength_steps(strength: float, num_inference_steps: int) -> int:
+    """How many denoising steps image to image runs: the last ``strength`` of the schedule, counted
+    as diffusers' image-to-image pipeline counts them. The one rule for the input's validation, the
+    engine and the CLI's progress bar.
+
+    Raises:
+        ValueError: when that is no step at all.
+    """
+    steps = min(int(num_inference_steps * strength), num_inference_steps)
+    if steps < 1:
+        raise ValueError(
+            f"strength {strength} of {num_inference_steps} steps runs no step; raise either "
+            "(strength × num_inference_steps must reach 1)"
+        )
+    return steps
 
 
 class ImageToImageInput(LayerDiffusionInput):
@@ -152,13 +176,14 @@ class ImageToImageInput(LayerDiffusionInput):
         default=None, description="Output height; absent: the input image's (it is cropped and resized to fit)."
     )
 
+    @property
+    def denoising_steps(self) -> int:
+        """The steps that run: the last ``strength`` of the schedule (see :func:`strength_steps`)."""
+        return strength_steps(self.strength, self.num_inference_steps)
+
     @model_validator(mode="after")
     def _runs_a_step(self) -> Self:
-        if int(self.num_inference_steps * self.strength) < 1:
-            raise ValueError(
-                f"strength {self.strength} of {self.num_inference_steps} steps runs no step; raise either "
-                "(strength × num_inference_steps must reach 1)"
-            )
+        strength_steps(self.strength, self.num_inference_steps)
         return self
 
 

@@ -60,8 +60,8 @@ class FakeEngine:
                 on_step(step, total)
         return [
             GenerationResult(
-                images=[_disc(params, params.seed + index) for index in range(params.num_images)],  # type: ignore[operator]
-                seed=params.seed,  # type: ignore[arg-type]
+                images=[_disc(params, params.fixed_seed + index) for index in range(params.num_images)],
+                seed=params.fixed_seed,
                 params=params,
                 has_nsfw_concepts=[False] * params.num_images if params.enable_safety_checker else None,
                 timings={"denoising": 0.0, "decoding": 0.0},
@@ -85,11 +85,11 @@ class FakeEngine:
         self.generate_batch([steps], on_step=on_step, should_cancel=should_cancel)
         visible = first[..., 3] > 0
         colour = first[..., :3][visible].mean(axis=0) if visible.any() else np.zeros(3)
-        image = _disc(params, params.seed, colour=colour)  # type: ignore[arg-type]
+        image = _disc(params, params.fixed_seed, colour=colour)
         return GenerationResult(
             images=[image],
-            seed=params.seed,  # type: ignore[arg-type]
-            params=params,  # type: ignore[arg-type]
+            seed=params.fixed_seed,
+            params=params,
             has_nsfw_concepts=[False] if params.enable_safety_checker else None,
             timings={"denoising": 0.0, "decoding": 0.0},
         )

@@ -12,11 +12,11 @@ import anyio
 from pydantic import ValidationError
 from starlette.datastructures import Headers
 
-from ..endpoints import ENDPOINTS, Endpoint
+from ..endpoints import ENDPOINTS, Endpoint, stored_input
 from ..errors import InvalidInputError
 from ..lifecycle import Submission, outcomes
 from ..outbound import check_webhook_url
-from ..schemas import API_INPUT, image_fields
+from ..schemas import API_INPUT, LayerDiffusionInput, image_fields
 from ..store.contracts import Completion, Priority, RequestRecord
 from .bodies import input_body_limit
 from .services import Services
@@ -67,12 +67,28 @@ def storable(raw_input: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def checked_input(endpoint: Endpoint, raw_input: dict[str, Any], *, mode: str) -> LayerDiffusionInput | Completion:
+    """The request's parameters (see :meth:`Endpoint.admitted_params`), built once for its whole life;
+    invalid input is the 422 outcome a queued request completes with, while a sync run raises it.
+
+    Raises:
+        pydantic.ValidationError: invalid input of a sync run (answered 422 at once, nothing stored).
+    """
+    try:
+        return endpoint.admitted_params(raw_input)
+    except ValidationError as error:
+        if mode == "sync":
+            raise
+        return outcomes.invalid_input(error)
+
+
 def admit(
     services: Services,
     key_id: str,
     raw_input: dict[str, Any],
     headers: Headers,
     *,
+    checked: LayerDiffusionInput | Completion,
     endpoint: Endpoint = ENDPOINTS[0],
     webhook_url: str | None = None,
     mode: str = "queue",
@@ -81,35 +97,33 @@ def admit(
     """Store a new request (queued, or already completed when its input is invalid). Blocking:
     the webhook target is resolved, image inputs are fetched and stored, and the store written.
 
-    The header and webhook checks come first, so nothing is fetched for a request they refuse. An
-    image input that cannot be read is answered at once on a sync run and, on the queue, as the
-    request's result (like every input error there); copies stored for a request that is then
-    refused (a full queue, say) are deleted again.
+    ``checked`` is what :func:`checked_input` made of ``raw_input``. The header and webhook checks
+    come first, so nothing is fetched for a request they refuse. An image input that cannot be read
+    is answered at once on a sync run and, on the queue, as the request's result (like every input
+    error there); copies stored for a request that is then refused (a full queue, say) are deleted
+    again.
     """
     priority = parse_priority(headers)
     webhook = check_webhook_url(webhook_url, services.webhook_networks) if webhook_url is not None else None
     start_deadline = parse_start_deadline(headers, services.manager.clock.time())
     created: list[str] = []
-    rejection: Completion | None = None
-    stored = raw_input
-    try:
-        params = endpoint.input_model.model_validate(raw_input, context=API_INPUT)
-    except ValidationError as error:
-        rejection = outcomes.invalid_input(error)
-    else:
-        fields = image_fields(params)
-        if fields:
-            try:
-                stored = services.store_image_inputs(raw_input, fields, key_id=key_id, created=created, fetch=fetch)
-            except InvalidInputError as error:
-                services.discard_copies(created)
-                if mode == "sync":
-                    raise
-                rejection = outcomes.rejected_input(error)
+    params = checked if isinstance(checked, LayerDiffusionInput) else None
+    rejection = checked if isinstance(checked, Completion) else None
+    if params is not None and (fields := image_fields(params)):
+        try:
+            stored = services.store_image_inputs(raw_input, fields, key_id=key_id, created=created, fetch=fetch)
+        except InvalidInputError as error:
+            services.discard_copies(created)
+            if mode == "sync":
+                raise
+            params, rejection = None, outcomes.rejected_input(error)
+        else:
+            params = params.model_copy(update={name: stored[name] for name in fields if name in stored})
     submission = Submission(
         key_id=key_id,
         app_id=endpoint.app_id,
-        input=storable(raw_input) if rejection is not None else stored,
+        input=stored_input(params) if params is not None else storable(raw_input),
+        params=params,
         rejection=rejection,
         priority=priority,
         webhook_url=webhook,
@@ -135,11 +149,22 @@ async def admit_in_lane(
     mode: str = "queue",
 ) -> RequestRecord:
     """:func:`admit` off the event loop: requests with image inputs in their lane (inline images never
-    wait behind external fetches, see :mod:`.admission_lanes`), others in the common thread pool."""
+    wait behind external fetches, see :mod:`.admission_lanes`), others in the common thread pool.
+    The input is checked here, once, before it waits for a lane (a sync run's invalid input raises
+    its 422 at once)."""
+    checked = checked_input(endpoint, raw_input, mode=mode)
 
     def admitted(fetch: bool) -> RequestRecord:
         return admit(
-            services, key_id, raw_input, headers, endpoint=endpoint, webhook_url=webhook_url, mode=mode, fetch=fetch
+            services,
+            key_id,
+            raw_input,
+            headers,
+            checked=checked,
+            endpoint=endpoint,
+            webhook_url=webhook_url,
+            mode=mode,
+            fetch=fetch,
         )
 
     if not endpoint.image_fields:

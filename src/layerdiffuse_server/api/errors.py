@@ -18,6 +18,7 @@ from starlette.routing import Match
 
 from ..errors import InvalidInputError, LayerDiffuseError, validation_details
 from ..lifecycle.outcomes import error_body
+from ..store.contracts import Completion
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,19 @@ def fal_error(status_code: int, detail: Any, error_type: str | None = None, **he
     if error_type:
         headers = {"X-Fal-Error-Type": error_type, **headers}
     return JSONResponse(error_body(detail, error_type), status_code=status_code, headers=headers)
+
+
+def error_response(error: LayerDiffuseError) -> JSONResponse:
+    """An error of the tree as a route answers it without raising it: what the handler answers
+    when it is raised (a 404 of the queue or of a file, say)."""
+    return fal_error(error.status_code, error.public_message, error.error_type, **error.headers)
+
+
+def ending_response(completion: Completion) -> JSONResponse:
+    """A request's failed ending (see :mod:`..lifecycle.outcomes`) answered by the route that waited
+    for it, with the status and body its stored result has."""
+    headers = {"X-Fal-Error-Type": completion.error_type} if completion.error_type else {}
+    return JSONResponse(completion.response, status_code=completion.status_code, headers=headers)
 
 
 #: The methods a 405's ``Allow`` may name.
@@ -66,7 +80,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _ours(_request: Request, error: LayerDiffuseError) -> JSONResponse:
         if error.public_message != error.message:
             logger.warning("%s: %s", type(error).__name__, error.message)
-        return fal_error(error.status_code, error.public_message, error.error_type, **error.headers)
+        return error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:

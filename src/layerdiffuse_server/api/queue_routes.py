@@ -13,12 +13,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.convertors import PathConvertor, register_url_convertor
 
 from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
+from ..errors import NotFoundError
 from ..lifecycle import wait_for_change
 from ..schemas import LayerDiffusionOutput
 from ..store.contracts import ApiKey, CancelOutcome, RequestRecord, RequestState
 from .admission import admit_in_lane, endpoint_body_limit
 from .bodies import budgeted_json_object
-from .errors import fal_error
+from .errors import error_response, fal_error
 from .payloads import (
     CancelAnswer,
     QueueStatus,
@@ -63,7 +64,7 @@ async def visible_request(services: Services, key: ApiKey, request_id: str) -> R
 
 
 def not_found(request_id: str) -> JSONResponse:
-    return fal_error(404, f"Request {request_id} not found", "not_found")
+    return error_response(NotFoundError(f"Request {request_id} not found"))
 
 
 async def _submit(

@@ -16,11 +16,11 @@ from fastapi.responses import JSONResponse
 
 from ..endpoints import APP_ID, ENDPOINTS, Endpoint, endpoint_at
 from ..lifecycle import outcomes, wait_for_change
-from ..schemas import API_INPUT, LayerDiffusionOutput
+from ..schemas import LayerDiffusionOutput
 from ..store.contracts import RequestRecord, RequestState
 from .admission import admit_in_lane, endpoint_body_limit
 from .bodies import budgeted_json_object
-from .errors import fal_error
+from .errors import ending_response
 from .payloads import error_responses
 from .queue_routes import SUBMIT_DOC, input_doc, result_response
 from .services import KeyDep, Services, ServicesDep
@@ -29,10 +29,9 @@ router = APIRouter(prefix=f"/run/{APP_ID}", tags=["run"])
 
 
 async def _admit(request: Request, services: Services, key_id: str, endpoint: Endpoint) -> RequestRecord:
-    """The admitted request; its input as received (inline images and all) is let go of here, not
-    kept for the whole wait."""
+    """The admitted request (invalid input raises its 422 now, and nothing is stored); its input as
+    received (inline images and all) is let go of here, not kept for the whole wait."""
     async with budgeted_json_object(request, endpoint_body_limit(services, endpoint), services.body_budget()) as raw:
-        endpoint.input_model.model_validate(raw, context=API_INPUT)  # invalid input: 422 now, nothing stored
         return await admit_in_lane(services, key_id, raw, request.headers, endpoint=endpoint, mode="sync")
 
 
@@ -40,9 +39,9 @@ async def _run(request: Request, services: Services, key_id: str, endpoint: Endp
     record = await _admit(request, services, key_id, endpoint)
     final = await wait_for_result(services, record, request)
     if final is None:
-        return fal_error(499, "The client disconnected; the request was cancelled", "client_disconnected")
+        return ending_response(outcomes.client_disconnected())
     if final.state is not RequestState.COMPLETED:
-        return fal_error(503, "The server is shutting down; the request was cancelled", "runner_disconnected")
+        return ending_response(outcomes.server_stopping())
     return result_response(final)
 
 

@@ -34,9 +34,10 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response, Streamin
 from pydantic import BaseModel, Field
 
 from ..auth import AuthenticationError, authenticate
-from ..errors import LayerDiffuseError
+from ..errors import LayerDiffuseError, NotFoundError
 from ..files import check_content_type, check_upload, content_disposition, file_url, safe_file_name
 from .bodies import budgeted_body, read_json_object
+from .errors import error_response
 from .payloads import error_responses
 from .services import KeyDep, Services, ServicesDep
 
@@ -278,7 +279,7 @@ FILE_DOC: dict[int | str, dict[str, Any]] = {
 async def download(file_id: str, file_name: str, request: Request, services: ServicesDep) -> Response:
     record = await anyio.to_thread.run_sync(services.files.named, file_id, file_name)
     if record is None or not record.ready:
-        return JSONResponse({"detail": "File not found", "error_type": "not_found"}, status_code=404)
+        return error_response(NotFoundError("File not found"))
     headers = {**FILE_HEADERS, "Content-Disposition": content_disposition(record.content_type, record.file_name)}
     if services.settings.file_delivery == "redirect":
         url = await anyio.to_thread.run_sync(
@@ -288,7 +289,7 @@ async def download(file_id: str, file_name: str, request: Request, services: Ser
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": "private, max-age=60"})
     blob = await anyio.to_thread.run_sync(services.files.open, record)
     if blob is None:
-        return JSONResponse({"detail": "File not found", "error_type": "not_found"}, status_code=404)
+        return error_response(NotFoundError("File not found"))
     headers["Content-Length"] = str(blob.size)
     if request.method == "HEAD":
         close = getattr(blob.chunks, "close", None)

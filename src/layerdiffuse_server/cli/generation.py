@@ -138,7 +138,7 @@ def generate_and_write(
         logger.info("Model %r ready in %.1f s", settings.model, time.perf_counter() - loading)
         total = params.num_inference_steps
         if isinstance(params, ImageToImageInput):  # only the end of the schedule runs
-            total = max(1, min(int(total * params.strength), total))
+            total = params.denoising_steps
         with step_reporter(total) as on_step:
             if arrays:
                 result = pipeline.generate_from_images(params, arrays, on_step=on_step)  # type: ignore[arg-type]

@@ -24,9 +24,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..endpoints import endpoint_of
+from ..endpoints import endpoint_of, stored_input
 from ..errors import ServiceUnavailableError
-from ..schemas import batch_key
+from ..schemas import LayerDiffusionInput, batch_key
 from ..store.contracts import (
     ApiKey,
     CancelOutcome,
@@ -58,6 +58,9 @@ class Submission:
     webhook_url: str | None = None
     start_deadline: float | None = None
     rejection: Completion | None = None  # the input was refused by the API already (an unreadable image)
+    #: The parameters the API admitted ``input`` as (``input`` is their stored form); absent, ``input``
+    #: is validated here (callers that hold only a stored form, tests).
+    params: LayerDiffusionInput | None = None
 
 
 class RequestManager:
@@ -98,10 +101,13 @@ class RequestManager:
         )
         if submission.rejection is not None:
             return self._reject(request, now, submission.rejection)
-        try:
-            params = endpoint_of(submission.app_id).input_model.model_validate(submission.input)
-        except ValidationError as error:
-            return self._reject(request, now, outcomes.invalid_input(error))
+        params = submission.params
+        if params is None:
+            try:
+                params = endpoint_of(submission.app_id).admitted_params(submission.input, from_api=False)
+            except ValidationError as error:
+                return self._reject(request, now, outcomes.invalid_input(error))
+            request = replace(request, input=stored_input(params))
         self._refuse_when_no_worker_can_run(now)
         request = replace(request, batch_key=batch_key(params))
         return self.store.requests.create(request, now, max_queued=self.max_queue_length)

@@ -34,6 +34,11 @@ def client_disconnected() -> Completion:
     return _failure(499, "The client disconnected; the request was cancelled", "client_disconnected")
 
 
+def server_stopping() -> Completion:
+    """How a sync run still waiting when the server stops is answered (its request is cancelled)."""
+    return _failure(503, "The server is shutting down; the request was cancelled", "runner_disconnected")
+
+
 def timed_out() -> Completion:
     return _failure(504, "Request timed out before it started", "request_timeout", error="Request timed out")
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import ValidationError
 
 from ..clock import Clock
-from ..endpoints import endpoint_of
+from ..endpoints import endpoint_of, run_params
 from ..errors import GenerationCancelled, InvalidInputError, LayerDiffuseError
 from ..files import BlobStore, StoredFiles
 from ..files.image_inputs import read_image_input
@@ -440,15 +440,13 @@ class GenerationWorker:
             self._log(job, f"Request started{attempt} on worker {self.worker_id}.")
             try:
                 assert self.engine is not None
-                params = parse_params(lease)
+                params = run_params(lease.app_id, lease.input, self.engine.native_size)
                 fields = image_fields(params)
                 if fields:
                     job.images = {
                         name: read_image_input(getattr(params, name), files=self.files, field=name) for name in fields
                     }
-                    job.params = params
-                else:
-                    job.params = params.with_size(self.engine.native_size)
+                job.params = params
             except ValidationError as error:  # stored by an older release that checked less
                 self._answer(job, outcomes.invalid_input(error))
             except InvalidInputError as error:  # an input image that is gone (expired) or unreadable
@@ -530,7 +528,8 @@ class GenerationWorker:
                     engine.generate_from_images(batch[0], jobs[0].images, on_step=on_step, should_cancel=should_cancel)
                 ]
             else:
-                results = engine.generate_batch(batch, on_step=on_step, should_cancel=should_cancel)  # type: ignore[arg-type]
+                text_batch = [params for params in batch if isinstance(params, GenerationParams)]
+                results = engine.generate_batch(text_batch, on_step=on_step, should_cancel=should_cancel)
         except GenerationCancelled:
             if any(job.live for job in jobs):  # not everyone was cancelled: the worker is stopping
                 raise _Interrupted() from None
@@ -645,13 +644,3 @@ class GenerationWorker:
         if not held and job.live:
             job.answered = True  # the lease is gone: nothing we do for it counts any more
             logger.warning("lost the lease of %s; dropping it", job.id)
-
-
-def parse_params(record: RequestRecord) -> LayerDiffusionInput:
-    """The request's input as engine parameters, with its seed fixed (drawn now when absent):
-    :class:`GenerationParams` for text to image, else the endpoint's own input model."""
-    model = endpoint_of(record.app_id).input_model
-    request = model.model_validate(record.input)
-    if model is LayerDiffusionInput:
-        return GenerationParams(**request.model_dump()).with_seed()
-    return request.with_seed()

@@ -33,12 +33,10 @@ def generate_image_to_image(
     """One image re-generated from ``images["image_url"]`` (an RGBA ``uint8`` array)."""
     image = images["image_url"]
     params = pipeline.with_image_size(params, images).with_seed()  # type: ignore[assignment]
-    steps = min(int(params.num_inference_steps * params.strength), params.num_inference_steps)
-    if steps < 1:
-        raise InvalidInputError(
-            f"strength {params.strength} of {params.num_inference_steps} steps runs no step; raise either",
-            field="strength",
-        )
+    try:
+        steps = params.denoising_steps
+    except ValueError as error:  # params changed past validation (model_copy)
+        raise InvalidInputError(str(error), field="strength") from None
     timings: dict[str, float] = {}
     timer = StageTimer(timings, pipeline.device)
     width, height = run_size(*params.size)
@@ -49,7 +47,7 @@ def generate_image_to_image(
         embeddings = pipeline.encode_prompts([params.prompt], [params.negative_prompt], params.guidance_scale)
     pipe = pipeline.image_to_image_pipe
     pipe.scheduler = make_scheduler(params.scheduler, pipeline.sdxl.scheduler.config)
-    seed = int(params.seed)  # type: ignore[arg-type]
+    seed = params.fixed_seed
     with timer("denoising"):
         latents = pipe(
             **embeddings,

@@ -271,7 +271,7 @@ class TransparentSDXLPipeline:
         if len(keys) > 1:
             raise ValueError(f"requests in one batch must share size, steps, sampler and guidance; got {keys}")
         first = requests[0]
-        seeds = [params.seed + i for params in requests for i in range(params.num_images)]  # type: ignore[operator]
+        seeds = [params.fixed_seed + i for params in requests for i in range(params.num_images)]
         prompts = [params.prompt for params in requests for _ in range(params.num_images)]
         negatives = [params.negative_prompt for params in requests for _ in range(params.num_images)]
         timings: dict[str, float] = {}
@@ -298,7 +298,7 @@ class TransparentSDXLPipeline:
             results.append(
                 GenerationResult(
                     images,
-                    params.seed,  # type: ignore[arg-type]
+                    params.fixed_seed,
                     params,
                     has_nsfw_concepts=[flags[i] for i in span] if was_checked else None,
                     timings=dict(timings),
