@@ -1,12 +1,13 @@
 """The demo's data set and its judge: sprites are deterministic and soft-edged, and the judge
-recognises every ground-truth sprite (so a model that draws them is scored as right)."""
+recognises every ground-truth sprite (so a model that draws them is scored as right), finds their
+backgrounds clear and their bodies unmarked, and catches a haze or a mark added to them."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from layerdiffuse_server.demo.quality import evaluation_set, judge, score
+from layerdiffuse_server.demo.quality import CLEAR_BACKGROUND_HAZE, MARKED_BODY_PIXELS, evaluation_set, judge, score
 from layerdiffuse_server.demo.sprites import COLOURS, SHAPES, STYLES, render, sprite_for
 
 COMBINATIONS = len(SHAPES) * len(COLOURS) * len(STYLES)
@@ -43,6 +44,29 @@ def test_the_judge_recognises_every_ground_truth_sprite() -> None:
     judgements = [judge(render(sprite)) for sprite in sprites]
     assert [j.shape for j in judgements] == [s.shape for s in sprites]
     assert [j.colour for j in judgements] == [s.colour for s in sprites]
+    assert all(j.background_haze == 0 and j.background_alpha_p99 == 0 for j in judgements), "glows included"
+    assert all(j.mark_pixels == 0 for j in judgements)
+
+
+def test_the_judge_sees_a_faint_haze_over_the_background() -> None:
+    hazy = render(sprite_for(0))
+    hazy[..., 3] = np.maximum(hazy[..., 3], 4)  # alpha 4/255: invisible over white, there over black
+    judgement = judge(hazy)
+    assert judgement.background_haze == 1 > CLEAR_BACKGROUND_HAZE and judgement.background_alpha_p99 == 4
+    scores = score(evaluation_set()[:2], [render(sprite_for(0)), hazy])
+    assert scores.clear_background_images == 0.5 and scores.mean_background_haze == 0.5
+
+
+def test_the_judge_sees_a_mark_on_the_body() -> None:
+    sprite = render(sprite_for(0))  # a red circle, centred near the middle
+    opaque_cross = sprite.copy()
+    opaque_cross[..., 3] = np.where(sprite[..., 3] == 255, 220, sprite[..., 3])  # a glow-like body alpha …
+    opaque_cross[61:67, 61:67, 3] = 255  # … with a fully opaque dot at the centre
+    dark_dot = sprite.copy()
+    dark_dot[61:67, 61:67, :3] = (120, 20, 20)
+    assert judge(opaque_cross).mark_pixels >= MARKED_BODY_PIXELS
+    assert judge(dark_dot).mark_pixels >= MARKED_BODY_PIXELS
+    assert score(evaluation_set()[:2], [sprite, dark_dot]).marked_images == 0.5
 
 
 def test_the_judge_scores_wrong_and_empty_images_as_wrong() -> None:
