@@ -8,7 +8,7 @@ request stores the endpoint it was sent to, so the worker runs the method that w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from .errors import NotFoundError
 from .schemas import (

@@ -2,7 +2,7 @@
 
     LayerDiffuseError                  base; carries an HTTP status, a fal error type, response headers
     ├── InvalidInputError              a request the engine cannot run as given (422)
-    │   └── TargetRefused              webhooks.targets: a URL the address guard will not connect to
+    │   └── TargetRefused              outbound: a URL the address guard will not connect to
     ├── NotFoundError                  nothing at this address (404)
     ├── AuthenticationError            auth: no API key, or one this server does not know (401)
     ├── UploadUrlError                 api.storage_routes: an upload URL invalid, expired or used (403)
@@ -18,6 +18,7 @@
     │   └── WeightFormatError          a file is there but its keys or shapes are wrong
     ├── GenerationCancelled            a run stopped between denoising steps on request (499)
     ├── ConfigurationError             server.bootstrap: settings that describe no service that can run
+    │   └── InvalidSettings            cli.options: a setting's value that can never work (exit 2)
     ├── ListenError                    server.listeners: a listener that cannot be bound
     └── SigningKeyError                signing: the service's signing key cannot be used
 

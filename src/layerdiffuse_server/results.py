@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .schemas import LayerDiffusionInput
 from .images import TransparentImage
-from .schemas import GenerationParams
+from .schemas import LayerDiffusionInput
 
 
 @dataclass

@@ -16,7 +16,7 @@ from ..endpoints import ENDPOINTS, Endpoint, stored_input
 from ..errors import InvalidInputError
 from ..lifecycle import Submission, outcomes
 from ..outbound import check_webhook_url
-from ..schemas import API_INPUT, LayerDiffusionInput, image_fields
+from ..schemas import LayerDiffusionInput, image_fields
 from ..store.contracts import Completion, Priority, RequestRecord
 from .bodies import input_body_limit
 from .services import Services

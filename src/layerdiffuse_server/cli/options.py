@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import SettingsError
 
 from ..errors import plain_message
+from ..server.bootstrap import ConfigurationError
 from ..settings import Settings
 from .console import fail
 
@@ -33,7 +34,7 @@ ENV_PREFIX = str(Settings.model_config.get("env_prefix", ""))
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
-class InvalidSettings(ValueError):
+class InvalidSettings(ConfigurationError):
     """A setting's value can never work (the message names where each bad value came from)."""
 
 

@@ -106,7 +106,7 @@ def generate_layer(
     """One image of the conditioned-layer model of ``params.task`` (``images``: input field → RGBA array)."""
     task = params.task
     params = pipeline.with_image_size(params, images).with_seed()  # type: ignore[assignment]
-    seed = int(params.seed)  # type: ignore[arg-type]
+    seed = params.fixed_seed
     timings: dict[str, float] = {}
     timer = StageTimer(timings, pipeline.device)
     ensure_layer_model(pipeline, task)
