@@ -38,6 +38,7 @@ written for the person who has to act on them.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 
@@ -137,7 +138,7 @@ def plain_message(message: str) -> str:
     return message
 
 
-def validation_details(errors: list[dict[str, Any]], *, location: str | None = None) -> list[dict[str, Any]]:
+def validation_details(errors: Sequence[Mapping[str, Any]], *, location: str | None = None) -> list[dict[str, Any]]:
     """pydantic errors as fal's 422 ``detail`` list: ``loc/msg/type``, plus ``input`` when it is plain JSON.
 
     ``location`` (e.g. ``"body"``) is put in front of each ``loc`` for errors of a model validated by hand.

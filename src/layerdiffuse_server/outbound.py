@@ -125,7 +125,7 @@ def resolve_webhook_target(url: str, allowed_networks: Sequence[IPNetwork]) -> W
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as error:
         raise _refuse(f"cannot resolve {host!r} ({error})") from None
-    addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
+    addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos))
     permitted = [address for address in addresses if is_permitted(address, allowed_networks)]
     if not permitted:
         shown = ", ".join(str(address) for address in addresses)

@@ -207,7 +207,7 @@ class ConditionedLayerInput(LayerDiffusionInput):
 
 _FOREGROUND = Field(description="The transparent foreground layer (RGBA).")
 #: LayerDiffuse's authors recommend a non-DPM sampler (Euler a, UniPC) for the "… and blended to …" models.
-_BLENDING_SCHEDULER = Field(default="euler_ancestral", description="Sampler (Euler a by default, as recommended).")
+_BLENDING_SCHEDULER: Any = Field(default="euler_ancestral", description="Sampler (Euler a by default, as recommended).")
 _BACKGROUND = Field(description="The background image.")
 _BLENDED = Field(description="The blended image: foreground over background.")
 

@@ -64,7 +64,7 @@ def generation_input(
         if strength is not None:
             extra = {"strength": strength}
         params = endpoint.input_model(**common, **extra, **{name: str(path) for name, path in files.items()})
-        return params.with_seed()  # type: ignore[no-any-return]
+        return params.with_seed()
     except ValidationError as error:
         problems = [f"{FLAGS.get(str(e['loc'][0]), e['loc'][0])}: {plain_message(e['msg'])}" for e in error.errors()]
         raise fail("; ".join(problems), 2) from None
@@ -141,7 +141,7 @@ def generate_and_write(
             total = params.denoising_steps
         with step_reporter(total) as on_step:
             if arrays:
-                result = pipeline.generate_from_images(params, arrays, on_step=on_step)  # type: ignore[arg-type]
+                result = pipeline.generate_from_images(params, arrays, on_step=on_step)
             else:
                 result = pipeline.generate(params, on_step=on_step)
     except (LayerDiffuseError, ValueError, OSError) as error:

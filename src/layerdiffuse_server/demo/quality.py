@@ -50,7 +50,7 @@ def normalised_mask(alpha: np.ndarray) -> np.ndarray | None:
     centre_y, centre_x = (top + bottom) / 2 + side, (left + right) / 2 + side
     box = (centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2)
     canvas = np.pad(body, side).astype(np.uint8) * 255
-    image = Image.fromarray(canvas).resize((MASK_SIZE, MASK_SIZE), Image.BILINEAR, box=box)
+    image = Image.fromarray(canvas).resize((MASK_SIZE, MASK_SIZE), Image.Resampling.BILINEAR, box=box)
     return np.asarray(image) >= 128
 
 

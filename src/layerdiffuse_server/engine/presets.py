@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -61,7 +62,7 @@ class ModelSources:
 
     def with_overrides(self, **overrides: str | None) -> ModelSources:
         """Replace some references (``None`` values are ignored); a new base drops the variant guess."""
-        given = {key: value for key, value in overrides.items() if value is not None}
+        given: dict[str, Any] = {key: value for key, value in overrides.items() if value is not None}
         if "base" in given and "base_variant" not in given:
             given["base_variant"] = None
         return replace(self, **given)

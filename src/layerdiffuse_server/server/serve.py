@@ -16,6 +16,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -77,7 +78,7 @@ def serve_app(
     connections short). Once every listener is up, ``readiness`` is asked
     until it has something to say (the model loaded, or failed to), which is logged once."""
     # Logging is configured by the caller (text or JSON); uvicorn's access log is replaced by ours.
-    common = {
+    common: dict[str, Any] = {
         "log_level": log_level,
         "log_config": None,
         "access_log": False,
@@ -87,7 +88,7 @@ def serve_app(
     urls = [_url("http", http)]
     servers = [SignalFreeServer(uvicorn.Config(app, lifespan="on", **common))]
     if tls is not None and https is not None:
-        ssl = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+        ssl: dict[str, Any] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
         listeners.append(https)
         urls.append(_url("https", https))
         servers.append(SignalFreeServer(uvicorn.Config(app, lifespan="off", **common, **ssl)))

@@ -53,7 +53,7 @@ class SqlWebhookOutbox:
 
     def mark_failed_attempt(self, delivery_id: int, error: str, retry_at: float | None) -> None:
         """Record a failed attempt; ``retry_at`` None gives up for good."""
-        values = {"last_error": error[:2000]}
+        values: dict[str, object] = {"last_error": error[:2000]}
         values |= {"state": FAILED} if retry_at is None else {"next_attempt_at": retry_at}
         with self._engine.begin() as connection:
             connection.execute(

@@ -31,7 +31,7 @@ class SqlWorkerRegistry:
         with self._engine.connect() as connection:
             rows = connection.execute(select(workers).order_by(workers.c.started_at)).all()
         return [
-            WorkerStatus(**{**row._mapping, "state": WorkerState(row._mapping["state"])})  # type: ignore[arg-type]
+            WorkerStatus(**{**row._mapping, "state": WorkerState(row._mapping["state"])})
             for row in rows
         ]
 

@@ -352,7 +352,7 @@ def train_transparency_lora(
         out_features, in_features = shapes[key]
         adapters[key] = _LowRank(out_features, in_features, DEMO_SPEC.lora_rank, generator)
         parametrize.register_parametrization(module, "weight", adapters[key])
-    parameters = [parameter for adapter in adapters.values() for parameter in adapter.parameters()]
+    parameters: list[torch.Tensor] = [parameter for adapter in adapters.values() for parameter in adapter.parameters()]
     _train_denoiser(
         "lora", unet, parameters, latents, captions, encode, diffusion, recipe, recipe.lora_steps,
         recipe.seed + 5, progress,

@@ -213,7 +213,7 @@ def build_sdxl_pipeline(spec: ArchitectureSpec, folder: Path) -> Any:
     ids = write_byte_level_clip_tokenizer(folder / "tokenizer")
     write_byte_level_clip_tokenizer(folder / "tokenizer_2", pad_token="!")
     # The real text encoders have CLIP's 49,408-token embedding; the tiny ones only what the tokenizer spells.
-    text_ids = {
+    text_ids: dict[str, Any] = {
         "vocab_size": spec.text_vocab_size or ids["vocab_size"],
         "bos_token_id": ids["bos_token_id"],
         "eos_token_id": ids["eos_token_id"],
@@ -296,6 +296,7 @@ def encoder_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     network = LatentTransparencyOffsetEncoder()
     last = network.blocks[-1]
+    assert isinstance(last, torch.nn.Conv2d)
     torch.nn.init.normal_(last.weight, std=1e-5)
     return {key: value.to(torch.float16).contiguous() for key, value in network.state_dict().items()}
 

@@ -131,7 +131,7 @@ class TransparentDecoder:
         return next(self.network.parameters()).dtype
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> TransparentDecoder:
-        self.network.to(device=device, dtype=dtype)
+        self.network.to(device=device, dtype=dtype)  # type: ignore[call-arg]  # ModelMixin.to's stub
         return self
 
     @torch.no_grad()

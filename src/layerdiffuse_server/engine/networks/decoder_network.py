@@ -9,6 +9,7 @@ and predicts ``[alpha, R, G, B]``. Built from diffusers' U-Net blocks so that th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -23,7 +24,7 @@ from .group_norm import widen_group_norms
 LATENT_INJECTION_BLOCK = 3
 
 
-class TransparentDecoderNetwork(ModelMixin, ConfigMixin):
+class TransparentDecoderNetwork(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' own models do the same
     """U-Net mapping (RGB in [0,1], un-scaled SDXL latent) to (alpha, straight RGB), unbounded."""
 
     @register_to_config
@@ -44,7 +45,7 @@ class TransparentDecoderNetwork(ModelMixin, ConfigMixin):
         self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], kernel_size=3, padding=1)
         self.latent_conv_in = nn.Conv2d(latent_channels, block_out_channels[LATENT_INJECTION_BLOCK - 1], 1)
 
-        common = {
+        common: dict[str, Any] = {
             "temb_channels": None,
             "resnet_eps": norm_eps,
             "resnet_act_fn": "silu",
@@ -72,7 +73,7 @@ class TransparentDecoderNetwork(ModelMixin, ConfigMixin):
 
         self.mid_block = UNetMidBlock2D(
             in_channels=block_out_channels[-1],
-            temb_channels=None,
+            temb_channels=None,  # type: ignore[arg-type]  # no time embedding: diffusers accepts None
             resnet_eps=norm_eps,
             resnet_act_fn="silu",
             resnet_groups=norm_num_groups,
@@ -117,7 +118,7 @@ class TransparentDecoderNetwork(ModelMixin, ConfigMixin):
             skips += residuals
         sample = self.mid_block(sample, None)
         for block in self.up_blocks:
-            count = len(block.resnets)
+            count = len(block.resnets)  # type: ignore[arg-type]  # a ModuleList
             sample = block(sample, skips[-count:], None)
             skips = skips[:-count]
         return self.conv_out(self.conv_act(self.conv_norm_out(sample)))

@@ -29,7 +29,7 @@ class LatentTransparencyOffsetEncoder(nn.Module):
             previous = channels
         last = nn.Conv2d(previous, latent_channels, kernel_size=3, padding=1)
         nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        nn.init.zeros_(last.bias)  # type: ignore[arg-type]  # Conv2d(bias=True) always has one
         self.blocks = nn.Sequential(*layers, last)
 
     def forward(self, alpha_and_padded_rgb: torch.Tensor) -> torch.Tensor:

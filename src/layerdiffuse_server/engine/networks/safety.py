@@ -34,7 +34,7 @@ class SafetyChecker:
 
         model = StableDiffusionSafetyChecker.from_pretrained(folder, dtype=dtype)
         processor = CLIPImageProcessor.from_pretrained(folder)
-        return cls(model.to(device), processor)
+        return cls(model.to(device), processor)  # type: ignore[arg-type]  # transformers' to() stub
 
     @property
     def device(self) -> torch.device:
@@ -46,7 +46,7 @@ class SafetyChecker:
         if not images:
             return []
         shown = [(composite(rgba, CHECK_BACKGROUND) * 255.0).round().astype(np.uint8) for rgba in images]
-        pixel_values = self.processor(images=shown, return_tensors="pt").pixel_values
+        pixel_values = self.processor(images=shown, return_tensors="pt").pixel_values  # type: ignore[operator]
         dtype = next(self.model.parameters()).dtype
         _, flagged = self.model(
             clip_input=pixel_values.to(self.device, dtype), images=np.stack(shown).astype(np.float32) / 255.0

@@ -78,7 +78,7 @@ def apply_runtime_options(pipeline: LoadedPipeline, options: RuntimeOptions) -> 
         sdxl.vae.enable_tiling()
     if options.channels_last:
         for model in (sdxl.unet, sdxl.vae, pipeline.decoder.network):
-            model.to(memory_format=torch.channels_last)
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]  # ModelMixin.to's stub
     if options.compile:
         sdxl.unet = torch.compile(sdxl.unet, fullgraph=False)
         pipeline.decoder.network = torch.compile(pipeline.decoder.network, fullgraph=False)  # type: ignore[assignment]

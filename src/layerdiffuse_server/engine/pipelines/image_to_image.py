@@ -67,7 +67,7 @@ def generate_image_to_image(
     return GenerationResult(
         [TransparentImage(rgba=rgba[0], seed=seed, nsfw=flags[0])],
         seed,
-        params,  # type: ignore[arg-type]
+        params,
         has_nsfw_concepts=flags if params.enable_safety_checker and pipeline.safety_checker is not None else None,
         timings=timings,
     )

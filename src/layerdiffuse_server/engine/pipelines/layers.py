@@ -128,7 +128,7 @@ def generate_layer(
     return GenerationResult(
         [TransparentImage(rgba=rgba[0], seed=seed, nsfw=flags[0])],
         seed,
-        params,  # type: ignore[arg-type]
+        params,
         has_nsfw_concepts=flags if params.enable_safety_checker and pipeline.safety_checker is not None else None,
         timings=timings,
     )
@@ -152,7 +152,7 @@ def _denoise(
     sdxl.scheduler.set_timesteps(total)  # the pipeline sets the same ones again
     layered_from_the_start = float(sdxl.scheduler.timesteps[0]) >= stop_timestep and params.stop_at > 0
     pipeline.patches.use(task if layered_from_the_start else BASE)
-    with concatenated(pipeline.patches.unet.conv_in, condition) as stop_conditioning:
+    with concatenated(pipeline.patches.unet.conv_in, condition) as stop_conditioning:  # type: ignore[arg-type]
         if not layered_from_the_start:
             stop_conditioning()
 

@@ -35,4 +35,4 @@ def make_scheduler(name: str, base_config: Any) -> Any:
         scheduler_class, overrides = SCHEDULERS[name]
     except KeyError:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}") from None
-    return scheduler_class.from_config(base_config, **overrides)
+    return scheduler_class.from_config(base_config, **overrides)  # type: ignore[attr-defined]  # diffusers' SchedulerMixin

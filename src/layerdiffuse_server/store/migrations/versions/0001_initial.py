@@ -20,7 +20,7 @@ depends_on = None
 ADOPTABLE_SCHEMA_VERSIONS = (1, 2)
 
 
-def _tables() -> list[tuple[str, list[sa.SchemaItem], list[tuple[str, list[str]]]]]:
+def _tables() -> list[tuple[str, list[sa.schema.SchemaItem], list[tuple[str, list[str]]]]]:
     """(name, columns and constraints, indexes) of every table, as those releases made them."""
     return [
         (
