@@ -188,3 +188,44 @@ def test_an_output_is_stored_unpublished_with_an_expiry_and_a_failed_write_leave
     with pytest.raises(StorageError):
         files.store(b"png", file_name="o.png", content_type="image/png", key_id="k", expires_at=None, publish=False)
     assert rows(store) == [] and stored_bytes(blobs) == []
+
+
+def test_a_write_the_object_store_failed_after_storing_leaves_neither_bytes_nor_row(
+    services: Services, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 can answer an error for a write it has stored (a timeout after the commit)."""
+    put = services.blobs.put
+
+    def stored_then_failed(*args: object, **kwargs: object) -> None:
+        put(*args, **kwargs)  # type: ignore[arg-type]
+        raise StorageError("the connection broke after the write")
+
+    monkeypatch.setattr(services.blobs, "put", stored_then_failed)
+    answer = client.post("/cdn/files/upload", content=png_bytes(), headers={"Content-Type": "image/png"})
+    assert answer.status_code == 503
+    assert rows(services.store) == [] and stored_bytes(blobs_of(services)) == []
+
+
+def test_copies_made_before_the_database_failed_on_a_later_image_are_discarded(
+    services: Services, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add = services.store.files.add
+    added: list[str] = []
+
+    def second_fails(record: FileRecord, *args: object, **kwargs: object) -> object:
+        if added:
+            raise StoreError("the database went away")
+        added.append(record.id)
+        return add(record, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(services.store.files, "add", second_fails)
+    background, blended = (
+        f"data:image/png;base64,{base64.b64encode(png_bytes(colour=colour)).decode()}"
+        for colour in ((10, 20, 30, 255), (200, 40, 40, 255))
+    )
+    answer = client.post(
+        f"/queue{APP}/background-blended-to-foreground",
+        json={"background_image_url": background, "blended_image_url": blended},
+    )
+    assert answer.status_code == 503 and len(added) == 1
+    assert services.store.files.get(added[0]) is None and stored_bytes(blobs_of(services)) == []

@@ -6,6 +6,7 @@ as fal's queue does; the sync run answers them at once.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
@@ -20,6 +21,8 @@ from ..schemas import LayerDiffusionInput, image_fields
 from ..store.contracts import Completion, Priority, RequestRecord
 from .bodies import input_body_limit
 from .services import Services
+
+logger = logging.getLogger(__name__)
 
 
 def parse_priority(headers: Headers) -> Priority:
@@ -117,6 +120,12 @@ def admit(
             if mode == "sync":
                 raise
             params, rejection = None, outcomes.rejected_input(error)
+        except BaseException:  # the store or the database failed midway: no copy may outlive the request
+            try:
+                services.discard_copies(created)
+            except Exception:
+                logger.warning("could not discard the image copies %s of a refused request", created, exc_info=True)
+            raise
         else:
             params = params.model_copy(update={name: stored[name] for name in fields if name in stored})
     submission = Submission(

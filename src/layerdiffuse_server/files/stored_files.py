@@ -213,16 +213,12 @@ class StoredFiles:
             logger.warning("could not discard file %s; retention will", file_id, exc_info=True)
 
     def _put(self, record: FileRecord, data: bytes) -> None:
-        """Write the bytes of a row just added; on failure the row goes too (or is left to expire)."""
+        """Write the bytes of a row just added; on failure the row goes too, after whatever bytes
+        arrived (an object store can fail a write it has stored), or is left to expire."""
         try:
             self.blobs.put(record.id, data, record.content_type)
         except BaseException:
-            try:
-                self.catalog.delete([record.id])
-            except Exception:
-                logger.warning(
-                    "could not remove the row of unwritten file %s; retention will", record.id, exc_info=True
-                )
+            self._discard_quietly(record.id)
             raise
 
     def _pending_expiry(self, expires_at: float | None) -> float:
