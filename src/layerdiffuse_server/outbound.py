@@ -1,4 +1,4 @@
-"""Which webhook URLs we call, and at which address.
+"""Which outside URLs we call (webhooks, image inputs), and at which address.
 
 Any API key names a webhook URL, so without a guard the server would probe the network it sits in
 on the key holder's behalf. The rules:
@@ -130,7 +130,8 @@ def resolve_webhook_target(url: str, allowed_networks: Sequence[IPNetwork]) -> W
     if not permitted:
         shown = ", ".join(str(address) for address in addresses)
         raise _refuse(
-            f"{host} resolves to the non-public address {shown}; the operator can allow it with --webhook-allow-network"
+            f"{host} resolves to the non-public address {shown}; the operator can allow it with "
+            "--webhook-allow-network (LAYERDIFFUSE_WEBHOOK_ALLOWED_NETWORKS)"
         )
     return WebhookTarget(parsed, permitted[0])
 

@@ -24,7 +24,8 @@ def _default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    """Every knob of every role, each one settable as ``LAYERDIFFUSE_<NAME>`` and by the flag of its name.
+    """Every knob of every role, each one settable as ``LAYERDIFFUSE_<NAME>``; the commands' flags
+    (named like the fields) cover those each role is most often started with.
 
     A value that can never work (an unknown preset, a dtype by another name) is refused when the
     settings are read, which every command does first. The Hugging Face cache (``HF_HOME``,

@@ -42,8 +42,9 @@ def fal_error(status_code: int, detail: Any, error_type: str | None = None, **he
 
 
 def error_response(error: LayerDiffuseError) -> JSONResponse:
-    """An error of the tree as a route answers it without raising it: what the handler answers
-    when it is raised (a 404 of the queue or of a file, say)."""
+    """An error of the tree as a route answers it without raising it (a 404 of the queue or of a
+    file, say): what the handler answers for every error but :class:`InvalidInputError`, whose
+    422 lists the fields."""
     return fal_error(error.status_code, error.public_message, error.error_type, **error.headers)
 
 

@@ -6,7 +6,6 @@ process also runs a worker, which the API only knows through :class:`LocalWorker
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
@@ -127,7 +126,7 @@ class Services:
             base_url=self.files_url,
             key_id=key_id,
             policy=ImageInputPolicy.from_settings(self.settings),
-            expires_at=time.time() + hours * 3600 if hours else None,
+            expires_at=self.manager.clock.time() + hours * 3600 if hours else None,
             created=created,
             fetch=fetch,
         )

@@ -102,7 +102,7 @@ def _unb64(text: str) -> bytes:
 
 def _expiry(services: Services) -> float | None:
     hours = services.settings.retention_hours
-    return time.time() + hours * 3600 if hours else None
+    return services.manager.clock.time() + hours * 3600 if hours else None
 
 
 def issue_token(services: Services, key_id: str, expires_at: float) -> str:
@@ -219,7 +219,7 @@ async def cdn_upload(
 async def initiate_upload(request: Request, services: ServicesDep, key: KeyDep) -> JSONResponse:
     body = InitiateUpload.model_validate(await read_json_object(request))
     content_type = check_content_type(body.content_type)
-    expires = int(time.time() + UPLOAD_URL_LIFETIME)
+    expires = int(services.manager.clock.time() + UPLOAD_URL_LIFETIME)
     record = await anyio.to_thread.run_sync(
         lambda: services.files.initiate_upload(
             file_name=safe_file_name(body.file_name), content_type=content_type, key_id=key.id, writable_until=expires

@@ -27,7 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    # Plain help: flags show no value placeholder, and it stays readable at 80 columns.
+    # Plain help (no rich boxes): it stays readable at 80 columns and in a pipe.
     rich_markup_mode=None,
 )
 
@@ -36,7 +36,7 @@ WEIGHTS = ("model", "base", "layer_weights", "decoder")
 MODEL = (*WEIGHTS, "decoder_passes", "device", "dtype", "threads")
 RUNTIME = ("memory_mode", "vae_tiling", "channels_last", "compile", "warmup", "max_batch_size")
 STORE = ("data_dir", "database_url", "storage_url")
-LISTENERS = ("host", "port", "tls_port", "tls_names", "public_url")
+LISTENERS = ("host", "port", "tls_port", "tls_cert", "tls_key", "tls_names", "public_url")
 HOUSE = ("webhook_allowed_networks", "retention_hours")
 LOGS = ("log_format", "log_level")
 

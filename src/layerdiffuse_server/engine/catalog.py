@@ -1,6 +1,7 @@
 """Checks of the engine's choices (:mod:`..engine_choices`) and weight files, without loading the
-engine. The CLI checks flags against these before it imports torch (seconds) or loads a model
-(longer), so a typo is answered at once."""
+engine. ``Settings`` types its fields with the choices; the CLI checks weight files with
+:func:`check_choices` before it imports torch (seconds) or loads a model (longer), so a typo is
+answered at once."""
 
 from __future__ import annotations
 
