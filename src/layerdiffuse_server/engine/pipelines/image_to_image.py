@@ -12,13 +12,12 @@ from typing import Any
 import torch
 
 from ...errors import InvalidInputError
-from ...images import TransparentImage
 from ...results import GenerationResult
 from ...schemas import ImageToImageInput
 from ..timing import StageTimer
 from .callbacks import CancelCheck, StepCallback, step_callback
 from .image_sizing import centre_crop, run_size
-from .loaded import LoadedPipeline
+from .loaded import LoadedPipeline, checked_result
 from .schedulers import make_scheduler
 
 
@@ -63,11 +62,4 @@ def generate_image_to_image(
         ).images
     with timer("decoding"):
         rgba = [centre_crop(x, *params.size) for x in pipeline.decoder.decode(latents, pipeline.sdxl.vae, timer)]
-    flags = pipeline.safety_check(rgba, [params.enable_safety_checker], timer)
-    return GenerationResult(
-        [TransparentImage(rgba=rgba[0], seed=seed, nsfw=flags[0])],
-        seed,
-        params,
-        has_nsfw_concepts=flags if params.enable_safety_checker and pipeline.safety_checker is not None else None,
-        timings=timings,
-    )
+    return checked_result(pipeline, rgba, params, seed, timer, timings)

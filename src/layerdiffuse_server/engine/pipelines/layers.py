@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from ...errors import InvalidInputError
-from ...images import TransparentImage
 from ...results import GenerationResult
 from ...schemas import ConditionedLayerInput, Task
 from ..networks.decoder import to_model_space, to_vae_space
@@ -30,7 +29,7 @@ from ..weights.sources import resolve_file
 from ..weights.unet_patches import BASE
 from .callbacks import CancelCheck, StepCallback, step_callback
 from .image_sizing import centre_crop, run_size
-from .loaded import LoadedPipeline
+from .loaded import LoadedPipeline, checked_result
 from .schedulers import make_scheduler
 
 #: Input fields in the order their latents are concatenated (Forge: ``cat([fg|bg, blend])``).
@@ -124,14 +123,7 @@ def generate_layer(
         else:
             rgba = opaque_decode(pipeline, latents)
         rgba = [centre_crop(image, *params.size) for image in rgba]
-    flags = pipeline.safety_check(rgba, [params.enable_safety_checker], timer)
-    return GenerationResult(
-        [TransparentImage(rgba=rgba[0], seed=seed, nsfw=flags[0])],
-        seed,
-        params,
-        has_nsfw_concepts=flags if params.enable_safety_checker and pipeline.safety_checker is not None else None,
-        timings=timings,
-    )
+    return checked_result(pipeline, rgba, params, seed, timer, timings)
 
 
 def _denoise(

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ...images import TransparentImage
+from ...results import GenerationResult
+
 if TYPE_CHECKING:
     import torch
 
-    from ...results import GenerationResult
     from ...schemas import GenerationParams, LayerDiffusionInput
     from ..networks.decoder import TransparentDecoder
     from ..networks.encoder import TransparentEncoder
@@ -62,3 +64,22 @@ class LoadedPipeline(Protocol):
     def initial_noise(self, seeds: list[int], height: int, width: int) -> torch.Tensor: ...
 
     def safety_check(self, rgba: list[Any], wanted: list[bool], timer: StageTimer) -> list[bool]: ...
+
+
+def checked_result(
+    pipeline: LoadedPipeline,
+    rgba: list[Any],
+    params: LayerDiffusionInput,
+    seed: int,
+    timer: StageTimer,
+    timings: dict[str, float],
+) -> GenerationResult:
+    """The one image of an image-driven task, safety-checked as its input asks."""
+    flags = pipeline.safety_check(rgba, [params.enable_safety_checker], timer)
+    return GenerationResult(
+        [TransparentImage(rgba=rgba[0], seed=seed, nsfw=flags[0])],
+        seed,
+        params,
+        has_nsfw_concepts=flags if params.enable_safety_checker and pipeline.safety_checker is not None else None,
+        timings=timings,
+    )
