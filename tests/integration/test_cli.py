@@ -151,6 +151,8 @@ def test_full_size_generation_with_the_tiny_model(
         str(width),
         "--height",
         str(height),
+        "--steps",  # the sizes are what is tested: the decoder at full size, not the sampler
+        "4",
         settings=settings,
     )
     assert done.returncode == 0, done.stderr

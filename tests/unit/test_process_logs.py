@@ -39,7 +39,6 @@ SERVE_AND_STOP = textwrap.dedent(
 )
 
 
-
 def test_uvicorn_tells_the_process_story_once_in_order(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", SERVE_AND_STOP, str(tmp_path / "tls")],

@@ -71,9 +71,16 @@ def templates() -> dict[str, list[np.ndarray]]:
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """The mask grown by ``radius`` pixels (a square of side ``2 radius + 1``); PIL keeps numpy the only dependency."""
-    image = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * radius + 1))
-    return np.asarray(image) > 0
+    """The mask grown by ``radius`` pixels (a square of side ``2 radius + 1``). A square is a row
+    then a column: two sliding maxima, each ``2 radius + 1`` reads per pixel, where PIL's square
+    rank filter reads its whole area (25× slower at the background's radius)."""
+    grown = mask
+    for axis in (0, 1):
+        padding = [(0, 0), (0, 0)]
+        padding[axis] = (radius, radius)
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(grown, padding), 2 * radius + 1, axis=axis)
+        grown = windows.any(axis=-1)
+    return grown
 
 
 def background(alpha: np.ndarray) -> np.ndarray:

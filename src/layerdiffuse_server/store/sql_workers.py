@@ -30,10 +30,7 @@ class SqlWorkerRegistry:
     def all(self) -> list[WorkerStatus]:
         with self._engine.connect() as connection:
             rows = connection.execute(select(workers).order_by(workers.c.started_at)).all()
-        return [
-            WorkerStatus(**{**row._mapping, "state": WorkerState(row._mapping["state"])})
-            for row in rows
-        ]
+        return [WorkerStatus(**{**row._mapping, "state": WorkerState(row._mapping["state"])}) for row in rows]
 
     def forget_silent_since(self, cutoff: float) -> int:
         """Drop rows of workers that have not reported since ``cutoff`` (long gone)."""
