@@ -79,7 +79,7 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
         padding = [(0, 0), (0, 0)]
         padding[axis] = (radius, radius)
         windows = np.lib.stride_tricks.sliding_window_view(np.pad(grown, padding), 2 * radius + 1, axis=axis)
-        grown = windows.any(axis=-1)
+        grown = np.asarray(windows.any(axis=-1))
     return grown
 
 

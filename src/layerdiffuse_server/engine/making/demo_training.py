@@ -231,6 +231,9 @@ def train_latent_transparency(
 #: below zero (the decoder clips it to zero), with this weight against the L1 loss.
 CLEAR_MARGIN = 0.05
 CLEAR_WEIGHT = 4.0
+#: Alpha's own L1 on top of the four channels' mean: pushing the background down must not pull a
+#: translucent body (alpha 0.6) below the body threshold.
+ALPHA_WEIGHT = 0.0
 #: The refinement continues from stage 2's decoder, at this share of the recipe's learning rate.
 REFINE_LEARNING_RATE = 0.3
 
@@ -262,9 +265,11 @@ def refine_decoder(
         with _image_autocast():
             predicted = decoder(pixel, latent).float()
         clear = (target[:, :1] == 0).float()
-        loss = (predicted - target).abs().mean() + CLEAR_WEIGHT * (
-            torch.relu(predicted[:, :1] + CLEAR_MARGIN) * clear
-        ).mean()
+        loss = (
+            (predicted - target).abs().mean()
+            + ALPHA_WEIGHT * (predicted[:, :1] - target[:, :1]).abs().mean()
+            + CLEAR_WEIGHT * (torch.relu(predicted[:, :1] + CLEAR_MARGIN) * clear).mean()
+        )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -539,7 +544,7 @@ def refine_demo(folder: Path, earlier: Path, recipe: Recipe, progress: Progress)
     encoder.load_state_dict({key: value.float() for key, value in encoder_state.items()})
     encoder.eval().requires_grad_(False)
     state = {key: value.float() for key, value in load_file(earlier / DECODER_FILE).items()}
-    decoder = TransparentDecoderNetwork(**TransparentDecoderNetwork.config_from_state_dict(state))  # type: ignore[arg-type]
+    decoder = TransparentDecoderNetwork(**TransparentDecoderNetwork.config_from_state_dict(state))
     decoder.load_state_dict(state)
 
     started = time.perf_counter()
