@@ -1,0 +1,315 @@
+"""LoRA paths resolved to local safetensors files, from real sources: a real HTTP server on 127.0.0.1
+(under the outbound guard, with a size limit, fetched once), this server's own files (SQLite and
+local blobs), the hub cache offline, and the operator's LoRA folder."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from huggingface_hub import constants
+from safetensors.numpy import save
+
+from layerdiffuse_server.errors import InvalidInputError
+from layerdiffuse_server.files import LocalBlobStore, StoredFiles, file_url
+from layerdiffuse_server.loras import LoraCache, LoraFetchPolicy, LoraSources
+from layerdiffuse_server.outbound import parse_networks
+from layerdiffuse_server.settings import Settings
+from layerdiffuse_server.store import Store, open_store
+
+LOOPBACK = parse_networks(["127.0.0.1/32"])
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def lora_bytes(rank: int = 4, seed: int = 0) -> bytes:
+    """A small file in the kohya layout (down, up, alpha), as LoRA files are."""
+    generator = np.random.default_rng(seed)
+    return save(
+        {
+            "lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": generator.standard_normal((rank, 32)).astype(
+                np.float32
+            ),
+            "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": generator.standard_normal((32, rank)).astype(
+                np.float32
+            ),
+            "lora_unet_mid_block_attentions_0_proj_in.alpha": np.array(rank, dtype=np.float32),
+        }
+    )
+
+
+LORA = lora_bytes()
+#: What a pickled checkpoint starts with (protocol 2), never loaded.
+PICKLE = b"\x80\x02}q\x00(X\x06\x00\x00\x00weightq\x01" + b"\x00" * 64
+
+
+class Origin:
+    """A real HTTP server's answers by path, and how often each path was asked for."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, tuple[int, bytes, dict[str, str]]] = {}
+        self.hits: dict[str, int] = {}
+        self.base = ""
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    seen = Origin()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.hits[self.path] = seen.hits.get(self.path, 0) + 1
+            status, body, headers = seen.answers.get(self.path, (404, b"no", {}))
+            self.send_response(status)
+            self.send_header("Content-Length", headers.pop("Content-Length", str(len(body))))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    seen.base = f"http://127.0.0.1:{server.server_address[1]}"
+    yield seen
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def files(store: Store, tmp_path: Path) -> StoredFiles:
+    return StoredFiles(LocalBlobStore(tmp_path / "files"), store.files)
+
+
+def sources(tmp_path: Path, files: StoredFiles | None = None, **policy: object) -> LoraSources:
+    limits = {"allowed_networks": LOOPBACK, "max_bytes": 1 << 20, "timeout_seconds": 5.0} | policy
+    return LoraSources(
+        cache=LoraCache(tmp_path / "cache", 1 << 30),
+        policy=LoraFetchPolicy(**limits),  # type: ignore[arg-type]
+        files=files,
+        folder=tmp_path / "loras",
+    )
+
+
+def refusal(resolver: LoraSources, path: str) -> str:
+    with pytest.raises(InvalidInputError) as refused:
+        resolver(path)
+    assert refused.value.field == "loras" and refused.value.status_code == 422
+    return str(refused.value)
+
+
+# URLs
+
+
+def test_a_url_is_fetched_once_and_then_read_from_the_cache(origin: Origin, tmp_path: Path) -> None:
+    origin.answers["/pixel.safetensors"] = (200, LORA, {"Content-Type": "application/octet-stream"})
+    resolver = sources(tmp_path)
+    url = f"{origin.base}/pixel.safetensors"
+    first = resolver(url)
+    assert first.read_bytes() == LORA and first.parent == tmp_path / "cache"
+    assert resolver(url) == first
+    assert sources(tmp_path)(url) == first  # another resolver (a restarted worker) on the same folder
+    assert origin.hits == {"/pixel.safetensors": 1}
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == [first.name]  # no temporary files left
+
+
+def test_concurrent_resolves_of_one_url_fetch_it_once_and_agree(origin: Origin, tmp_path: Path) -> None:
+    origin.answers["/big.safetensors"] = (200, lora_bytes(rank=64), {})
+    resolver = sources(tmp_path)
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(resolver, [f"{origin.base}/big.safetensors"] * 8))
+    assert len(set(paths)) == 1 and paths[0].read_bytes() == lora_bytes(rank=64)
+    assert origin.hits == {"/big.safetensors": 1}
+
+
+def test_loopback_is_refused_unless_the_operator_allows_it(origin: Origin, tmp_path: Path) -> None:
+    origin.answers["/pixel.safetensors"] = (200, LORA, {})
+    message = refusal(sources(tmp_path, allowed_networks=()), f"{origin.base}/pixel.safetensors")
+    assert "non-public address 127.0.0.1" in message and "LoRA URL" in message
+    assert origin.hits == {}  # not even asked
+
+
+def test_the_size_limit_holds_whether_declared_or_not(origin: Origin, tmp_path: Path) -> None:
+    big = lora_bytes(rank=256)
+    origin.answers["/declared.safetensors"] = (200, big, {})
+    origin.answers["/understated.safetensors"] = (200, big, {"Content-Length": "100"})
+    resolver = sources(tmp_path, max_bytes=len(big) - 1)
+    assert "larger than" in refusal(resolver, f"{origin.base}/declared.safetensors")
+    # A server that says less than it sends: the reader stops at the limit (here, at what was declared).
+    assert "not a safetensors file" in refusal(resolver, f"{origin.base}/understated.safetensors")
+    assert not list((tmp_path / "cache").glob("*.safetensors"))
+    assert sources(tmp_path, max_bytes=len(big))(f"{origin.base}/declared.safetensors").read_bytes() == big
+
+
+def test_redirects_are_followed_each_hop_under_the_guard(origin: Origin, tmp_path: Path) -> None:
+    origin.answers["/resolve/main/pixel.safetensors"] = (302, b"", {"Location": "/cdn/pixel"})
+    origin.answers["/cdn/pixel"] = (200, LORA, {})
+    origin.answers["/away"] = (302, b"", {"Location": "http://10.0.0.1/secret.safetensors"})
+    origin.answers["/loop"] = (302, b"", {"Location": "/loop"})
+    resolver = sources(tmp_path)
+    assert resolver(f"{origin.base}/resolve/main/pixel.safetensors").read_bytes() == LORA
+    assert "non-public address 10.0.0.1" in refusal(resolver, f"{origin.base}/away")
+    assert "redirected more than 5 times" in refusal(resolver, f"{origin.base}/loop")
+    assert origin.hits["/loop"] == 6
+
+
+def test_what_is_not_safetensors_is_refused_and_not_cached(origin: Origin, tmp_path: Path) -> None:
+    origin.answers["/model"] = (200, PICKLE, {})
+    origin.answers["/page"] = (200, b"<html>" + b" " * 100, {"Content-Type": "text/html"})
+    origin.answers["/gone.safetensors"] = (404, b"no", {})
+    origin.answers["/gzipped.safetensors"] = (200, LORA, {"Content-Encoding": "gzip"})
+    resolver = sources(tmp_path)
+    for path in ("/model", "/page"):
+        assert "is not a safetensors file" in refusal(resolver, origin.base + path)
+    assert "HTTP 404" in refusal(resolver, f"{origin.base}/gone.safetensors")
+    assert "Content-Encoding 'gzip'" in refusal(resolver, f"{origin.base}/gzipped.safetensors")
+    assert "pickle format" in refusal(resolver, f"{origin.base}/model.ckpt")
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+# This server's own files
+
+
+def test_an_own_file_url_is_read_from_the_store_whatever_host_named_it(
+    origin: Origin, files: StoredFiles, tmp_path: Path
+) -> None:
+    record = files.store(LORA, file_name="style.safetensors", content_type="application/octet-stream",
+                         key_id="key-1", expires_at=None)  # fmt: skip
+    resolver = sources(tmp_path, files, allowed_networks=())  # nothing may be fetched
+    for host in ("https://api.example", "http://10.1.2.3:8080/prefix", origin.base):
+        path = resolver(file_url(host, record.id, record.file_name))
+        assert path.read_bytes() == LORA
+    assert origin.hits == {}
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # cached once, by file id
+
+
+def test_own_files_that_cannot_be_used_are_named(files: StoredFiles, tmp_path: Path) -> None:
+    resolver = sources(tmp_path, files, allowed_networks=())
+    pending = files.initiate_upload(
+        file_name="later.safetensors", content_type="application/octet-stream", key_id="k", writable_until=1e12
+    )
+    assert "has not been uploaded yet" in refusal(
+        resolver, file_url("https://api.example", pending.id, "later.safetensors")
+    )
+    notes = files.store(b"just text", file_name="notes.safetensors", content_type="text/plain", key_id="k",
+                        expires_at=None)  # fmt: skip
+    assert "not a safetensors file" in refusal(resolver, file_url("https://api.example", notes.id, notes.file_name))
+    big = files.store(lora_bytes(rank=256), file_name="big.safetensors", content_type="application/octet-stream",
+                      key_id="k", expires_at=None)  # fmt: skip
+    small = sources(tmp_path, files, allowed_networks=(), max_bytes=1000)
+    assert "larger than 1,000 bytes" in refusal(small, file_url("https://api.example", big.id, big.file_name))
+    files.discard([big.id])
+    # Once deleted, the URL is no file of this server: an external URL, which the guard refuses here.
+    assert "refused" in refusal(resolver, file_url("http://127.0.0.1:9", big.id, big.file_name))
+
+
+# The hub
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An offline hub cache laid out as huggingface_hub stores a downloaded repository."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--artist--pixel-loras" / "snapshots" / COMMIT
+    (snapshot / "xl").mkdir(parents=True)
+    (snapshot / "xl" / "pixel.safetensors").write_bytes(LORA)
+    (snapshot / "fake.safetensors").write_bytes(PICKLE)
+    (cache / "models--artist--pixel-loras" / "refs").mkdir()
+    (cache / "models--artist--pixel-loras" / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_hub_files_come_from_the_cache_offline(hub_cache: Path, tmp_path: Path) -> None:
+    resolver = sources(tmp_path)
+    path = resolver("artist/pixel-loras/xl/pixel.safetensors")
+    assert path.read_bytes() == LORA and path.is_relative_to(hub_cache)
+    message = refusal(resolver, "artist/pixel-loras/missing.safetensors")
+    assert "'missing.safetensors' of the hub repository 'artist/pixel-loras'" in message
+    assert "HF_HUB_OFFLINE" in message and str(hub_cache) in message
+    assert "'other/repo'" in refusal(resolver, "other/repo/a.safetensors")
+    assert "not a safetensors file" in refusal(resolver, "artist/pixel-loras/fake.safetensors")
+
+
+# The operator's folder
+
+
+def test_names_are_files_of_the_operators_folder_and_nothing_else(tmp_path: Path) -> None:
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    (folder / "pixel.safetensors").write_bytes(LORA)
+    (folder / "renamed.safetensors").write_bytes(PICKLE)
+    (tmp_path / "outside.safetensors").write_bytes(LORA)
+    resolver = sources(tmp_path)
+    assert resolver("pixel") == folder / "pixel.safetensors" == resolver("pixel.safetensors")
+    assert "no LoRA named 'watercolor'" in refusal(resolver, "watercolor")
+    assert "not a safetensors file" in refusal(resolver, "renamed")
+    for escape in ("../outside", "../outside.safetensors", str(tmp_path / "outside.safetensors"), "~/x", ".."):
+        assert "local path" in refusal(resolver, escape)
+    assert "pickle format" in refusal(resolver, "pixel.ckpt")
+    no_folder = LoraSources(cache=LoraCache(tmp_path / "cache", 1 << 30), policy=LoraFetchPolicy())
+    assert "LAYERDIFFUSE_LORA_FOLDER" in refusal(no_folder, "pixel")
+
+
+# The cache's bound
+
+
+def test_the_least_recently_used_files_go_when_the_cache_is_full(origin: Origin, tmp_path: Path) -> None:
+    bodies = {name: lora_bytes(rank=16, seed=seed) for seed, name in enumerate(("a", "b", "c"))}
+    for name, body in bodies.items():
+        origin.answers[f"/{name}.safetensors"] = (200, body, {})
+    size = len(bodies["a"])
+    cache = LoraCache(tmp_path / "cache", max_bytes=2 * size)
+    resolver = LoraSources(cache=cache, policy=LoraFetchPolicy(allowed_networks=LOOPBACK))
+    a = resolver(f"{origin.base}/a.safetensors")
+    b = resolver(f"{origin.base}/b.safetensors")
+    os.utime(a, (1_000_000, 1_000_000))
+    os.utime(b, (2_000_000, 2_000_000))
+    assert resolver(f"{origin.base}/a.safetensors") == a  # used again: now the newest
+    c = resolver(f"{origin.base}/c.safetensors")
+    assert a.exists() and c.exists() and not b.exists()
+    resolver(f"{origin.base}/b.safetensors")
+    assert origin.hits == {"/a.safetensors": 1, "/b.safetensors": 2, "/c.safetensors": 1}
+    assert sum(path.stat().st_size for path in (tmp_path / "cache").iterdir()) <= 2 * size
+
+
+def test_a_file_larger_than_the_cache_is_still_handed_out(origin: Origin, tmp_path: Path) -> None:
+    origin.answers["/a.safetensors"] = (200, LORA, {})
+    resolver = LoraSources(
+        cache=LoraCache(tmp_path / "cache", max_bytes=10), policy=LoraFetchPolicy(allowed_networks=LOOPBACK)
+    )
+    assert resolver(f"{origin.base}/a.safetensors").read_bytes() == LORA
+
+
+# Settings
+
+
+def test_the_workers_resolver_follows_the_settings(tmp_path: Path, files: StoredFiles) -> None:
+    settings = Settings(
+        home=tmp_path, data_dir=tmp_path / "data", lora_folder=tmp_path / "loras", max_lora_bytes=1234,
+        lora_cache_bytes=5678, webhook_allowed_networks=["127.0.0.1/32"],
+    )  # fmt: skip
+    resolver = LoraSources.from_settings(settings, files)
+    assert resolver.cache.folder == tmp_path / "data" / "loras" and resolver.cache.max_bytes == 5678
+    assert resolver.policy.max_bytes == 1234 and resolver.policy.allowed_networks == LOOPBACK
+    assert resolver.folder == tmp_path / "loras" and resolver.files is files
+    defaults = Settings(home=tmp_path)
+    assert defaults.max_lora_bytes == 2 * 2**30 and defaults.lora_folder is None
