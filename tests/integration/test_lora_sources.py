@@ -11,10 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
 from huggingface_hub import constants
-from safetensors.numpy import save
 
 from layerdiffuse_server.errors import InvalidInputError
 from layerdiffuse_server.files import LocalBlobStore, StoredFiles, file_url
@@ -23,29 +21,12 @@ from layerdiffuse_server.outbound import parse_networks
 from layerdiffuse_server.settings import Settings
 from layerdiffuse_server.store import Store, open_store
 
+from ..support.loras import PICKLE_BYTES, lora_bytes
+
 LOOPBACK = parse_networks(["127.0.0.1/32"])
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def lora_bytes(rank: int = 4, seed: int = 0) -> bytes:
-    """A small file in the kohya layout (down, up, alpha), as LoRA files are."""
-    generator = np.random.default_rng(seed)
-    return save(
-        {
-            "lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": generator.standard_normal((rank, 32)).astype(
-                np.float32
-            ),
-            "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": generator.standard_normal((32, rank)).astype(
-                np.float32
-            ),
-            "lora_unet_mid_block_attentions_0_proj_in.alpha": np.array(rank, dtype=np.float32),
-        }
-    )
-
-
 LORA = lora_bytes()
-#: What a pickled checkpoint starts with (protocol 2), never loaded.
-PICKLE = b"\x80\x02}q\x00(X\x06\x00\x00\x00weightq\x01" + b"\x00" * 64
+PICKLE = PICKLE_BYTES
 
 
 class Origin:
