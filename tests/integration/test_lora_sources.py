@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +36,8 @@ class Origin:
     def __init__(self) -> None:
         self.answers: dict[str, tuple[int, bytes, dict[str, str]]] = {}
         self.hits: dict[str, int] = {}
+        self.endless: dict[str, bytes] = {}  # paths whose body repeats until the reader goes away
+        self.cut_off = threading.Event()
         self.base = ""
 
 
@@ -45,6 +48,9 @@ def origin() -> Iterator[Origin]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             seen.hits[self.path] = seen.hits.get(self.path, 0) + 1
+            if self.path in seen.endless:
+                self.stream_forever(seen.endless[self.path])
+                return
             status, body, headers = seen.answers.get(self.path, (404, b"no", {}))
             self.send_response(status)
             self.send_header("Content-Length", headers.pop("Content-Length", str(len(body))))
@@ -52,6 +58,16 @@ def origin() -> Iterator[Origin]:
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
+
+        def stream_forever(self, start: bytes) -> None:
+            self.send_response(200)
+            self.end_headers()
+            try:
+                self.wfile.write(start)
+                for _ in range(1 << 14):  # 16 GiB: far more than any reader takes
+                    self.wfile.write(b"\0" * (1 << 20))
+            except OSError:
+                seen.cut_off.set()
 
         def log_message(self, *args: object) -> None:
             pass
@@ -162,6 +178,18 @@ def test_what_is_not_safetensors_is_refused_and_not_cached(origin: Origin, tmp_p
     assert "Content-Encoding 'gzip'" in refusal(resolver, f"{origin.base}/gzipped.safetensors")
     assert "pickle format" in refusal(resolver, f"{origin.base}/model.ckpt")
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def test_a_download_that_is_no_safetensors_file_is_cut_off_at_its_first_bytes(origin: Origin, tmp_path: Path) -> None:
+    origin.endless["/checkpoint"] = PICKLE
+    origin.endless["/endless.safetensors"] = LORA
+    resolver = sources(tmp_path, max_bytes=1 << 40, timeout_seconds=3.0)
+    started = time.monotonic()
+    assert "not a safetensors file" in refusal(resolver, f"{origin.base}/checkpoint")
+    assert time.monotonic() - started < 2.5 and origin.cut_off.wait(5)
+    # A body that starts right is read, up to the size limit.
+    limited = sources(tmp_path, max_bytes=20 << 20, timeout_seconds=30.0)
+    assert "larger than 20,971,520 bytes" in refusal(limited, f"{origin.base}/endless.safetensors")
 
 
 # This server's own files

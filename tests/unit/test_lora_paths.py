@@ -19,6 +19,8 @@ from layerdiffuse_server.loras import LoraPathKind, check_lora_path, lora_path_k
         ("https://example.com/a.safetensors#part", LoraPathKind.URL, "https://example.com/a.safetensors"),
         ("nerijs/pixel-art-xl/pixel-art-xl.safetensors", LoraPathKind.HUB, None),
         ("owner/repo.v2/sub dir/style_1.safetensors", LoraPathKind.HUB, None),
+        # What the fal clients name an upload that has no name: its bytes say what it is.
+        ("https://api.example/files/AbCdEfGh1234/upload.bin", LoraPathKind.URL, None),
         ("pixel-art", LoraPathKind.FOLDER, None),
         ("pixel-art.safetensors", LoraPathKind.FOLDER, None),
         ("style.v2", LoraPathKind.FOLDER, None),
@@ -53,6 +55,7 @@ def test_accepted_paths_and_their_kind(path: str, kind: LoraPathKind, checked: s
         ("owner/repo/adapter_model.bin", "pickle format"),
         ("owner/repo/readme.md", "not a .safetensors file"),
         ("style.pt", "pickle format"),
+        ("adapter.bin", "pickle format"),
         ("https://example.com/lora.pth", "pickle format"),
         ("ftp://example.com/a.safetensors", "another scheme"),
         ("data:application/octet-stream;base64,AAAA", "another scheme"),

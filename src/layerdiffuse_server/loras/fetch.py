@@ -18,9 +18,9 @@ from typing import BinaryIO
 
 import httpx
 
-from ..errors import InvalidInputError
 from ..outbound import IPNetwork, TargetRefused, resolve_webhook_target
-from .paths import LORA_FIELD
+from .format import PREFIX_BYTES, not_safetensors, plausible_prefix
+from .paths import refusal
 
 DEFAULT_MAX_LORA_BYTES = 2 * 2**30
 
@@ -33,11 +33,6 @@ class LoraFetchPolicy:
     max_bytes: int = DEFAULT_MAX_LORA_BYTES
     timeout_seconds: float = 600.0
     max_redirects: int = 5
-
-
-def refusal(message: str) -> InvalidInputError:
-    """A LoRA that cannot be used, as the request's error (fal's 422, naming the ``loras`` field)."""
-    return InvalidInputError(message, field=LORA_FIELD)
 
 
 def download_lora(
@@ -111,9 +106,14 @@ async def _get(
     ):
         if response.is_redirect and "location" in response.headers:
             return str(checked.url.join(response.headers["location"]))
-        _check_answer(response, policy.max_bytes, shown)
+        declared = _check_answer(response, policy.max_bytes, shown)
+        head = b""
         written = 0
         async for chunk in response.aiter_raw():
+            if len(head) < PREFIX_BYTES:
+                head += chunk[: PREFIX_BYTES - len(head)]
+                if len(head) == PREFIX_BYTES and not plausible_prefix(head, declared):
+                    raise refusal(not_safetensors(shown))  # a pickle, a page: refused before the rest arrives
             written += len(chunk)
             if written > policy.max_bytes:
                 raise refusal(_too_large(shown, policy.max_bytes))
@@ -121,8 +121,8 @@ async def _get(
         return written
 
 
-def _check_answer(response: httpx.Response, max_bytes: int, shown: str) -> None:
-    """Refuse from the status line and headers, before any of the body is read."""
+def _check_answer(response: httpx.Response, max_bytes: int, shown: str) -> int | None:
+    """Refuse from the status line and headers, before any of the body is read; the declared length."""
     if not response.is_success:
         raise refusal(f"fetching the LoRA at {shown} failed with HTTP {response.status_code}")
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
@@ -132,8 +132,11 @@ def _check_answer(response: httpx.Response, max_bytes: int, shown: str) -> None:
             "(identity) are accepted"
         )
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if not declared.isdigit():
+        return None
+    if int(declared) > max_bytes:
         raise refusal(_too_large(shown, max_bytes))
+    return int(declared)
 
 
 def _too_large(shown: str, max_bytes: int) -> str:

@@ -9,7 +9,7 @@ Three forms, as fal's endpoints take them:
   ``name.safetensors``.
 
 Only safetensors files are loaded: pickle formats (``.ckpt``, ``.pt``, ``.bin`` …) run code when
-they are read. Names that say pickle are refused here; what a URL sends is checked when it arrives.
+they are read. Names that say pickle are refused here; what a URL sends is checked as it arrives.
 Local paths (``/…``, ``~…``, ``./…``, ``..``) are refused: a request names files, it does not reach
 into the worker's disk. This module imports nothing heavy, so API nodes check paths at admission.
 """
@@ -19,13 +19,17 @@ from __future__ import annotations
 import enum
 import re
 
+from ..errors import InvalidInputError
 from ..outbound import MAX_URL_LENGTH, TargetRefused, normalize_webhook_url
 
 #: The request field LoRA errors name.
 LORA_FIELD = "loras"
 SAFETENSORS_SUFFIX = ".safetensors"
 #: Suffixes of formats that unpickle (run code) when loaded.
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".pkl", ".pickle")
+#: ``.bin`` is pickle too in a hub repository or a folder of weights, but not in a URL: the fal
+#: clients name an upload without a name ``upload.bin``, whatever it holds (its bytes are checked).
+_NAMED_PICKLE_SUFFIXES = (*PICKLE_SUFFIXES, ".bin")
 #: A hub user, organisation or repository name (the hub's own rule, less its length limit).
 _HUB_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
 #: A path segment inside a hub repository, and a file name in the LoRA folder.
@@ -35,6 +39,11 @@ ACCEPTED_LORA_PATHS = (
     "an http(s) URL of a safetensors file, a Hugging Face file as owner/repo/file.safetensors, "
     "or the name of a file in this server's LoRA folder"
 )
+
+
+def refusal(message: str) -> InvalidInputError:
+    """A LoRA that cannot be used, as the request's error (fal's 422, naming the ``loras`` field)."""
+    return InvalidInputError(message, field=LORA_FIELD)
 
 
 class LoraPathKind(enum.Enum):
@@ -115,13 +124,13 @@ def _checked_hub_path(path: str, shown: str) -> str:
 def _checked_folder_name(path: str, shown: str) -> str:
     if not _FILE_SEGMENT.match(path):
         raise ValueError(f"the LoRA name {shown} is not a valid file name")
-    if path.lower().endswith(PICKLE_SUFFIXES):
+    if path.lower().endswith(_NAMED_PICKLE_SUFFIXES):
         raise ValueError(_pickle_refusal(shown))
     return path
 
 
 def _checked_suffix(path: str, shown: str) -> str:
-    if path.lower().endswith(PICKLE_SUFFIXES):
+    if path.lower().endswith(_NAMED_PICKLE_SUFFIXES):
         raise ValueError(_pickle_refusal(shown))
     if not path.lower().endswith(SAFETENSORS_SUFFIX):
         raise ValueError(f"the LoRA file {shown} is not a .safetensors file; only safetensors LoRAs are loaded")

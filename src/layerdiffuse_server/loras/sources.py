@@ -19,9 +19,7 @@ then a JSON object) and at most ``max_lora_bytes``. A path that cannot be used i
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -33,14 +31,13 @@ from ..files.stored_files import StoredFiles
 from ..outbound import parse_networks
 from ..store.contracts import FileRecord
 from .cache import LoraCache
-from .fetch import LoraFetchPolicy, download_lora, refusal
-from .paths import LoraPathKind, check_lora_path, folder_file_name, lora_path_kind, split_hub_path
+from .fetch import LoraFetchPolicy, download_lora
+from .format import check_safetensors
+from .paths import LoraPathKind, check_lora_path, folder_file_name, lora_path_kind, refusal, split_hub_path
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-#: A safetensors header longer than this is no LoRA's (theirs are kilobytes to a few megabytes).
-_MAX_HEADER_BYTES = 100 * 2**20
 _TRUTHY = {"1", "true", "yes", "on"}
 
 
@@ -178,32 +175,6 @@ class LoraSources:
         with path.open("rb") as source:
             check_safetensors(source, size, shown, rewind=False)
         return path
-
-
-def check_safetensors(source: BinaryIO, size: int, shown: str, *, rewind: bool = True) -> None:
-    """Refuse a file that does not start as a safetensors file: a little-endian 8-byte header length,
-    then that many bytes of a JSON object, within the file. (Pickle files start otherwise.)
-
-    Args:
-        source: The file, open for reading.
-        size: Its length in bytes.
-        shown: The path as the message names it.
-        rewind: Seek to the start first (a file just written).
-    """
-    if rewind:
-        source.flush()
-        source.seek(0)
-    prefix = source.read(8)
-    length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
-    valid = 2 <= length <= min(_MAX_HEADER_BYTES, size - 8)
-    if valid:
-        header = source.read(length)
-        try:
-            valid = isinstance(json.loads(header), dict)
-        except (UnicodeDecodeError, ValueError):
-            valid = False
-    if not valid:
-        raise refusal(f"the LoRA file {shown} is not a safetensors file; only safetensors LoRAs are loaded")
 
 
 def _hub_offline() -> bool:
