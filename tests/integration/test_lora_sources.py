@@ -59,6 +59,15 @@ def origin() -> Iterator[Origin]:
             self.end_headers()
             self.wfile.write(body)
 
+        def do_HEAD(self) -> None:  # the hub library asks for a file's size and commit first
+            seen.hits[f"HEAD {self.path}"] = seen.hits.get(f"HEAD {self.path}", 0) + 1
+            status, body, headers = seen.answers.get(self.path, (404, b"no", {}))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+
         def stream_forever(self, start: bytes) -> None:
             self.send_response(200)
             self.end_headers()
@@ -256,6 +265,33 @@ def test_hub_files_come_from_the_cache_offline(hub_cache: Path, tmp_path: Path) 
     assert "HF_HUB_OFFLINE" in message and str(hub_cache) in message
     assert "'other/repo'" in refusal(resolver, "other/repo/a.safetensors")
     assert "not a safetensors file" in refusal(resolver, "artist/pixel-loras/fake.safetensors")
+
+
+def test_hub_files_are_downloaded_online_unless_too_large(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a local endpoint that answers as the hub does (HEAD for size and commit, then GET)."""
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "ENDPOINT", origin.base)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", origin.base + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub_headers = {"X-Repo-Commit": COMMIT, "ETag": '"0123abcd"'}
+    big = lora_bytes(rank=256)
+    origin.answers["/artist/online-loras/resolve/main/xl/pixel.safetensors"] = (200, LORA, dict(hub_headers))
+    origin.answers["/artist/online-loras/resolve/main/huge.safetensors"] = (200, big, dict(hub_headers))
+    resolver = sources(tmp_path, allowed_networks=(), max_bytes=len(big) - 1)  # the hub is no request's URL
+    path = resolver("artist/online-loras/xl/pixel.safetensors")
+    assert path.read_bytes() == LORA and path.is_relative_to(cache)
+    assert "larger than" in refusal(resolver, "artist/online-loras/huge.safetensors")
+    assert "/artist/online-loras/resolve/main/huge.safetensors" not in origin.hits  # never downloaded
+    message = refusal(resolver, "artist/online-loras/missing.safetensors")
+    assert (
+        "'missing.safetensors' of the hub repository 'artist/online-loras'" in message and "download failed" in message
+    )
 
 
 # The operator's folder
