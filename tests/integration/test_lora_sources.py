@@ -294,6 +294,21 @@ def test_hub_files_are_downloaded_online_unless_too_large(
     )
 
 
+def test_with_the_hub_unreachable_the_cache_still_serves(
+    hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Port 9 of loopback refuses connections: the hub is away. (A file not in the cache then takes
+    the hub library's own retries, about 30 s, before it is refused; not waited for here.)"""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}"
+    )
+    resolver = sources(tmp_path)
+    assert resolver("artist/pixel-loras/xl/pixel.safetensors").read_bytes() == LORA
+
+
 # The operator's folder
 
 

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import httpx
 
-from ..errors import InvalidInputError
 from ..files.image_inputs import own_file
 from ..files.stored_files import StoredFiles
 from ..outbound import parse_networks
@@ -140,19 +139,15 @@ class LoraSources:
             return self.cache.store(key, write)
 
     def _from_hub(self, path: str) -> Path:
-        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub import constants, hf_hub_download
 
         repo_id, filename = split_hub_path(path)
         shown = _shorten(path)
         offline = _hub_offline()
+        if not offline:
+            self._check_hub_size(repo_id, filename, shown)
         try:
-            if not offline:  # the size first: a file too large is never downloaded into the cache
-                size = get_hf_file_metadata(hf_hub_url(repo_id, filename)).size
-                if size is not None and size > self.policy.max_bytes:
-                    raise refusal(_too_large(shown, self.policy.max_bytes))
             local = Path(hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=offline))
-        except InvalidInputError:
-            raise
         except Exception as error:  # the hub library's own, its HTTP library's, the OS's: they vary by version
             if offline:
                 reason = f"it is not in the hub cache {constants.HF_HUB_CACHE} and HF_HUB_OFFLINE is set"
@@ -162,6 +157,18 @@ class LoraSources:
                 f"the LoRA file {filename!r} of the hub repository {repo_id!r} is not available: {reason}"
             ) from None
         return self._checked_local(local, shown)
+
+    def _check_hub_size(self, repo_id: str, filename: str, shown: str) -> None:
+        """Refuse a hub file over the size limit before it is downloaded into the cache. When its
+        size cannot be asked for, the download says why (or, with the hub away, uses the cache)."""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        try:
+            size = get_hf_file_metadata(hf_hub_url(repo_id, filename)).size
+        except Exception:  # told by the download, which may still find the file in the cache
+            return
+        if size is not None and size > self.policy.max_bytes:
+            raise refusal(_too_large(shown, self.policy.max_bytes))
 
     def _from_folder(self, name: str) -> Path:
         shown = _shorten(name)
