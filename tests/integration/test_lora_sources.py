@@ -16,7 +16,7 @@ import pytest
 from huggingface_hub import constants
 
 from layerdiffuse_server.errors import InvalidInputError
-from layerdiffuse_server.files import LocalBlobStore, StoredFiles, file_url
+from layerdiffuse_server.files import LocalBlobStore, StoredFiles, file_url, open_blob_store
 from layerdiffuse_server.loras import LoraCache, LoraFetchPolicy, LoraSources
 from layerdiffuse_server.outbound import parse_networks
 from layerdiffuse_server.settings import Settings
@@ -215,6 +215,14 @@ def test_an_own_file_url_is_read_from_the_store_whatever_host_named_it(
         assert path.read_bytes() == LORA
     assert origin.hits == {}
     assert len(list((tmp_path / "cache").iterdir())) == 1  # cached once, by file id
+
+
+def test_an_own_file_in_an_object_store_resolves(store: Store, s3_bucket: str, tmp_path: Path) -> None:
+    files = StoredFiles(open_blob_store(f"s3://{s3_bucket}/files"), store.files)
+    record = files.store(LORA, file_name="style.safetensors", content_type="application/octet-stream",
+                         key_id="key-1", expires_at=None)  # fmt: skip
+    resolver = sources(tmp_path, files, allowed_networks=())
+    assert resolver(file_url("https://api.example", record.id, record.file_name)).read_bytes() == LORA
 
 
 def test_own_files_that_cannot_be_used_are_named(files: StoredFiles, tmp_path: Path) -> None:

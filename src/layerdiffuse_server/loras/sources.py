@@ -129,11 +129,16 @@ class LoraSources:
                 if blob is None:
                     raise refusal(f"the LoRA file {shown} is no longer stored")
                 size = 0
-                for chunk in blob.chunks:
-                    size += len(chunk)
-                    if size > self.policy.max_bytes:
-                        raise refusal(_too_large(shown, self.policy.max_bytes))
-                    target.write(chunk)
+                try:
+                    for chunk in blob.chunks:
+                        size += len(chunk)
+                        if size > self.policy.max_bytes:
+                            raise refusal(_too_large(shown, self.policy.max_bytes))
+                        target.write(chunk)
+                finally:
+                    close = getattr(blob.chunks, "close", None)  # a generator's file or stream goes with it
+                    if close is not None:
+                        close()
                 check_safetensors(target, size, shown)
 
             return self.cache.store(key, write)
