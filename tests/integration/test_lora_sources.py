@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from huggingface_hub import constants
@@ -381,3 +382,27 @@ def test_the_workers_resolver_follows_the_settings(tmp_path: Path, files: Stored
     assert resolver.folder == tmp_path / "loras" and resolver.files is files
     defaults = Settings(home=tmp_path)
     assert defaults.max_lora_bytes == 2 * 2**30 and defaults.lora_folder is None
+
+
+def test_leftovers_of_a_writer_that_died_are_swept_and_refused_files_leave_none(tmp_path: Path) -> None:
+    cache = LoraCache(tmp_path / "cache", max_bytes=1 << 30)
+    cache.folder.mkdir()
+    abandoned = cache.folder / "0ab.safetensors.123.456.part"
+    abandoned.write_bytes(b"half")
+    os.utime(abandoned, (1_000_000, 1_000_000))
+    in_progress = cache.folder / "0cd.safetensors.123.789.part"
+    in_progress.write_bytes(b"being written")
+
+    def refuse(target: BinaryIO) -> None:
+        target.write(b"some bytes")
+        raise InvalidInputError("refused")
+
+    with pytest.raises(InvalidInputError):
+        cache.store("https://example.com/a.safetensors", refuse)
+    assert cache.lookup("https://example.com/a.safetensors") is None
+
+    def write_lora(target: BinaryIO) -> None:
+        target.write(LORA)
+
+    stored = cache.store("https://example.com/b.safetensors", write_lora)
+    assert sorted(path.name for path in cache.folder.iterdir()) == sorted([stored.name, in_progress.name])

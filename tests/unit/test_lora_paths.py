@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
-from layerdiffuse_server.loras import LoraPathKind, check_lora_path, lora_path_kind
+from layerdiffuse_server.errors import validation_details
+from layerdiffuse_server.loras import LoraPath, LoraPathKind, check_lora_path, lora_path_kind
 
 
 @pytest.mark.parametrize(
@@ -70,3 +72,16 @@ def test_refused_paths_say_why_and_name_the_path(path: str, reason: str) -> None
     assert reason in str(refused.value)
     if path.strip() and len(path) < 100:
         assert repr(path) in str(refused.value)
+
+
+class Weight(BaseModel):
+    path: LoraPath
+    scale: float = 1.0
+
+
+def test_a_model_field_checks_the_path_and_keeps_its_checked_form() -> None:
+    assert Weight(path="https://example.com/a.safetensors#x").path == "https://example.com/a.safetensors"
+    with pytest.raises(ValidationError) as refused:
+        Weight(path="../../etc/passwd")
+    [detail] = validation_details(refused.value.errors(), location="body")
+    assert detail["loc"] == ["body", "path"] and detail["msg"].startswith("the LoRA path '../../etc/passwd' is a local")

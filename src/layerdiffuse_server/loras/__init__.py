@@ -6,13 +6,14 @@ from __future__ import annotations
 from .cache import LoraCache
 from .fetch import LoraFetchPolicy
 from .format import check_safetensors
-from .paths import ACCEPTED_LORA_PATHS, LoraPathKind, check_lora_path, lora_path_kind
+from .paths import ACCEPTED_LORA_PATHS, LoraPath, LoraPathKind, check_lora_path, lora_path_kind
 from .sources import LoraSources
 
 __all__ = [
     "ACCEPTED_LORA_PATHS",
     "LoraCache",
     "LoraFetchPolicy",
+    "LoraPath",
     "LoraPathKind",
     "LoraSources",
     "check_lora_path",

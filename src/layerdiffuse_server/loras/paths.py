@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import enum
 import re
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 
 from ..errors import InvalidInputError
 from ..outbound import MAX_URL_LENGTH, TargetRefused, normalize_webhook_url
@@ -84,6 +87,11 @@ def check_lora_path(path: str) -> str:
     if kind is LoraPathKind.HUB:
         return _checked_hub_path(path, shown)
     return _checked_folder_name(path, shown)
+
+
+#: A LoRA path in a pydantic model (``LoraWeight.path``): checked by its form when the request is
+#: validated, so a bad path is fal's 422 at admission, before the request is queued.
+LoraPath = Annotated[str, Field(min_length=1, max_length=MAX_URL_LENGTH), AfterValidator(check_lora_path)]
 
 
 def folder_file_name(name: str) -> str:
