@@ -153,7 +153,8 @@ class Settings(BaseSettings):
     )
     webhook_allowed_networks: list[str] = Field(
         default_factory=list,
-        description="Private networks webhooks may target (e.g. 127.0.0.1/32); public addresses are always allowed.",
+        description="Private networks webhooks, image URLs and LoRA URLs may target (e.g. 127.0.0.1/32); "
+        "public addresses are always allowed.",
     )
     webhook_max_attempts: int = Field(default=10, ge=1, description="Delivery attempts before a webhook is dropped.")
     webhook_retry_seconds: float = Field(
@@ -179,6 +180,27 @@ class Settings(BaseSettings):
         le=16,
         description="Most elongated image input (long side : short side); others are refused with 422 "
         "(may only be lowered).",
+    )
+    lora_folder: Path | None = Field(
+        default=None,
+        description="Folder of LoRA files (.safetensors) that requests may name by file name alone "
+        '(loras: [{"path": "name"}]); default: none, only URLs and hub files.',
+    )
+    max_lora_bytes: int = Field(
+        default=2 * 2**30,
+        ge=1,
+        description="Largest LoRA file a request may use (fetched, uploaded, from the hub or the LoRA folder).",
+    )
+    lora_cache_bytes: int = Field(
+        default=20 * 2**30,
+        ge=0,
+        description="Disk space of the LoRA files workers fetched or copied (under data_dir/loras); "
+        "beyond it the least recently used ones are deleted.",
+    )
+    lora_fetch_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Time limit for fetching one LoRA given as a URL, from connecting to the last byte.",
     )
     max_body_memory_bytes: int = Field(
         default=256 * 2**20,
@@ -223,6 +245,11 @@ class Settings(BaseSettings):
         if not self.tls_port or (self.tls_cert and self.tls_key):
             return None
         return self.data_dir / "tls" / "ca.pem"
+
+    @property
+    def lora_cache_dir(self) -> Path:
+        """Where workers keep the LoRA files requests gave by URL, so each is fetched once."""
+        return self.data_dir / "loras"
 
     @property
     def store_url(self) -> str:

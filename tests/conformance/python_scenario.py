@@ -121,6 +121,17 @@ def text_uploads(args: dict) -> dict:
     return {"urls": urls, "served": served}
 
 
+def lora_uploads(args: dict) -> dict:
+    """A LoRA file uploaded by the client's two ways, as a user gives one before naming its URL in ``loras``."""
+    path = Path(args["file"])
+    return {
+        "urls": {
+            "upload_file": fal_client.upload_file(path),
+            "upload": fal_client.upload(path.read_bytes(), "application/octet-stream", file_name="bytes.safetensors"),
+        }
+    }
+
+
 def layer(args: dict) -> dict:
     """An endpoint with image inputs: the first image uploaded with ``upload_file`` (its URL is sent),
     the others sent inline as data: URIs (``encode_file``), the client's two ways of passing a file."""

@@ -132,6 +132,15 @@ def test_help_lists_the_commands(settings: Settings) -> None:
         assert command in done.stdout
 
 
+@pytest.mark.parametrize("role", ["serve", "worker"])
+def test_the_roles_that_run_requests_take_the_lora_settings(settings: Settings, role: str) -> None:
+    done = run_cli(role, "--help", settings=settings, env={"COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    for flag in ("--lora-folder", "--max-lora-bytes", "--lora-cache-bytes", "--webhook-allow-network"):
+        assert flag in done.stdout, flag
+    assert "LAYERDIFFUSE_LORA_FOLDER" in done.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("width", "height"), [(1024, 1024), (512, 768)])
 def test_full_size_generation_with_the_tiny_model(

@@ -39,6 +39,7 @@ STORE = ("data_dir", "database_url", "storage_url")
 LISTENERS = ("host", "port", "tls_port", "tls_cert", "tls_key", "tls_names", "public_url")
 HOUSE = ("webhook_allowed_networks", "retention_hours")
 LOGS = ("log_format", "log_level")
+LORAS = ("lora_folder", "max_lora_bytes", "lora_cache_bytes")
 
 
 @app.command()
@@ -185,7 +186,7 @@ def _run_role(role: Callable[[Settings], None], settings: Settings) -> None:
 
 
 @app.command()
-@settings_options(*LISTENERS, *STORE, *HOUSE, *MODEL, *RUNTIME, *LOGS)
+@settings_options(*LISTENERS, *STORE, *HOUSE, *MODEL, *RUNTIME, *LORAS, *LOGS)
 def serve(settings: Settings) -> None:
     """Run everything in one process: the fal-compatible API and a worker, on SQLite and local files."""
     from ..server.embedded import run_embedded
@@ -203,7 +204,7 @@ def api(settings: Settings) -> None:
 
 
 @app.command()
-@settings_options("host", "worker_port", "public_url", *STORE, "retention_hours", *MODEL, *RUNTIME, *LOGS,
+@settings_options("host", "worker_port", "public_url", *STORE, *HOUSE, *MODEL, *RUNTIME, *LORAS, *LOGS,
                   flags={"worker_port": "--port"})  # fmt: skip
 def worker(settings: Settings) -> None:
     """Run a GPU worker: claim requests from the shared store, generate, store the images."""

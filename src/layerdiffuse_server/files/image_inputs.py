@@ -171,7 +171,7 @@ def needs_fetching(raw_input: Mapping[str, Any], fields: Sequence[str], *, files
     for field in fields:
         value = raw_input.get(field)
         external = isinstance(value, str) and value.lower().startswith(("http://", "https://"))
-        if external and _own_file(str(value), files) is None:
+        if external and own_file(str(value), files) is None:
             return True
     return False
 
@@ -188,7 +188,7 @@ def read_image_input(
     Raises:
         InvalidInputError: The URL is not a ready file of this server, or the file is gone or unreadable.
     """
-    record = _own_file(url, files)
+    record = own_file(url, files)
     if record is None or not record.ready:
         raise InvalidInputError(f"{_shorten(url)} is not a file of this server", field=field)
     data = files.read(record)
@@ -257,7 +257,7 @@ def _materialise(
         _check_shape(data, policy, field)
         return _store_copy(destination, media_type, data, _file_name("", media_type))
     _check_url_form(url, field)
-    record = _own_file(url, destination.files)
+    record = own_file(url, destination.files)
     if record is not None:
         if not record.ready:
             raise InvalidInputError(f"the file {record.file_name} has not been uploaded yet", field=field)
@@ -289,7 +289,7 @@ def _check_url_form(url: str, field: str) -> None:
         raise InvalidInputError(f"must be {ACCEPTED_IMAGE_URLS}, got {describe_refused_url(url)}", field=field)
 
 
-def _own_file(url: str, files: StoredFiles) -> FileRecord | None:
+def own_file(url: str, files: StoredFiles) -> FileRecord | None:
     """The catalogued file a URL names by the download route's path, whatever host it names."""
     try:
         path = httpx.URL(url).path

@@ -67,6 +67,12 @@ const scenarios = {
     const response = await fetch(url);
     return { url, status: response.status, text: await response.text(), headers: Object.fromEntries(response.headers) };
   },
+  async uploadLora() {
+    // A LoRA file as a browser holds one (a File from an <input>), uploaded before its URL goes in `loras`.
+    const bytes = Uint8Array.from(Buffer.from(args.base64, "base64"));
+    const url = await fal.storage.upload(new File([bytes], args.fileName, { type: "application/octet-stream" }));
+    return { url };
+  },
   async layer() {
     // Image inputs as Blobs: the client uploads them itself and sends the URLs.
     const images = Object.fromEntries(
