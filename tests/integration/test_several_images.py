@@ -200,3 +200,15 @@ def test_an_image_without_transparency_is_warned_of(queue_only: tuple[TestClient
     assert len(warnings) == 2
     assert "Image 1 of 3 (seed 5) has no transparency" in warnings[0]
     assert "Image 3 of 3 (seed 7) has no transparency" in warnings[1]
+
+
+def test_the_decode_estimate_counts_images(queue_only: tuple[TestClient, Services], tiny_pipeline: object) -> None:
+    client, services = queue_only
+    request_id = client.post(f"/queue{APP}", json=SMALL).json()["request_id"]
+    worker = hand_worker(services, tiny_pipeline, max_batch_size=1)
+    assert worker.run_once()
+    wait_completed(client, request_id)
+    # What decoding the next batch should take, at the pace the last run taught: per image.
+    one = worker._decode_estimate([GenerationParams(**SMALL)])
+    three = worker._decode_estimate([GenerationParams(**SMALL | {"num_images": 3})])
+    assert one is not None and one > 0 and three == pytest.approx(3 * one)
