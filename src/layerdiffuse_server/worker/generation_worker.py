@@ -586,11 +586,13 @@ class GenerationWorker:
             f"transparency {timings.get('transparent_decode', 0):.2f} s).",
         )
         if "safety_check" in timings and result.has_nsfw_concepts is not None:
-            flagged = sum(result.has_nsfw_concepts)
-            if len(result.has_nsfw_concepts) == 1:
-                verdict = "flagged, image made transparent" if flagged else "nothing flagged"
+            flagged, count = sum(result.has_nsfw_concepts), len(result.has_nsfw_concepts)
+            if not flagged:
+                verdict = "nothing flagged"
+            elif count == 1:
+                verdict = "flagged, image made transparent"
             else:
-                verdict = f"{flagged} of {len(result.has_nsfw_concepts)} images flagged and made transparent"
+                verdict = f"{flagged} of {count} images flagged and made transparent"
             self._log(job, f"Safety check: {verdict} ({timings['safety_check']:.2f} s).")
         transparency = self._check_transparency(job, result)
         for image in result.images:
