@@ -14,6 +14,34 @@ CHECKER_CELL = 64
 CHECKER_LEVELS = (0.45, 0.55)
 
 
+#: Alpha levels (of 255) within which a pixel counts as "the same opacity" as the image's typical one:
+#: decoders leave a little noise in an alpha that is meant to be flat.
+ALPHA_TOLERANCE = 8
+#: The share of pixels that must stand out of that band for the alpha to carry a shape (0.1 %: a
+#: small subject on a large canvas still counts; a few stray pixels of noise do not).
+MIN_TRANSPARENT_SHARE = 0.001
+
+
+def has_transparency(rgba: np.ndarray) -> bool:
+    """Whether an RGBA image's alpha is non-trivial: not (nearly) one value everywhere.
+
+    An alpha is trivial when all but a few pixels lie within :data:`ALPHA_TOLERANCE` of its median:
+    fully opaque, fully transparent, or one flat translucency with decoder noise on it. It carries
+    something when at least :data:`MIN_TRANSPARENT_SHARE` of the pixels (and at least one) lie
+    outside that band. The median, not the mean, sets the typical value, so a subject covering less
+    than half the canvas does not move it.
+
+    Args:
+        rgba: ``uint8 [H, W, 4]``, straight alpha.
+    """
+    alpha = rgba[..., 3].astype(np.int16)
+    if alpha.size == 0:
+        return False
+    typical = int(np.median(alpha))
+    outside = int(np.count_nonzero(np.abs(alpha - typical) > ALPHA_TOLERANCE))
+    return outside >= max(1, MIN_TRANSPARENT_SHARE * alpha.size)
+
+
 def encode_png(rgba: np.ndarray) -> bytes:
     """Straight-alpha RGBA ``uint8 [H, W, 4]`` → PNG bytes; deterministic (no timestamps or text)."""
     buffer = io.BytesIO()

@@ -1,9 +1,9 @@
 """The generation input, as one pydantic model shared by the engine, the CLI and the API.
 
-Defaults are those of the hosted ``fal-ai/layer-diffusion`` endpoint; ``width``, ``height``
-and ``scheduler`` (and ``num_images`` in the library and CLI) are extensions whose defaults keep
-the hosted behaviour. Validation follows the JSON Schema the API publishes: ``0`` is not a boolean
-and ``"20"`` is not an integer, while ``20.0`` is one (JSON has only numbers).
+Defaults are those of the hosted ``fal-ai/layer-diffusion`` endpoint; ``width``, ``height``,
+``scheduler`` and ``num_images`` are extensions whose defaults keep the hosted behaviour.
+Validation follows the JSON Schema the API publishes: ``0`` is not a boolean and ``"20"`` is not
+an integer, while ``20.0`` is one (JSON has only numbers).
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ ImageUrl = Annotated[
 ]
 
 
+MAX_IMAGES = 8
+
 #: What the engine runs for an input: text or image to image, or one of the conditioned-layer models
 #: (named after their official weight files, ``layer_xl_fg2ble.safetensors`` …). Each input model
 #: carries its own, so the engine dispatches on the input it is handed.
@@ -109,6 +111,13 @@ class LayerDiffusionInput(BaseModel):
         description="Image height in pixels; absent: the model's native size (1024 for sdxl).",
     )
     scheduler: SchedulerName = Field(default="dpmpp_2m_karras", description="Sampler.")
+    num_images: JsonInt = Field(
+        default=1,
+        ge=1,
+        le=MAX_IMAGES,
+        description="Extension: number of images to generate; image i uses seed + i, and the output lists them "
+        "all in `images` (`image` is the first).",
+    )
 
     def with_seed(self) -> Self:
         """This input with its seed fixed, so the run can be reported and repeated."""
@@ -157,6 +166,15 @@ def strength_steps(strength: float, num_inference_steps: int) -> int:
     return steps
 
 
+#: The endpoints with image inputs generate one image per request (their engine runs one at a time).
+_ONE_IMAGE: Any = Field(
+    default=1,
+    ge=1,
+    le=1,
+    description="Number of images: this endpoint generates one image per request (send several requests for more).",
+)
+
+
 class ImageToImageInput(LayerDiffusionInput):
     """The input of ``fal-ai/layer-diffusion/image-to-image``: a transparent image re-generated."""
 
@@ -169,6 +187,7 @@ class ImageToImageInput(LayerDiffusionInput):
         le=1.0,
         description="How much to change the image: the fraction of the denoising schedule that runs (1: from noise).",
     )
+    num_images: JsonInt = _ONE_IMAGE
     width: ImageSide | None = Field(
         default=None, description="Output width; absent: the input image's (it is cropped and resized to fit)."
     )
@@ -197,6 +216,7 @@ class ConditionedLayerInput(LayerDiffusionInput):
         description='Fraction of the denoising (by timestep, as Forge\'s "Stop At") that uses the layer model; '
         "the plain SDXL UNet does the rest.",
     )
+    num_images: JsonInt = _ONE_IMAGE
     width: ImageSide | None = Field(
         default=None, description="Output width; absent: the first input image's (inputs are cropped and resized)."
     )
@@ -268,10 +288,15 @@ def batch_key(params: LayerDiffusionInput) -> str:
     return f"{width}x{height}:{params.num_inference_steps}:{params.scheduler}:{params.guidance_scale!r}"
 
 
-class GenerationParams(LayerDiffusionInput):
-    """What the engine generates: the endpoint's input, possibly several images at once."""
+def image_count(stored_input: dict[str, Any]) -> int:
+    """How many images a stored request's input asks for (inputs of older releases: one), which is what
+    it takes of a batch (see the request queue's claim)."""
+    count = stored_input.get("num_images", 1)
+    return count if isinstance(count, int) and count >= 1 else 1
 
-    num_images: JsonInt = Field(default=1, ge=1, le=8, description="Number of images to generate.")
+
+class GenerationParams(LayerDiffusionInput):
+    """What the engine generates from text: the endpoint's input, run by the text-to-image pipeline."""
 
 
 class Image(BaseModel):
@@ -286,12 +311,20 @@ class Image(BaseModel):
 
 
 class LayerDiffusionOutput(BaseModel):
-    """The output of the ``fal-ai/layer-diffusion`` endpoint."""
+    """The output of the ``fal-ai/layer-diffusion`` endpoint, with ``images`` as fal's SDXL endpoints give them."""
 
-    image: Image = Field(description="The transparent image (RGBA PNG, straight alpha).")
-    seed: int = Field(description="The seed the image was generated with; send it back to get the same image.")
+    image: Image = Field(description="The transparent image (RGBA PNG, straight alpha); the first of `images`.")
+    images: list[Image] = Field(description="Every image generated, in order: image i used seed + i (`num_images`).")
+    seed: int = Field(description="The seed the first image was generated with; send it back to get the same images.")
     has_nsfw_concepts: list[bool] | None = Field(
         default=None, description="Per image, whether the safety checker flagged it (it is then fully transparent)."
+    )
+    has_transparency: list[bool] | None = Field(
+        default=None,
+        description="Extension: per image, whether its alpha channel carries anything (see "
+        "`layerdiffuse_server.images.has_transparency`): false for an image that came out the same opacity "
+        "everywhere, such as fully opaque: a sign that the model lost its transparency. The blended and background "
+        "endpoints make opaque images, so false is expected there.",
     )
     ignored_prompt_words: list[str] | None = Field(
         default=None,

@@ -129,7 +129,8 @@ class Settings(BaseSettings):
         default=4,
         ge=1,
         le=16,
-        description="Queued requests of the same size, steps, sampler and guidance denoised together (1 = never).",
+        description="Images denoised together: queued requests of the same size, steps, sampler and guidance "
+        "join one batch while their images (num_images each) fit; a request with more runs alone (1 = never batch).",
     )
     max_attempts: int = Field(
         default=2,

@@ -216,6 +216,29 @@ def test_generate_shows_progress_then_a_transparent_image_to_inspect_and_downloa
     expect(page.locator("#gallery li")).to_have_count(1)
 
 
+def test_several_images_of_one_request_are_each_shown(
+    page: Page, playground_server: ServerProcess, playground_key: str
+) -> None:
+    page.goto(playground_server.http_url)
+    enter_key(page, playground_key)
+    fill_small_request(page, "three lanterns", steps=2, seed=20)
+    page.get_by_label("Images", exact=True).fill("3")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status")).to_have_text("Done: 3 images, seeds 20–22.", timeout=120_000)
+    choices = page.get_by_role("group", name="Images of this request").get_by_role("button")
+    expect(choices).to_have_count(3)
+    expect(page.locator("#result-caption")).to_contain_text("image 1 of 3 · 128×128 · seed 20")
+    first = page.evaluate("document.getElementById('result-image').src")
+    choices.nth(1).click()
+    expect(page.locator("#result-caption")).to_contain_text("image 2 of 3 · 128×128 · seed 21")
+    expect(choices.nth(1)).to_have_attribute("aria-pressed", "true")
+    second = page.evaluate("document.getElementById('result-image').src")
+    assert second != first and second.endswith("layer-diffusion-21.png")
+    # The endpoints with image inputs make one image per request: their schema says so.
+    page.get_by_label("Endpoint").select_option(label="Transparent image to transparent image")
+    expect(page.get_by_label("Images", exact=True)).to_have_attribute("max", "1")
+
+
 def test_a_refused_key_is_explained_and_not_kept(page: Page, playground_server: ServerProcess) -> None:
     page.goto(playground_server.http_url)
     enter_key(page, "not-a-key:wrong")

@@ -24,6 +24,15 @@ def test_run_returns_data_and_request_id(node: str, server: ServerProcess, api_k
     assert httpx.get(outcome["data"]["image"]["url"]).headers["content-type"] == "image/png"
 
 
+def test_num_images_returns_every_image(node: str, server: ServerProcess, api_key: str) -> None:
+    outcome = run_js(node, server, api_key, "run", {"input": SMALL | {"seed": 30, "num_images": 3}})
+    assert outcome["ok"], outcome
+    data = outcome["data"]
+    assert data["seed"] == 30 and data["image"] == data["images"][0] and len(data["images"]) == 3
+    assert len({image["url"] for image in data["images"]}) == 3
+    assert all(httpx.get(image["url"]).headers["content-type"] == "image/png" for image in data["images"])
+
+
 def test_streaming_subscribe_gets_each_log_line_once(node: str, server: ServerProcess, api_key: str) -> None:
     outcome = run_js(node, server, api_key, "streaming", {"input": SMALL})
     assert outcome["ok"], outcome

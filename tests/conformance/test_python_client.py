@@ -29,6 +29,16 @@ def test_run_returns_the_endpoint_output(server: ServerProcess, api_key: str) ->
     assert len(png.content) == output["image"]["file_size"]
 
 
+def test_subscribe_with_num_images_returns_every_image(server: ServerProcess, api_key: str) -> None:
+    env = python_client_env(server, api_key)
+    outcome = run_python("subscribe", {"input": SMALL | {"seed": 40, "num_images": 3}}, env)
+    assert outcome["ok"], outcome
+    output = outcome["output"]
+    assert output["seed"] == 40 and output["image"] == output["images"][0]
+    assert [image["file_name"] for image in output["images"]] == [f"layer-diffusion-{40 + i}.png" for i in range(3)]
+    assert all(httpx.get(image["url"]).content[:8] == b"\x89PNG\r\n\x1a\n" for image in output["images"])
+
+
 def test_subscribe_with_logs_and_queue_updates(server: ServerProcess, api_key: str) -> None:
     outcome = run_python("subscribe", {"input": SMALL}, python_client_env(server, api_key))
     assert outcome["ok"], outcome

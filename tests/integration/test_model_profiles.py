@@ -93,7 +93,13 @@ def test_other_models_keep_fals_output_shape(settings: Settings, tmp_path: Path)
         request_id = client.post(f"/queue{APP}", json=body).json()["request_id"]
         run_queued(services, "tiny")
         wait_completed(client, request_id)
-        assert set(client.get(f"/queue{APP}/requests/{request_id}").json()) == {"image", "seed", "has_nsfw_concepts"}
+        assert set(client.get(f"/queue{APP}/requests/{request_id}").json()) == {
+            "image",
+            "images",
+            "seed",
+            "has_nsfw_concepts",
+            "has_transparency",
+        }
 
 
 def test_server_info_names_the_model_and_what_it_knows(settings: Settings, tmp_path: Path) -> None:

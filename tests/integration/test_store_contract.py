@@ -25,9 +25,12 @@ def store(store_url: str) -> Iterator[Store]:
     opened.close()
 
 
-def submit(store: Store, priority: Priority = Priority.normal, *, key: str | None = "k", **fields: object) -> str:
+def submit(
+    store: Store, priority: Priority = Priority.normal, *, key: str | None = "k", images: int = 1, **fields: object
+) -> str:
+    stored_input = {"num_images": images} if images != 1 else {}
     request = NewRequest(
-        id=str(uuid.uuid4()), app_id="a/b", key_id="k", input={}, priority=priority, batch_key=key, **fields
+        id=str(uuid.uuid4()), app_id="a/b", key_id="k", input=stored_input, priority=priority, batch_key=key, **fields
     )
     return store.requests.create(request, time.time()).id
 
@@ -73,6 +76,18 @@ def test_a_batch_takes_the_head_and_compatible_requests_of_its_priority(store: S
     assert [lease.id for lease in claim(store, batch=3)] == [same[2]]
     assert [lease.id for lease in claim(store, batch=3)] == [never]
     assert [lease.id for lease in claim(store, batch=3)] == [low]
+
+
+def test_a_batch_counts_images_not_requests(store: Store) -> None:
+    three, one, two, last = (submit(store, key="64x64", images=count) for count in (3, 1, 2, 1))
+    assert [lease.id for lease in claim(store, batch=4)] == [three, one]  # 4 images: full
+    assert [lease.id for lease in claim(store, batch=4)] == [two, last]
+    big, small = submit(store, key="64x64", images=6), submit(store, key="64x64")
+    assert [lease.id for lease in claim(store, batch=4)] == [big]  # more than a batch: alone
+    assert [lease.id for lease in claim(store, batch=4)] == [small]
+    first, blocked, behind = (submit(store, key="64x64", images=count) for count in (2, 3, 1))
+    assert [lease.id for lease in claim(store, batch=4)] == [first]  # queue order: nothing jumps the 3
+    assert [lease.id for lease in claim(store, batch=4)] == [blocked, behind]
 
 
 def test_completion_is_recorded_once_publishes_its_files_and_queues_its_webhook(store: Store) -> None:

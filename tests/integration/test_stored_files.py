@@ -22,7 +22,8 @@ from layerdiffuse_server.server.bootstrap import build_services
 from layerdiffuse_server.settings import Settings
 from layerdiffuse_server.store import Store, open_store
 from layerdiffuse_server.store.contracts import FileRecord
-from layerdiffuse_server.testing import FakeClock
+from layerdiffuse_server.testing import FakeClock, FakeEngine
+from layerdiffuse_server.worker import GenerationWorker
 
 from ..support.images import png_bytes
 from .api_support import APP, server_settings
@@ -229,3 +230,28 @@ def test_copies_made_before_the_database_failed_on_a_later_image_are_discarded(
     )
     assert answer.status_code == 503 and len(added) == 1
     assert services.store.files.get(added[0]) is None and stored_bytes(blobs_of(services)) == []
+
+
+def test_a_request_whose_third_image_cannot_be_stored_keeps_none_of_its_images(
+    services: Services, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put = services.blobs.put
+    attempts: list[object] = []
+
+    def third_fails(*args: object, **kwargs: object) -> None:
+        attempts.append(args)
+        if len(attempts) == 3:
+            raise StorageError("the disk is full")
+        put(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(services.blobs, "put", third_fails)
+    body = {"width": 64, "height": 64, "num_inference_steps": 1, "seed": 1, "num_images": 4}
+    request_id = client.post(f"/queue{APP}", json=body).json()["request_id"]
+    worker = GenerationWorker(
+        services.manager, services.blobs, FakeEngine, base_url=services.base_url, model_name="tiny"
+    )
+    worker.engine = FakeEngine()
+    assert worker.run_once()
+    assert len(attempts) == 3  # the fourth image was not tried
+    assert client.get(f"/queue{APP}/requests/{request_id}").status_code == 500
+    assert rows(services.store) == [] and stored_bytes(blobs_of(services)) == []

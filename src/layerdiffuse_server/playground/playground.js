@@ -7,9 +7,9 @@ const KEY_STORAGE = "layerdiffuse.apiKey";
 // The form's values and the id of the request last shown: never the key, which keeps its own entry.
 const FORM_STORAGE = "layerdiffuse.form";
 const LAST_STORAGE = "layerdiffuse.lastRequest";
-const FIELDS = ["prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "seed", "scheduler",
-  "width", "height", "enable_safety_checker"];
-const NUMBER_FIELDS = ["guidance_scale", "num_inference_steps", "seed", "width", "height"];
+const FIELDS = ["prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "seed", "num_images",
+  "scheduler", "width", "height", "enable_safety_checker"];
+const NUMBER_FIELDS = ["guidance_scale", "num_inference_steps", "seed", "num_images", "width", "height"];
 // The app's endpoints (endpoints.py): the sub-path, the schema of its input, its image fields, its
 // own number fields, and whether its result is a transparent layer (else an opaque image).
 const ENDPOINTS = [
@@ -696,7 +696,9 @@ function doneText(output) {
   const ignored = output.ignored_prompt_words || [];
   const model = serverInfo ? `The ${serverInfo.model.name} model` : "The model";
   const note = ignored.length ? ` ${model} ignored: ${ignored.join(", ")}.` : "";
-  return `Done: seed ${output.seed}.${note}`;
+  const count = (output.images || []).length;
+  const seeds = count > 1 ? `${count} images, seeds ${output.seed}–${output.seed + count - 1}` : `seed ${output.seed}`;
+  return `Done: ${seeds}.${note}`;
 }
 
 async function followStream(followed) {
@@ -862,6 +864,8 @@ function clearStage() {
   $("matte").hidden = true;
   $("show-matte").checked = false;
   $("result-caption").textContent = "";
+  $("result-choices").hidden = true;
+  $("result-choices").replaceChildren();
   $("view-controls").disabled = true;
 }
 
@@ -881,24 +885,53 @@ function display(request) {
   }
 }
 
+/** A result on the stage: its first image, and where it has several, one button per image to show it. */
 function showOutput(output, input, requestId) {
-  const { image } = output;
+  const images = output.images && output.images.length ? output.images : [output.image];
+  const choices = $("result-choices");
+  choices.replaceChildren(...images.map((image, index) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    const thumb = document.createElement("img");
+    noteFileOrigin(image.url);
+    thumb.src = image.url;
+    thumb.alt = "";
+    button.append(thumb);
+    button.setAttribute("aria-label", `Image ${index + 1} of ${images.length}`);
+    button.addEventListener("click", () => showImage(output, input, requestId, index));
+    return button;
+  }));
+  choices.hidden = images.length < 2;
+  showImage(output, input, requestId, 0);
+}
+
+function showImage(output, input, requestId, index) {
+  const images = output.images && output.images.length ? output.images : [output.image];
+  const image = images[index];
   const element = $("result-image");
   noteFileOrigin(image.url);
   element.crossOrigin = "anonymous"; // the matte reads pixels back, also when files come from another origin
   element.src = image.url;
-  element.alt = input && input.prompt ? `Generated image: ${input.prompt}` : "Generated image";
+  const which = images.length > 1 ? ` ${index + 1} of ${images.length}` : "";
+  element.alt = input && input.prompt ? `Generated image${which}: ${input.prompt}` : `Generated image${which}`;
   element.width = image.width;
   element.height = image.height;
   sizeOnStage(element, image.width, image.height);
   shown = { url: image.url, fileName: image.file_name, requestId };
-  $("result-caption").textContent = `${image.width}×${image.height} · seed ${output.seed} · ${(image.file_size / 1024).toFixed(0)} KB`;
+  // Image i of a request was generated with seed + i (num_images).
+  const seed = output.seed + index;
+  const position = images.length > 1 ? `image ${index + 1} of ${images.length} · ` : "";
+  const flagged = Boolean(output.has_nsfw_concepts && output.has_nsfw_concepts[index]);
+  // The transparency check (has_transparency): a transparent layer that came out the same opacity everywhere.
+  const flat = !flagged && output.has_transparency && output.has_transparency[index] === false
+    && endpointOf(input || {}).transparent;
+  $("result-caption").textContent = `${position}${image.width}×${image.height} · seed ${seed} · `
+    + `${(image.file_size / 1024).toFixed(0)} KB${flat ? " · no transparency" : ""}`;
+  [...$("result-choices").children].forEach((button, other) => button.setAttribute("aria-pressed", String(other === index)));
   $("view-controls").disabled = false;
   $("show-matte").checked = false;
   showView();
-  if (output.has_nsfw_concepts && output.has_nsfw_concepts[0]) {
-    setStatus("The safety checker flagged this image, so it was made fully transparent.");
-  }
+  if (flagged) setStatus("The safety checker flagged this image, so it was made fully transparent.");
 }
 
 function applyBackground() {

@@ -214,10 +214,11 @@ class RequestQueue(Protocol):
     def completed_since(self, since: float) -> dict[tuple[int, str | None], int]: ...
 
     def claim(self, worker_id: str, now: float, *, lease_seconds: float, max_batch: int) -> list[RequestRecord]:
-        """Lease the head of the queue and up to ``max_batch - 1`` queued requests of the same priority
-        and batch key behind it, in one transaction; [] when idle. Only the rows taken are locked, so
-        workers claiming at once take the next requests in order. A claimed request has started: its
-        start deadline no longer applies."""
+        """Lease the head of the queue and the queued requests of the same priority and batch key behind
+        it, in queue order while their images (``num_images`` each) fit ``max_batch`` images in all, in
+        one transaction; [] when idle. A head with more images than ``max_batch`` runs alone. Only
+        the rows taken are locked, so workers claiming at once take the next requests in order. A
+        claimed request has started: its start deadline no longer applies."""
         ...
 
     def renew(self, lease_tokens: list[str], now: float, lease_seconds: float) -> set[str]:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Float, String, and_, delete, func, insert, literal, or_, select, text, update
 
 from ..errors import QueueFullError
+from ..schemas import image_count
 from .contracts import (
     CancelOutcome,
     Completion,
@@ -199,7 +200,14 @@ class SqlRequestQueue:
         order = (requests.c.priority, requests.c.seq)
         with self._transaction() as (connection, notices):
             head = connection.execute(
-                select(requests.c.id, requests.c.seq, requests.c.priority, requests.c.batch_key, requests.c.solo)
+                select(
+                    requests.c.id,
+                    requests.c.seq,
+                    requests.c.priority,
+                    requests.c.batch_key,
+                    requests.c.solo,
+                    requests.c.input,
+                )
                 .where(claimable)
                 .order_by(*order)
                 .limit(1)
@@ -208,9 +216,12 @@ class SqlRequestQueue:
             if head is None:
                 return []
             chosen = [head.id]
-            if max_batch > 1 and head.batch_key is not None and not head.solo:
+            room = max_batch - image_count(head.input)
+            if room > 0 and head.batch_key is not None and not head.solo:
+                # Each request takes at least one image of the batch, so ``room`` rows are the most
+                # that can join; they join in queue order while their images fit.
                 partners = (
-                    select(requests.c.id)
+                    select(requests.c.id, requests.c.input)
                     .where(
                         claimable,
                         requests.c.priority == head.priority,
@@ -219,10 +230,14 @@ class SqlRequestQueue:
                         requests.c.seq > head.seq,
                     )
                     .order_by(*order)
-                    .limit(max_batch - 1)
+                    .limit(room)
                     .with_for_update(skip_locked=True)
                 )
-                chosen += list(connection.execute(partners).scalars())
+                for partner in connection.execute(partners):
+                    room -= image_count(partner.input)
+                    if room < 0:
+                        break
+                    chosen.append(partner.id)
             claimed = connection.execute(
                 update(requests)
                 .where(requests.c.id.in_(chosen), requests.c.state == QUEUED)

@@ -1,4 +1,4 @@
-"""One worker per GPU: claim → run the engine → store the image → complete, with live logs.
+"""One worker per GPU: claim → run the engine → store the images → complete, with live logs.
 
 GPU work is blocking, so it runs on a thread of its own, off any event loop. Everything about a
 request's life goes through the :class:`~layerdiffuse_server.lifecycle.RequestManager`: what the
@@ -6,8 +6,8 @@ worker claims it holds under a lease that its heartbeat renews, and every log li
 it writes is fenced by that lease, so a worker that was given up for dead (stalled, cut off from
 the database) cannot overwrite the work of the one that took over. Cancellation is cooperative:
 the engine asks between denoising steps. When the queue holds several requests that can share a
-sampler run, the worker claims them together and denoises them as one batch (``max_batch_size``);
-each still gets its own seed, image, logs and result.
+sampler run, the worker claims them together and denoises them as one batch (``max_batch_size``
+images: a request counts its ``num_images``); each still gets its own seeds, images, logs and result.
 
 A graceful stop claims nothing more, gives the batch in hand ``grace_seconds`` to finish, then
 interrupts it between steps and hands its requests back to the queue without counting an attempt.
@@ -36,6 +36,7 @@ from ..endpoints import endpoint_of, run_params
 from ..errors import GenerationCancelled, InvalidInputError, LayerDiffuseError
 from ..files import BlobStore, StoredFiles
 from ..files.image_inputs import read_image_input
+from ..images import has_transparency
 from ..lifecycle import RequestManager, outcomes
 from ..lifecycle.local_processes import process_scope
 from ..model_profiles import profile_of
@@ -50,7 +51,7 @@ from ..store.contracts import (
     WorkerState,
     WorkerStatus,
 )
-from .outputs import StoredOutput, build_output, discard, store_image
+from .outputs import StoredOutput, build_output, discard, store_images
 
 if TYPE_CHECKING:
     from ..results import GenerationResult
@@ -476,10 +477,15 @@ class GenerationWorker:
             )
             batched = f", batched with {len(jobs) - 1} other request(s)" if len(jobs) > 1 else ""
             size = f"{params.width}x{params.height}" if params.width and params.height else "the input's size"
+            seeds = (
+                f"{params.num_images} images, seeds {params.fixed_seed}-{params.fixed_seed + params.num_images - 1}"
+                if params.num_images > 1
+                else f"seed {params.seed}"
+            )
             self._log(
                 job,
                 f"Generating {endpoint_of(job.lease.app_id).title.lower()}: {size}, {params.num_inference_steps} "
-                f"steps, guidance {params.guidance_scale:g}, seed {params.seed}{batched}.",
+                f"steps, guidance {params.guidance_scale:g}, {seeds}{batched}.",
             )
             job.ignored_words = profile.ignored_words(params.prompt)
             if job.ignored_words:
@@ -497,7 +503,8 @@ class GenerationWorker:
                     if forecast:
                         self._log(job, forecast)
                     if step == total:
-                        self._log(job, "Decoding the transparent image.")
+                        count = job.params.num_images if job.params is not None else 1
+                        self._log(job, "Decoding the transparent image." if count == 1 else f"Decoding {count} images.")
 
         last_check = [float("-inf")]
 
@@ -553,9 +560,7 @@ class GenerationWorker:
         if self._decode_pace is None or self.engine is None:
             return None
         side = self.engine.native_size
-        pixels = sum(
-            getattr(params, "num_images", 1) * (params.width or side) * (params.height or side) for params in batch
-        )
+        pixels = sum(params.num_images * (params.width or side) * (params.height or side) for params in batch)
         return self._decode_pace * pixels
 
     def _learn_decode_pace(self, results: Sequence[GenerationResult]) -> None:
@@ -581,29 +586,64 @@ class GenerationWorker:
             f"transparency {timings.get('transparent_decode', 0):.2f} s).",
         )
         if "safety_check" in timings and result.has_nsfw_concepts is not None:
-            flagged = bool(result.has_nsfw_concepts[0])
-            verdict = "flagged, image made transparent" if flagged else "nothing flagged"
+            flagged, count = sum(result.has_nsfw_concepts), len(result.has_nsfw_concepts)
+            if not flagged:
+                verdict = "nothing flagged"
+            elif count == 1:
+                verdict = "flagged, image made transparent"
+            else:
+                verdict = f"{flagged} of {count} images flagged and made transparent"
             self._log(job, f"Safety check: {verdict} ({timings['safety_check']:.2f} s).")
-        image = result.images[0]
+        transparency = self._check_transparency(job, result)
+        for image in result.images:
+            image.png()  # encoded before the write lock, which a stop waits for only briefly
         with self._writes:
             if self._abandoned.is_set():
                 raise _Interrupted()
-            stored = store_image(
-                image,
+            stored = store_images(
+                result.images,
                 files=self.files,
                 base_url=self.base_url,
                 key_id=job.lease.key_id,
                 request_id=job.id,
             )
-            job.outputs.append(stored)
-        self._log(job, f"Uploaded {stored.image.file_name} ({stored.image.file_size} bytes).")
-        output = build_output(stored.image, image.seed, result.has_nsfw_concepts, job.ignored_words)
+            job.outputs.extend(stored)
+        for item in stored:
+            self._log(job, f"Uploaded {item.image.file_name} ({item.image.file_size} bytes).")
+        output = build_output(
+            [item.image for item in stored],
+            result.images[0].seed,
+            result.has_nsfw_concepts,
+            transparency,
+            job.ignored_words,
+        )
         metrics = {"inference_time": round(inference_time, 4)}
         if result.batch_size > 1:
             metrics["batch_size"] = result.batch_size
         return outcomes.succeeded(
-            output.model_dump(mode="json", exclude_none=True), metrics=metrics, file_ids=[stored.file_id]
+            output.model_dump(mode="json", exclude_none=True),
+            metrics=metrics,
+            file_ids=[item.file_id for item in stored],
         )
+
+    def _check_transparency(self, job: _Job, result: GenerationResult) -> list[bool]:
+        """Per image, whether its alpha carries anything (:func:`..images.has_transparency`), with a
+        warning on the request's log for each transparent-layer image that came out without: a model
+        that lost its transparency shows at once. Images the safety checker blanked are not warned of."""
+        verdicts = [has_transparency(image.rgba) for image in result.images]
+        if not endpoint_of(job.lease.app_id).transparent:
+            return verdicts  # an opaque image is what the blended and background endpoints make
+        count = len(result.images)
+        for index, (image, transparent) in enumerate(zip(result.images, verdicts, strict=True)):
+            if not transparent and not image.nsfw:
+                which = f"Image {index + 1} of {count}" if count > 1 else "The image"
+                self._log(
+                    job,
+                    f"{which} (seed {image.seed}) has no transparency: its alpha is the same nearly everywhere; "
+                    "the model may have lost its transparent decoding.",
+                    "WARN",
+                )
+        return verdicts
 
     def _answer(self, job: _Job, completion: Completion) -> None:
         with self._writes:
@@ -619,8 +659,7 @@ class GenerationWorker:
         if not self.manager.complete(job.lease, completion):
             # Completed meanwhile (a cancel, or another worker that took the request over): its
             # outcome stands, ours is dropped with the files it made.
-            for output in job.outputs:
-                discard(output, files=self.files)
+            discard(job.outputs, files=self.files)
             logger.warning("%s was no longer ours to complete; its result was discarded", job.id)
 
     def _log(self, job: _Job, message: str, level: str = "INFO", *, echo: bool = True) -> None:

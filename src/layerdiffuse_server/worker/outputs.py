@@ -1,13 +1,16 @@
-"""Turning an engine result into the endpoint's output: the PNG stored as a file, the JSON that points at it.
+"""Turning an engine result into the endpoint's output: each PNG stored as a file, the JSON that points at them.
 
-The file is stored unpublished (:class:`..files.StoredFiles`: its row, with an expiry, before its
-bytes); the request's completion publishes it. A worker that dies in between leaves an expired row
-that retention deletes with its bytes, and a worker whose completion is refused (it lost its lease)
-deletes the file at once: a request never ends with more than one output.
+The files are stored unpublished (:class:`..files.StoredFiles`: each row, with an expiry, before its
+bytes); the request's completion publishes them. A worker that dies in between leaves expired rows
+that retention deletes with their bytes; a store that fails on one image discards the images stored
+before it; and a worker whose completion is refused (it lost its lease) deletes the files at once:
+a request never ends with more than one set of outputs, nor with part of one.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +19,8 @@ from ..schemas import Image, LayerDiffusionOutput
 
 if TYPE_CHECKING:
     from ..images import TransparentImage
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,13 +54,41 @@ def store_image(
     return StoredOutput(record.id, stored)
 
 
-def discard(output: StoredOutput, *, files: StoredFiles) -> None:
-    files.discard([output.file_id])
+def store_images(
+    images: Sequence[TransparentImage], *, files: StoredFiles, base_url: str, key_id: str, request_id: str
+) -> list[StoredOutput]:
+    """Store every image of a request (see :func:`store_image`), all or none: when one fails, those
+    stored before it are discarded and the error is raised."""
+    stored: list[StoredOutput] = []
+    try:
+        for image in images:
+            stored.append(store_image(image, files=files, base_url=base_url, key_id=key_id, request_id=request_id))
+    except BaseException:
+        try:
+            discard(stored, files=files)
+        except Exception:  # the store's error is the one to raise; retention deletes the rest
+            logger.warning("could not discard the images of %s stored before a failure", request_id, exc_info=True)
+        raise
+    return stored
+
+
+def discard(outputs: Sequence[StoredOutput], *, files: StoredFiles) -> None:
+    files.discard([output.file_id for output in outputs])
 
 
 def build_output(
-    image: Image, seed: int, has_nsfw_concepts: list[bool] | None, ignored_prompt_words: list[str] | None = None
+    images: Sequence[Image],
+    seed: int,
+    has_nsfw_concepts: list[bool] | None,
+    has_transparency: list[bool] | None = None,
+    ignored_prompt_words: list[str] | None = None,
 ) -> LayerDiffusionOutput:
+    """The endpoint's output: ``image`` is the first of ``images``, ``seed`` the first image's."""
     return LayerDiffusionOutput(
-        image=image, seed=seed, has_nsfw_concepts=has_nsfw_concepts, ignored_prompt_words=ignored_prompt_words
+        image=images[0],
+        images=list(images),
+        seed=seed,
+        has_nsfw_concepts=has_nsfw_concepts,
+        has_transparency=has_transparency,
+        ignored_prompt_words=ignored_prompt_words,
     )
