@@ -26,6 +26,7 @@ FEW_STEPS = Recipe(
     base_steps=2,
     lora_steps=2,
     decoder_steps=2,
+    sampled_sprites=2,
     image_batch=2,
     latent_batch=4,
 )
@@ -39,7 +40,7 @@ def test_a_short_run_writes_a_loadable_preset_and_its_manifest(tmp_path: Path) -
     manifest = write_demo(
         folder, FEW_STEPS, lambda stage, *_: stages.append(stage), command="layerdiffuse train-demo x", cases=FEW_CASES
     )
-    assert list(dict.fromkeys(stages)) == ["vae", "transparency", "decoder", "base", "lora"]
+    assert list(dict.fromkeys(stages)) == ["vae", "transparency", "base", "lora", "sampling", "decoder"]
     assert (folder / CONTACT_SHEET).is_file() and json.loads((folder / "MANIFEST.json").read_text()) == manifest
     assert manifest["command"] == "layerdiffuse train-demo x" and manifest["recipe"]["decoder_steps"] == 2
     for name, digest in manifest["sha256"].items():
@@ -56,13 +57,13 @@ def test_a_short_run_writes_a_loadable_preset_and_its_manifest(tmp_path: Path) -
     stages.clear()
     refined = write_demo(
         tmp_path / "refined",
-        replace(Recipe(), decoder_steps=3),
+        replace(Recipe(), decoder_steps=3, sampled_sprites=2),
         lambda stage, *_: stages.append(stage),
         command="layerdiffuse train-demo y --from x",
         earlier=folder,
         cases=FEW_CASES,
     )
-    assert list(dict.fromkeys(stages)) == ["decoder"]
+    assert list(dict.fromkeys(stages)) == ["sampling", "decoder"]
     assert refined["recipe"] == {**manifest["recipe"], "decoder_steps": 3}
     assert refined["earlier"]["command"] == "layerdiffuse train-demo x"
     changed = {name for name, digest in refined["sha256"].items() if manifest["sha256"].get(name) != digest}
