@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
 from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
@@ -16,7 +17,7 @@ from layerdiffuse_server.engine.weights.lora_cache import StyleLoraCache
 from layerdiffuse_server.engine.weights.lora_files import COMPONENTS, LoraTargets, StyleLora, read_style_lora
 from layerdiffuse_server.engine.weights.style_loras import add_updates
 from layerdiffuse_server.errors import InvalidInputError
-from layerdiffuse_server.schemas import ForegroundToBlendedInput, GenerationParams, LoraWeight
+from layerdiffuse_server.schemas import MAX_LORAS, ForegroundToBlendedInput, GenerationParams, LoraWeight
 
 from ..support.lora_files import (
     UNET_ATTENTION,
@@ -25,6 +26,7 @@ from ..support.lora_files import (
     write_kohya_lora,
     write_peft_lora,
 )
+from .api_support import APP, SMALL
 from .test_layers import picture
 
 WRITERS: dict[str, Callable[..., Path]] = {
@@ -214,3 +216,17 @@ def test_a_missing_lora_file_is_a_clear_input_error(pipeline: TransparentSDXLPip
     with pytest.raises(InvalidInputError, match="does not exist") as refused:
         pipeline.generate(**TINY_RUN, loras=[LoraWeight(path=str(tmp_path / "gone.safetensors"))])
     assert refused.value.field == "loras"
+
+
+def test_the_api_runs_a_lora_and_refuses_bad_ones_in_fal_format(client: TestClient, lora_folder: Path) -> None:
+    styled = client.post(f"/run{APP}", json={**SMALL, "loras": [{"path": str(lora_path(lora_folder, "kohya"))}]})
+    assert styled.status_code == 200, styled.text
+    too_many = client.post(f"/run{APP}", json={**SMALL, "loras": [{"path": "a.safetensors"}] * (MAX_LORAS + 1)})
+    assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["body", "loras"]
+    missing = client.post(f"/run{APP}", json={**SMALL, "loras": [{"path": "/nowhere/style.safetensors"}]})
+    assert missing.status_code == 422
+    # found by the worker, so in the shape of the engine's refusals
+    assert missing.json() == {
+        "detail": "LoRA file '/nowhere/style.safetensors' does not exist",
+        "error_type": "validation_error",
+    }
