@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     )
     decoder: str | None = Field(default=None, description="Another transparent VAE decoder file.")
     decoder_passes: DecoderPasses = Field(default=8, description="Decoder test-time passes: 8 (best), 4, 2 or 1.")
+    lora_cache_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Host memory (MiB) for the style LoRAs read, least recently used out first; 0: read each time.",
+    )
     device: str = Field(default="auto", description=f"{DEVICES}.")
     dtype: Dtype = Field(default="auto", description="auto, float32, float16 or bfloat16.")
     threads: int | None = Field(

@@ -18,6 +18,8 @@ from layerdiffuse_server.engine.weights.lora_files import COMPONENTS, LoraTarget
 from layerdiffuse_server.engine.weights.style_loras import add_updates
 from layerdiffuse_server.errors import InvalidInputError
 from layerdiffuse_server.schemas import MAX_LORAS, ForegroundToBlendedInput, GenerationParams, LoraWeight
+from layerdiffuse_server.server.engine_loader import pipeline_from_settings
+from layerdiffuse_server.settings import Settings
 
 from ..support.lora_files import (
     UNET_ATTENTION,
@@ -230,3 +232,8 @@ def test_the_api_runs_a_lora_and_refuses_bad_ones_in_fal_format(client: TestClie
         "detail": "LoRA file '/nowhere/style.safetensors' does not exist",
         "error_type": "validation_error",
     }
+
+
+def test_the_cache_budget_is_a_setting(settings: Settings, tiny_folder: Path) -> None:
+    configured = settings.model_copy(update={"model": "tiny", "lora_cache_mb": 3})
+    assert pipeline_from_settings(configured).style_loras.cache.max_bytes == 3 << 20
