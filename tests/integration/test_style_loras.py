@@ -17,7 +17,13 @@ from layerdiffuse_server.engine.weights.lora_cache import StyleLoraCache
 from layerdiffuse_server.engine.weights.lora_files import COMPONENTS, LoraTargets, StyleLora, read_style_lora
 from layerdiffuse_server.engine.weights.style_loras import add_updates
 from layerdiffuse_server.errors import InvalidInputError
-from layerdiffuse_server.schemas import MAX_LORAS, ForegroundToBlendedInput, GenerationParams, LoraWeight
+from layerdiffuse_server.schemas import (
+    MAX_LORAS,
+    ForegroundToBlendedInput,
+    GenerationParams,
+    ImageToImageInput,
+    LoraWeight,
+)
 from layerdiffuse_server.server.engine_loader import pipeline_from_settings
 from layerdiffuse_server.settings import Settings
 
@@ -220,7 +226,10 @@ def test_a_missing_lora_file_is_a_clear_input_error(pipeline: TransparentSDXLPip
     assert refused.value.field == "loras"
 
 
-def test_the_api_runs_a_lora_and_refuses_bad_ones_in_fal_format(client: TestClient, lora_folder: Path) -> None:
+def test_the_api_runs_a_lora_and_refuses_bad_ones_in_fal_format(
+    pipeline: TransparentSDXLPipeline, client: TestClient, lora_folder: Path
+) -> None:
+    """(``pipeline``: the API's worker runs the shared tiny pipeline, whose LoRAs are taken out after.)"""
     styled = client.post(f"/run{APP}", json={**SMALL, "loras": [{"path": str(lora_path(lora_folder, "kohya"))}]})
     assert styled.status_code == 200, styled.text
     too_many = client.post(f"/run{APP}", json={**SMALL, "loras": [{"path": "a.safetensors"}] * (MAX_LORAS + 1)})
@@ -237,3 +246,38 @@ def test_the_api_runs_a_lora_and_refuses_bad_ones_in_fal_format(client: TestClie
 def test_the_cache_budget_is_a_setting(settings: Settings, tiny_folder: Path) -> None:
     configured = settings.model_copy(update={"model": "tiny", "lora_cache_mb": 3})
     assert pipeline_from_settings(configured).style_loras.cache.max_bytes == 3 << 20
+
+
+def test_several_loras_add_up_in_one_request(pipeline: TransparentSDXLPipeline, lora_folder: Path) -> None:
+    pipeline.use_text_to_image_weights()
+    unet = pipeline.patches.unet
+    transparent = {key: value.clone() for key, value in unet.state_dict().items()}
+    kohya, diffusers = lora_path(lora_folder, "kohya"), lora_path(lora_folder, "diffusers")
+    pipeline.style_loras.apply([LoraWeight(path=str(kohya), scale=0.5), LoraWeight(path=str(diffusers), scale=-1.0)])
+    merged = unet.state_dict()
+    key = f"{UNET_ATTENTION[0]}.weight"
+    expected = transparent[key].clone()
+    for path, scale in ((kohya, 0.5), (diffusers, -1.0)):
+        update = pipeline.style_loras.cache.get(path).updates["unet"][key]
+        expected += update.delta(expected.shape, device=expected.device, factor=scale)
+    torch.testing.assert_close(merged[key], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_image_to_image_takes_loras_too(pipeline: TransparentSDXLPipeline, lora_folder: Path) -> None:
+    image = picture((30, 200, 30), alpha=128)
+    params = ImageToImageInput(image_url="stored", seed=3, num_inference_steps=3, strength=0.7)
+    plain = pipeline.generate_from_images(params, {"image_url": image}).images[0].png()
+    styled = pipeline.generate_from_images(
+        params.model_copy(update={"loras": [LoraWeight(path=str(lora_path(lora_folder, "diffusers")))]}),
+        {"image_url": image},
+    )
+    assert styled.images[0].png() != plain
+    assert pipeline.generate_from_images(params, {"image_url": image}).images[0].png() == plain
+
+
+def test_lycoris_files_are_refused_naming_their_keys(tiny_folder: Path, tmp_path: Path) -> None:
+    path = tmp_path / "loha.safetensors"
+    name = "lora_unet_mid_block_attentions_0_proj_in"
+    save_file({f"{name}.hada_w1_a": torch.zeros(64, 4), f"{name}.alpha": torch.tensor(4.0)}, str(path))
+    with pytest.raises(InvalidInputError, match="hada_w1_a"):
+        read_style_lora(path, LoraTargets.of(plain_sdxl(tiny_folder)))

@@ -103,7 +103,7 @@ def read_style_lora(path: Path, targets: LoraTargets) -> StyleLora:
             f"LoRA {path.name} is a DoRA ({_some(dora)}); only plain LoRAs can be merged", field=_FIELD
         )
     if all(key.startswith(KOHYA_PREFIXES) for key in raw):
-        raw = _with_kohya_alphas_applied(raw, path)
+        raw = _with_kohya_alphas_applied(raw)
     state_dict = _to_diffusers_layout(raw, targets, path)
     updates: dict[str, dict[str, LowRankUpdate]] = {}
     unplaced: list[str] = [key for key in state_dict if not key.startswith(tuple(f"{c}." for c in COMPONENTS))]
@@ -146,11 +146,11 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     return tensors, metadata
 
 
-def _with_kohya_alphas_applied(raw: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+def _with_kohya_alphas_applied(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Kohya's ``alpha`` folded into each up factor (``alpha / rank``, per module, as kohya scales).
 
     diffusers turns alphas into one ``lora_alpha`` plus patterns keyed by names that, for kohya's
-    attention modules, match no module, so files with mixed alphas would lose them; folded in, every
+    attention modules, need not match a module, so files with mixed alphas could lose them; folded in, every
     module keeps its own, and a file with one alpha gives diffusers' numbers exactly.
     """
     scaled = dict(raw)
@@ -158,7 +158,7 @@ def _with_kohya_alphas_applied(raw: dict[str, torch.Tensor], path: Path) -> dict
         name = key.removesuffix(".alpha")
         down, up = raw.get(f"{name}.lora_down.weight"), raw.get(f"{name}.lora_up.weight")
         if down is None or up is None:
-            raise InvalidInputError(f"LoRA {path.name} has an alpha without its factors: {key}", field=_FIELD)
+            continue  # not a LoRA's (a LyCORIS module's, say): diffusers' converter names what it cannot read
         alpha = float(scaled.pop(key).float().item())
         scaled[f"{name}.lora_up.weight"] = up * (alpha / down.shape[0])
     return scaled
