@@ -117,7 +117,7 @@ def read_style_lora(path: Path, targets: LoraTargets) -> StyleLora:
             continue
         peft = _to_peft_names(component, part, targets.shapes[component])
         config = _adapter_config(metadata, component)
-        placed, left = _pair_factors(peft, targets.shapes[component], config, path)
+        placed, left = _pair_factors(peft, targets.shapes[component], config)
         unplaced.extend(f"{prefix}{key}" for key in left)
         if placed:
             updates[component] = placed
@@ -222,7 +222,7 @@ def _module_scale(config: Mapping[str, Any], module: str, rank: int) -> float:
 
 
 def _pair_factors(
-    peft: dict[str, torch.Tensor], shapes: Mapping[str, torch.Size], config: Mapping[str, Any], path: Path
+    peft: dict[str, torch.Tensor], shapes: Mapping[str, torch.Size], config: Mapping[str, Any]
 ) -> tuple[dict[str, LowRankUpdate], list[str]]:
     """Each module's ``lora_A``/``lora_B`` as the update of ``<module>.weight``; the keys that fit none."""
     placed: dict[str, LowRankUpdate] = {}
