@@ -8,15 +8,21 @@ an integer, while ``20.0`` is one (JSON has only numbers).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import secrets
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
+from .loras.paths import LoraPath
+
 #: Seeds travel through JSON to JavaScript clients, whose numbers are exact only up to 2**53 - 1.
 MAX_SEED = 2**53 - 1
 MAX_PROMPT_CHARS = 4000
+#: Style LoRAs one request may merge; each adds its merge time to the batch that runs it.
+MAX_LORAS = 4
 
 SchedulerName = Literal["dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_ancestral", "unipc", "ddim"]
 
@@ -78,6 +84,21 @@ def random_seed() -> int:
     return secrets.randbits(32)
 
 
+class LoraWeight(BaseModel):
+    """A style LoRA merged into the model for one request, as fal's endpoints name them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    path: LoraPath = Field(
+        description="An http(s) URL (fetched once, under the same guard as webhooks), this server's file URL (an "
+        "upload), a Hugging Face `owner/repo/file.safetensors`, or a name in the operator's LoRA folder; "
+        "safetensors files only.",
+    )
+    scale: float = Field(
+        default=1.0, ge=-4.0, le=4.0, description="Factor on the LoRA's weights (1: as trained, 0: not applied)."
+    )
+
+
 class LayerDiffusionInput(BaseModel):
     """The input of the ``fal-ai/layer-diffusion`` endpoint: one transparent image."""
 
@@ -117,6 +138,13 @@ class LayerDiffusionInput(BaseModel):
         le=MAX_IMAGES,
         description="Extension: number of images to generate; image i uses seed + i, and the output lists them "
         "all in `images` (`image` is the first).",
+    )
+    loras: list[LoraWeight] = Field(
+        default_factory=list,
+        max_length=MAX_LORAS,
+        description=f"Style LoRAs (kohya/A1111, diffusers or PEFT safetensors files) merged on top of the "
+        f"LayerDiffuse weights, at most {MAX_LORAS}. Transparency was trained on the base SDXL: it depends on "
+        "the base and on the LoRA, and may fail (opaque or broken alpha) with some fine-tunes and styles.",
     )
 
     def with_seed(self) -> Self:
@@ -276,7 +304,8 @@ def image_fields(params: LayerDiffusionInput | type[LayerDiffusionInput]) -> lis
 
 
 def batch_key(params: LayerDiffusionInput) -> str:
-    """What requests must share to be denoised in one batch: one sampler run, one latent shape.
+    """What requests must share to be denoised in one batch: one sampler run, one latent shape, one
+    set of style LoRAs merged into the models.
 
     Stored with each queued request, so a worker picks a batch in SQL without reading inputs; an
     absent side is the worker's model's native one, the same for every request that worker runs.
@@ -285,7 +314,15 @@ def batch_key(params: LayerDiffusionInput) -> str:
     if image_fields(params):
         return f"alone:{secrets.token_hex(8)}"
     width, height = params.width or "native", params.height or "native"
-    return f"{width}x{height}:{params.num_inference_steps}:{params.scheduler}:{params.guidance_scale!r}"
+    key = f"{width}x{height}:{params.num_inference_steps}:{params.scheduler}:{params.guidance_scale!r}"
+    return f"{key}:loras={lora_key(params.loras)}" if params.loras else key
+
+
+def lora_key(loras: list[LoraWeight]) -> str:
+    """The style LoRAs of a request as a short fixed-length key (a hash of their canonical JSON):
+    equal lists give equal keys, so requests share a batch only when they merge the same weights."""
+    canonical = json.dumps([[lora.path, lora.scale] for lora in loras], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def image_count(stored_input: dict[str, Any]) -> int:

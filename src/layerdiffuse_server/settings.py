@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     )
     decoder: str | None = Field(default=None, description="Another transparent VAE decoder file.")
     decoder_passes: DecoderPasses = Field(default=8, description="Decoder test-time passes: 8 (best), 4, 2 or 1.")
+    lora_memory_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Host memory (MiB) for the style LoRAs read, least recently used out first; 0: read each time.",
+    )
     device: str = Field(default="auto", description=f"{DEVICES}.")
     dtype: Dtype = Field(default="auto", description="auto, float32, float16 or bfloat16.")
     threads: int | None = Field(
@@ -192,7 +197,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest LoRA file a request may use (fetched, uploaded, from the hub or the LoRA folder).",
     )
-    lora_cache_bytes: int = Field(
+    lora_disk_bytes: int = Field(
         default=20 * 2**30,
         ge=0,
         description="Disk space of the LoRA files workers fetched or copied (under data_dir/loras); "

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from layerdiffuse_server.files import StoredFiles, open_blob_store
-from layerdiffuse_server.loras import LoraCache, LoraFetchPolicy, LoraSources
+from layerdiffuse_server.loras.cache import LoraCache
+from layerdiffuse_server.loras.fetch import LoraFetchPolicy
+from layerdiffuse_server.loras.sources import LoraSources
 from layerdiffuse_server.settings import Settings
 from layerdiffuse_server.store import open_store
 

@@ -136,7 +136,7 @@ def test_help_lists_the_commands(settings: Settings) -> None:
 def test_the_roles_that_run_requests_take_the_lora_settings(settings: Settings, role: str) -> None:
     done = run_cli(role, "--help", settings=settings, env={"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
-    for flag in ("--lora-folder", "--max-lora-bytes", "--lora-cache-bytes", "--webhook-allow-network"):
+    for flag in ("--lora-folder", "--max-lora-bytes", "--lora-disk-bytes", "--webhook-allow-network"):
         assert flag in done.stdout, flag
     assert "LAYERDIFFUSE_LORA_FOLDER" in done.stdout
 

@@ -18,7 +18,9 @@ from huggingface_hub import constants
 
 from layerdiffuse_server.errors import InvalidInputError
 from layerdiffuse_server.files import LocalBlobStore, StoredFiles, file_url, open_blob_store
-from layerdiffuse_server.loras import LoraCache, LoraFetchPolicy, LoraSources
+from layerdiffuse_server.loras.cache import LoraCache
+from layerdiffuse_server.loras.fetch import LoraFetchPolicy
+from layerdiffuse_server.loras.sources import LoraSources
 from layerdiffuse_server.outbound import parse_networks
 from layerdiffuse_server.settings import Settings
 from layerdiffuse_server.store import Store, open_store
@@ -374,7 +376,7 @@ def test_a_file_larger_than_the_cache_is_still_handed_out(origin: Origin, tmp_pa
 def test_the_workers_resolver_follows_the_settings(tmp_path: Path, files: StoredFiles) -> None:
     settings = Settings(
         home=tmp_path, data_dir=tmp_path / "data", lora_folder=tmp_path / "loras", max_lora_bytes=1234,
-        lora_cache_bytes=5678, webhook_allowed_networks=["127.0.0.1/32"],
+        lora_disk_bytes=5678, webhook_allowed_networks=["127.0.0.1/32"],
     )  # fmt: skip
     resolver = LoraSources.from_settings(settings, files)
     assert resolver.cache.folder == tmp_path / "data" / "loras" and resolver.cache.max_bytes == 5678

@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from layerdiffuse_server.errors import validation_details
-from layerdiffuse_server.loras import LoraPath, LoraPathKind, check_lora_path, lora_path_kind
+from layerdiffuse_server.loras.paths import LoraPath, LoraPathKind, check_lora_path, lora_path_kind
 
 
 @pytest.mark.parametrize(

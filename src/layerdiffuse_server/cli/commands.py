@@ -39,7 +39,7 @@ STORE = ("data_dir", "database_url", "storage_url")
 LISTENERS = ("host", "port", "tls_port", "tls_cert", "tls_key", "tls_names", "public_url")
 HOUSE = ("webhook_allowed_networks", "retention_hours")
 LOGS = ("log_format", "log_level")
-LORAS = ("lora_folder", "max_lora_bytes", "lora_cache_bytes")
+LORAS = ("lora_folder", "max_lora_bytes", "lora_disk_bytes")
 
 
 @app.command()

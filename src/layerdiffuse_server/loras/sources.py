@@ -64,7 +64,7 @@ class LoraSources:
         """The worker's resolver: the cache under the data directory, the guard's networks (those of
         webhooks and image inputs: all guard the server connecting where a request says)."""
         return cls(
-            cache=LoraCache(settings.lora_cache_dir, settings.lora_cache_bytes),
+            cache=LoraCache(settings.lora_cache_dir, settings.lora_disk_bytes),
             policy=LoraFetchPolicy(
                 allowed_networks=parse_networks(settings.webhook_allowed_networks),
                 max_bytes=settings.max_lora_bytes,

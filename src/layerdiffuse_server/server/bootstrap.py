@@ -82,13 +82,28 @@ def signing_keys(settings: Settings, role: Role) -> SigningKeys:
 
 
 def build_worker(core: Core, load_engine: Callable[[], Engine], *, model_name: str) -> GenerationWorker:
+    from ..files import StoredFiles
+    from ..loras.sources import LoraSources
     from ..worker import GenerationWorker
 
     settings = core.settings
+    lora_files = LoraSources.from_settings(
+        settings, StoredFiles(core.blobs, core.store.files, clock=core.manager.clock)
+    )
+
+    def load_and_connect() -> Engine:
+        """The engine, reading requests' LoRAs from this worker's sources (an engine without
+        style LoRAs, such as a test's, has nothing to connect)."""
+        engine = load_engine()
+        connect = getattr(engine, "use_lora_files", None)
+        if connect is not None:
+            connect(lora_files)
+        return engine
+
     return GenerationWorker(
         core.manager,
         core.blobs,
-        load_engine,
+        load_and_connect,
         base_url=settings.files_url,
         model_name=model_name,
         metrics=core.metrics,

@@ -35,6 +35,7 @@ def pipeline_from_settings(settings: Settings, **options: Any) -> TransparentSDX
         layer_weights=settings.layer_weights,
         decoder=settings.decoder,
         decoder_passes=settings.decoder_passes,
+        lora_cache_bytes=settings.lora_memory_mb << 20,
         **options,
     )
 

@@ -7,6 +7,7 @@ image-to-image pipeline, then decoded by the transparent decoder.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -40,6 +41,8 @@ def generate_image_to_image(
     timer = StageTimer(timings, pipeline.device)
     width, height = run_size(*params.size)
     pipeline.use_text_to_image_weights()
+    with timer("style_loras") if params.loras else nullcontext():  # timed when there are some
+        pipeline.style_loras.apply(params.loras)
     with timer("image_encoding"):
         latent = pipeline.encode_image(pipeline.fit_image(image, params))
     with timer("text_encoding"):

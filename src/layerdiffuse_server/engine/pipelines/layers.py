@@ -13,7 +13,7 @@ foreground, decoded with the transparent decoder.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -109,6 +109,8 @@ def generate_layer(
     timings: dict[str, float] = {}
     timer = StageTimer(timings, pipeline.device)
     ensure_layer_model(pipeline, task)
+    with timer("style_loras") if params.loras else nullcontext():  # timed when there are some
+        pipeline.style_loras.apply(params.loras)  # kept on top of the layer model and, after stop_at, plain SDXL
     with timer("image_encoding"):
         condition = condition_latents(
             pipeline, [pipeline.fit_image(images[field], params) for field in CONDITIONS[task]]

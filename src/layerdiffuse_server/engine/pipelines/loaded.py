@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..networks.encoder import TransparentEncoder
     from ..networks.safety import SafetyChecker
     from ..timing import StageTimer
+    from ..weights.style_loras import StyleLoras
     from ..weights.unet_patches import UNetPatches
     from .callbacks import CancelCheck, StepCallback
 
@@ -33,6 +34,7 @@ class LoadedPipeline(Protocol):
     encoder: TransparentEncoder | None
     safety_checker: SafetyChecker | None
     patches: UNetPatches
+    style_loras: StyleLoras
     layer_files: dict[str, str]
     device: torch.device
     dtype: torch.dtype

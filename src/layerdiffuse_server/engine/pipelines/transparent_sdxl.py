@@ -14,6 +14,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ from ..presets import (
 )
 from ..timing import StageTimer
 from ..weights.layer_weights import TEXT_TO_IMAGE, transparency_patch
+from ..weights.lora_cache import DEFAULT_CACHE_BYTES
 from ..weights.sources import resolve_file
+from ..weights.style_loras import LoraResolver, StyleLoras, no_lora_files
 from ..weights.unet_patches import UNetPatches
 from .acceleration import RuntimeOptions, apply_runtime_options
 from .callbacks import CancelCheck, StepCallback, step_callback
@@ -89,6 +92,8 @@ class TransparentSDXLPipeline:
         encoder: TransparentEncoder | None = None,
         patches: UNetPatches | None = None,
         layer_files: dict[str, str] | None = None,
+        lora_resolver: LoraResolver = no_lora_files,
+        lora_cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         self.sdxl = sdxl
         self.decoder = decoder
@@ -97,11 +102,18 @@ class TransparentSDXLPipeline:
         self.patches = patches or UNetPatches(sdxl.unet)
         #: Conditioned-layer model files by task (``fg2ble`` …), loaded on first use.
         self.layer_files = layer_files or {}
+        #: The style LoRAs of the batch in hand, merged on top of the LayerDiffuse weights.
+        self.style_loras = StyleLoras(sdxl, self.patches, resolve=lora_resolver, cache_bytes=lora_cache_bytes)
         self.safety_checker = safety_checker
         self.device = device
         self.dtype = dtype
         self.native_size = native_size  # the side of what it was trained on: requests without a size get it
         self.sdxl.set_progress_bar_config(disable=True)
+
+    def use_lora_files(self, resolve: LoraResolver) -> None:
+        """Where requests' LoRA paths are found from now on: the worker's sources (its file store,
+        URLs, the hub, the operator's folder), which only the worker that loads this pipeline has."""
+        self.style_loras.resolve = resolve
 
     @property
     def threads(self) -> int:
@@ -146,6 +158,8 @@ class TransparentSDXLPipeline:
         decoder_max_batch: int = 8,
         safety_checker: bool = True,
         runtime: RuntimeOptions | None = None,
+        lora_resolver: LoraResolver = no_lora_files,
+        lora_cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> TransparentSDXLPipeline:
         """Load every model from weight references (local paths or hub files).
 
@@ -155,6 +169,9 @@ class TransparentSDXLPipeline:
             decoder_max_batch: passes per decoder forward call; lower it to bound memory.
             safety_checker: load the safety checker (requests can still turn it off).
             runtime: memory mode, tiling, memory layout and compilation (:class:`RuntimeOptions`).
+            lora_resolver: turns a request's LoRA ``path`` into a local file (default: none can be;
+                a worker connects its sources with :meth:`use_lora_files`).
+            lora_cache_bytes: host memory for the style LoRAs read, least recently used out first.
         """
         runtime = runtime or RuntimeOptions()
         torch_device = resolve_device(device)
@@ -208,6 +225,8 @@ class TransparentSDXLPipeline:
             encoder=encoder,
             patches=patches,
             layer_files=dict(sources.layers),
+            lora_resolver=lora_resolver,
+            lora_cache_bytes=lora_cache_bytes,
         )
         apply_runtime_options(pipeline, runtime)
         return pipeline
@@ -269,7 +288,7 @@ class TransparentSDXLPipeline:
         requests = [params.with_size(self.native_size).with_seed() for params in requests]
         keys = {batch_key(params) for params in requests}
         if len(keys) > 1:
-            raise ValueError(f"requests in one batch must share size, steps, sampler and guidance; got {keys}")
+            raise ValueError(f"requests in one batch must share size, steps, sampler, guidance and LoRAs; got {keys}")
         first = requests[0]
         seeds = [params.fixed_seed + i for params in requests for i in range(params.num_images)]
         prompts = [params.prompt for params in requests for _ in range(params.num_images)]
@@ -280,6 +299,8 @@ class TransparentSDXLPipeline:
         if should_cancel and should_cancel():
             raise GenerationCancelled("cancelled before start")
         self.use_text_to_image_weights()
+        with timer("style_loras") if first.loras else nullcontext():  # timed when there are some
+            self.style_loras.apply(first.loras)  # the batch key makes them every request's
         with timer("text_encoding"):
             embeddings = self.encode_prompts(prompts, negatives, first.guidance_scale)
         with timer("denoising"):

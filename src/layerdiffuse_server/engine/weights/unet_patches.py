@@ -7,6 +7,10 @@ parameters each), so the one UNet is switched in place: the base values of every
 touches are kept on the host once, and switching copies them back, then merges the next patch.
 Restoring copies exact values and merging repeats the same arithmetic, so a model gives the same
 pixels however often it was switched away from and back.
+
+A request's style LoRAs are a second layer, merged on top of whichever patch is active and kept
+across switches (a conditioned model's "stop at" hands over to plain SDXL with the style still in);
+changing or removing them restores the base values and merges the patch again, never subtracting.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -27,6 +32,16 @@ Merge = Callable[[torch.nn.Module], object]
 BASE = "base"
 
 
+@dataclass(frozen=True)
+class Style:
+    """Weights merged on top of the active patch: a name (equal names: equal weights), the weights it
+    changes, and how to merge it."""
+
+    name: str
+    keys: frozenset[str]
+    merge: Merge
+
+
 class UNetPatches:
     def __init__(self, unet: torch.nn.Module) -> None:
         self.unet = unet
@@ -35,6 +50,7 @@ class UNetPatches:
         self._changed: set[str] = set()
         self._merges: dict[str, Merge] = {}
         self._keys: dict[str, set[str]] = {}
+        self._style: Style | None = None
 
     def register(self, name: str, keys: set[str], merge: Merge) -> None:
         """Make a patch available; ``keys`` are the weights it changes (their base values are kept)."""
@@ -54,6 +70,11 @@ class UNetPatches:
         """Host memory the kept base values take."""
         return sum(value.numel() * value.element_size() for value in self._base.values())
 
+    @property
+    def style(self) -> str | None:
+        """The name of the style merged on top of the active patch (None: none)."""
+        return self._style.name if self._style else None
+
     @torch.no_grad()
     def use(self, name: str) -> None:
         """Switch the UNet to patch ``name`` (or :data:`BASE`); nothing to do when it is active."""
@@ -61,21 +82,37 @@ class UNetPatches:
             return
         if not self.has(name):
             raise KeyError(name)
+        self._switch(name, self._style)
+
+    @torch.no_grad()
+    def use_style(self, style: Style | None) -> None:
+        """Merge ``style`` on top of the active patch in place of the one there (None: remove it)."""
+        if (style.name if style else None) == self.style:
+            return
+        self._switch(self.active or BASE, style)
+
+    def _switch(self, name: str, style: Style | None) -> None:
         started, previous = time.perf_counter(), self.active
         self.active = None
         try:
             self._restore()
+            self._style = style
+            keys = (self._keys[name] if name != BASE else set()) | (style.keys if style else set())
+            self._keep_base(keys)
+            self._changed = keys
             if name != BASE:
-                self._keep_base(self._keys[name])
-                self._changed = self._keys[name]
                 self._merges[name](self.unet)
+            if style is not None:
+                style.merge(self.unet)
         except BaseException:
             # Half merged (out of memory, say): back to the base weights, so the next request's
             # switch starts from a known state rather than trusting a name the weights no longer match.
+            self._style = None
             self._restore()
             self.active = BASE
             raise
-        logger.debug("UNet switched from %s to %s in %.2f s", previous, name, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        logger.debug("UNet switched from %s to %s (style %s) in %.2f s", previous, name, self.style, elapsed)
         self.active = name
 
     def _keep_base(self, keys: set[str]) -> None:
@@ -90,5 +127,7 @@ class UNetPatches:
             if parameter.shape == base.shape:
                 parameter.copy_(base)
             else:  # a widened conv_in goes back to the latent channels alone
-                _replace_parameter(self.unet, key, base.to(parameter.device), parameter.requires_grad)
+                # A copy: on the host, .to() would hand the kept value itself to the UNet, and a style
+                # merged in place next would change the value kept for the exact restore.
+                _replace_parameter(self.unet, key, base.to(parameter.device, copy=True), parameter.requires_grad)
         self._changed = set()
