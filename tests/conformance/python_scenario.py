@@ -132,6 +132,23 @@ def lora_uploads(args: dict) -> dict:
     }
 
 
+def lora_runs(args: dict) -> dict:
+    """A LoRA uploaded with ``upload_file``, then the same input run without it, with it and at scale 0:
+    the SHA-256 of each result's PNG, as downloaded from its URL."""
+    import hashlib
+
+    url = fal_client.upload_file(Path(args["file"]))
+    digests = {}
+    for name, loras in {
+        "none": [],
+        "styled": [{"path": url, "scale": 1.5}],
+        "zero": [{"path": url, "scale": 0}],
+    }.items():
+        output = fal_client.subscribe(APP, {**args["input"], "loras": loras})
+        digests[name] = hashlib.sha256(httpx.get(output["image"]["url"]).content).hexdigest()
+    return {"url": url, "digests": digests}
+
+
 def layer(args: dict) -> dict:
     """An endpoint with image inputs: the first image uploaded with ``upload_file`` (its URL is sent),
     the others sent inline as data: URIs (``encode_file``), the client's two ways of passing a file."""

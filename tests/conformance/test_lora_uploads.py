@@ -17,6 +17,7 @@ from layerdiffuse_server.loras.sources import LoraSources
 from layerdiffuse_server.settings import Settings
 from layerdiffuse_server.store import open_store
 
+from ..support.lora_files import write_kohya_lora
 from ..support.loras import lora_bytes
 from .conftest import ServerProcess, python_client_env, run_js, run_python
 
@@ -55,3 +56,17 @@ def test_a_lora_uploaded_with_the_js_client_resolves_by_its_url(
     assert uploaded["ok"], uploaded
     assert uploaded["url"].endswith("/watercolor.safetensors")
     assert resolver(uploaded["url"]).read_bytes() == LORA
+
+
+def test_a_lora_uploaded_with_the_python_client_styles_a_generation_and_scale_zero_does_not(
+    server: ServerProcess, api_key: str, connect_proxy: str, tiny_pipeline: object, tmp_path: Path
+) -> None:
+    """The issue's promise end to end: upload, name its URL in ``loras``, get another image; scale 0, the same."""
+    lora = write_kohya_lora(tmp_path, tiny_pipeline.style_loras.targets.shapes)  # type: ignore[attr-defined]
+    small = {"prompt": "a lamp", "seed": 9, "width": 64, "height": 64, "num_inference_steps": 2}
+    outcome = run_python(
+        "lora_runs", {"file": str(lora), "input": small}, python_client_env(server, api_key, via_proxy=connect_proxy)
+    )
+    assert outcome["ok"], outcome
+    digests = outcome["digests"]
+    assert digests["styled"] != digests["none"] and digests["zero"] == digests["none"]

@@ -235,3 +235,32 @@ def test_a_role_with_a_bad_setting_ends_before_loading_anything(
     assert done.returncode == 2, done.stderr
     assert f"LAYERDIFFUSE_{variable}={value}: input should be" in done.stderr and "Traceback" not in done.stderr
     assert time.monotonic() - started < 30
+
+
+def test_a_local_lora_file_changes_the_image_and_scale_zero_does_not(
+    settings: Settings, tiny_folder: Path, tiny_pipeline: object, tmp_path: Path
+) -> None:
+    from ..support.lora_files import write_kohya_lora
+
+    lora = write_kohya_lora(tmp_path, tiny_pipeline.style_loras.targets.shapes)  # type: ignore[attr-defined]
+    tiny = ("--model", "tiny", "--seed", "7", "--width", "64", "--height", "64", "--steps", "2")
+    outputs = {}
+    for name, extra in {"plain": (), "styled": ("--lora", f"{lora}:1.5"), "unset": ("--lora", f"{lora}:0")}.items():
+        outputs[name] = tmp_path / f"{name}.png"
+        done = run_cli("generate", "a lamp", "-o", str(outputs[name]), *tiny, *extra, settings=settings)
+        assert done.returncode == 0, done.stderr
+    plain, styled, unset = (outputs[name].read_bytes() for name in ("plain", "styled", "unset"))
+    assert styled != plain and unset == plain
+
+
+def test_a_missing_or_pickled_lora_is_refused_before_the_model_loads(settings: Settings, tmp_path: Path) -> None:
+    pickled = tmp_path / "style.ckpt"
+    pickled.write_bytes(b"\x80\x04")
+    for value, message in (
+        (str(tmp_path / "gone.safetensors"), "no such LoRA file"),
+        (str(pickled), "not a .safetensors"),
+    ):
+        done = run_cli("generate", "x", "--model", "tiny", "--lora", value, settings=settings)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+    bad_name = run_cli("generate", "x", "--model", "tiny", "--lora", "a b/c", settings=settings)
+    assert bad_name.returncode == 2 and "--lora" in bad_name.stderr, bad_name.stderr

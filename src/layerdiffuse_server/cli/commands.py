@@ -43,7 +43,7 @@ LORAS = ("lora_folder", "max_lora_bytes", "lora_disk_bytes")
 
 
 @app.command()
-@settings_options(*MODEL)
+@settings_options(*MODEL, *LORAS)
 def generate(
     settings: Settings,
     prompt: Annotated[str, typer.Argument(help="What to draw.")] = "",
@@ -86,6 +86,13 @@ def generate(
         float, typer.Option(help="Conditioned layers: fraction of the denoising that uses the layer model.")
     ] = 1.0,
     layer_strength: Annotated[float, typer.Option(help="Strength of the LayerDiffuse weights.")] = 1.0,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A style LoRA, PATH[:SCALE] (scale 1 when absent); repeat for several. PATH: a local .safetensors "
+            "file, an http(s) URL, a Hugging Face owner/repo/file.safetensors, or a name in --lora-folder."
+        ),
+    ] = None,
     preview: Annotated[Path | None, typer.Option(help="Also write a checkerboard preview PNG here.")] = None,
     safety_checker: Annotated[
         bool, typer.Option("--safety-checker/--no-safety-checker", help="Run the NSFW safety checker.")
@@ -98,20 +105,25 @@ def generate(
     --blended it runs the conditioned-layer models, like the server's endpoints of those names.
     """
     from .generation import check_model, generate_and_write, generation_input, read_image_files
+    from .loras import command_line_loras
 
     configure_console_logging(verbose)
+    loras, lora_files = command_line_loras(lora or [], settings)
     named = {"image_url": image, "foreground_image_url": foreground, "background_image_url": background}
     files = {name: path for name, path in (named | {"blended_image_url": blended}).items() if path is not None}
     common = {
         "prompt": prompt, "negative_prompt": negative, "seed": seed, "num_inference_steps": steps,
         "guidance_scale": guidance, "width": width, "height": height, "enable_safety_checker": safety_checker,
+        "loras": loras,
     } | ({"scheduler": scheduler} if scheduler else {})  # fmt: skip
     if strength is not None and "image_url" not in files:
         raise fail("--strength: only image to image has a strength; give the image with --image", 2)
     arrays = read_image_files(files)
     params = generation_input(common, files, num_images=num_images, strength=strength, stop_at=stop_at)
     check_model(settings, prompt)
-    generate_and_write(settings, params, arrays, output=output, preview=preview, layer_strength=layer_strength)
+    generate_and_write(
+        settings, params, arrays, output=output, preview=preview, layer_strength=layer_strength, lora_files=lora_files
+    )
 
 
 @app.command("train-demo")

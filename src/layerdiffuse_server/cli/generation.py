@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ FLAGS = {
     "width": "--width",
     "height": "--height",
     "num_images": "--num-images",
+    "loras": "--lora",
     "scheduler": "--scheduler",
 }
 #: The flag of each image field of the endpoints.
@@ -126,6 +128,7 @@ def generate_and_write(
     output: Path,
     preview: Path | None,
     layer_strength: float,
+    lora_files: Callable[[str], Path] | None = None,
 ) -> None:
     """Load the model, generate with progress on stderr, write the PNGs and say what was written."""
     from ..server.engine_loader import pipeline_from_settings
@@ -135,6 +138,8 @@ def generate_and_write(
         pipeline = pipeline_from_settings(
             settings, layer_strength=layer_strength, safety_checker=params.enable_safety_checker
         )
+        if lora_files is not None:
+            pipeline.use_lora_files(lora_files)
         logger.info("Model %r ready in %.1f s", settings.model, time.perf_counter() - loading)
         total = params.num_inference_steps
         if isinstance(params, ImageToImageInput):  # only the end of the schedule runs
