@@ -239,6 +239,25 @@ def test_several_images_of_one_request_are_each_shown(
     expect(page.get_by_label("Images", exact=True)).to_have_attribute("max", "1")
 
 
+def test_style_loras_are_sent_as_fal_names_them_and_a_refusal_is_shown(
+    page: Page, playground_server: ServerProcess, playground_key: str
+) -> None:
+    page.goto(playground_server.http_url)
+    enter_key(page, playground_key)
+    fill_small_request(page, "a lantern", steps=2, seed=20)
+    page.get_by_label("Style LoRAs").fill("house-style:0.5\nhttps://example.com/a:b/ink.safetensors")
+    code = page.locator("#code-text")
+    expect(code).to_contain_text(
+        '"loras": [{"path": "house-style", "scale": 0.5}, {"path": "https://example.com/a:b/ink.safetensors", "scale": 1}]'
+    )
+    page.get_by_label("Style LoRAs").fill("house-style:0.5")
+    page.get_by_role("button", name="Generate").click()
+    # This server has no LoRA folder: the worker says so, and the page shows it.
+    expect(page.locator("#form-error")).to_contain_text("house-style", timeout=120_000)
+    page.reload()
+    expect(page.get_by_label("Style LoRAs")).to_have_value("house-style:0.5")
+
+
 def test_a_refused_key_is_explained_and_not_kept(page: Page, playground_server: ServerProcess) -> None:
     page.goto(playground_server.http_url)
     enter_key(page, "not-a-key:wrong")

@@ -171,6 +171,24 @@ function fieldsOf(target) {
   return [...target.images, ...FIELDS, ...target.extras];
 }
 
+/** The LoRA lines as the request's ``loras``: ``PATH[:SCALE]`` each, the scale what follows the last colon
+ * when it is a number (URLs have colons too). */
+function lorasOf(text) {
+  return text.split("\n").map((line) => line.trim()).filter(Boolean).map((line) => {
+    const colon = line.lastIndexOf(":");
+    const scale = colon > 0 ? line.slice(colon + 1).trim() : "";
+    return scale !== "" && !Number.isNaN(Number(scale))
+      ? { path: line.slice(0, colon).trim(), scale: Number(scale) }
+      : { path: line, scale: 1 };
+  });
+}
+
+function linesOf(loras) {
+  return Array.isArray(loras)
+    ? loras.filter(isObject).map((lora) => (lora.scale === undefined || lora.scale === 1 ? lora.path : `${lora.path}:${lora.scale}`)).join("\n")
+    : "";
+}
+
 /** The request's input: the prompt and the images always, every other field only where it differs from
  * its default. An image is its URL, typed or (once uploaded) that of the file chosen for it. */
 function readInput() {
@@ -186,6 +204,8 @@ function readInput() {
     const unchanged = element.type === "checkbox" ? value === defaultOf(element) : String(element.value) === String(defaultOf(element));
     if (name === "prompt" || !unchanged) input[name] = value;
   }
+  const loras = lorasOf($("loras").value);
+  if (loras.length) input.loras = loras;
   return input;
 }
 
@@ -198,6 +218,7 @@ function fillForm(input) {
     else element.value = value ?? "";
     if (element.tagName === "SELECT" && element.selectedIndex < 0) element.value = defaultOf(element);
   }
+  $("loras").value = linesOf(input.loras);
   updateCode();
 }
 
@@ -1188,6 +1209,7 @@ function pythonLiteral(value) {
   if (value === false) return "False";
   if (value === null) return "None";
   if (value instanceof LocalFile) return `fal_client.encode_file(${JSON.stringify(value.name)})`;
+  if (Array.isArray(value)) return `[${value.map(pythonLiteral).join(", ")}]`;
   if (typeof value === "object") {
     return `{${Object.entries(value).map(([key, item]) => `${JSON.stringify(key)}: ${pythonLiteral(item)}`).join(", ")}}`;
   }
