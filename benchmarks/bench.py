@@ -391,6 +391,80 @@ def image_rows(
     return rows
 
 
+def write_style_lora(ours: TransparentSDXLPipeline, folder: Path, rank: int = 32) -> str:
+    """A kohya-layout LoRA of ``rank`` on every UNet attention projection (the common style LoRA's
+    shape), random, for this model's sizes; returns its name in ``folder``."""
+    from safetensors.torch import save_file
+
+    from layerdiffuse_server.engine.making.random_weights import DIFFUSERS_TO_SGM_BLOCKS
+    from layerdiffuse_server.engine.weights.attention_weights import attention_projection_keys
+
+    shapes = {key: value.shape for key, value in ours.patches.unet.state_dict().items()}
+    generator = torch.Generator().manual_seed(5)
+    state = {}
+    for key in sorted(attention_projection_keys(shapes)):
+        out_features, in_features = shapes[key]
+        block, _, rest = key.removesuffix(".weight").partition(".transformer_blocks.")
+        name = f"lora_unet_{DIFFUSERS_TO_SGM_BLOCKS[block]}.transformer_blocks.{rest}".replace(".", "_")
+        state[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=generator) / in_features**0.5
+        state[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * 1e-3
+        state[f"{name}.alpha"] = torch.tensor(float(rank))
+    save_file(state, str(folder / "style.safetensors"))
+    return "style"
+
+
+def lora_rows(
+    ours: TransparentSDXLPipeline,
+    params: GenerationParams,
+    device: torch.device,
+    args: argparse.Namespace,
+    baseline: float,
+) -> list[Row]:
+    """What a style LoRA costs: a generation with one (the merge included, as every request with a
+    LoRA after one without pays it) and the switch alone, on and off."""
+    if args.no_images:
+        return []
+    from layerdiffuse_server.loras.cache import LoraCache
+    from layerdiffuse_server.loras.fetch import LoraFetchPolicy
+    from layerdiffuse_server.loras.sources import LoraSources
+    from layerdiffuse_server.schemas import LoraWeight
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-loras-"))
+    name = write_style_lora(ours, scratch)
+    ours.use_lora_files(LoraSources(LoraCache(scratch / "cache", 2**30), LoraFetchPolicy(), folder=scratch))
+    styled = params.model_copy(update={"loras": [LoraWeight(path=name, scale=0.8)]})
+    started = time.perf_counter()
+    ours.generate(styled)  # reads the file into the cache
+    first = time.perf_counter() - started
+
+    def with_then_without() -> None:
+        ours.generate(styled)
+        ours.style_loras.apply([])
+
+    memory: dict[str, float] = {}
+    with peak_memory(device, memory):
+        seconds, _ = timed_runs(with_then_without, device, args.repeats, 0)
+    switch: list[float] = []
+    for _ in range(args.repeats):
+        sync(device)
+        started = time.perf_counter()
+        ours.style_loras.apply(styled.loras)
+        ours.style_loras.apply([])
+        sync(device)
+        switch.append(time.perf_counter() - started)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return [
+        Row(
+            "text to image with a style LoRA (rank 32, attention)",
+            statistics.median(seconds),
+            baseline,
+            note=f"merge and removal included; the first call, reading the file: {first:.1f} s",
+            memory=memory["peak_extra_bytes"],
+        ),
+        Row("  switching a style LoRA on and off", statistics.median(switch), baseline, note="exact restore"),
+    ]
+
+
 def variant_rows(
     args: argparse.Namespace,
     settings: Settings,
@@ -692,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = report.pop("rows")
     params, reference = report.pop("params"), report.pop("reference_pixels")
     rows += image_rows(ours, params, reference, ours.device, args, report["baseline"])
+    rows += lora_rows(ours, params, ours.device, args, report["baseline"])
     if not args.no_server:
         rows += server_phase(args, settings, ours, report["direct_seconds"])
     # Variants last, compile last of all: its compiled graphs and worker pool stay in the process.
