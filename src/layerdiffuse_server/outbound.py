@@ -16,9 +16,10 @@ on the key holder's behalf. The rules:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -114,6 +115,31 @@ class WebhookTarget:
     @property
     def server_name(self) -> str:
         return self.url.raw_host.decode("ascii")
+
+
+@contextlib.asynccontextmanager
+async def pinned_get(
+    target: WebhookTarget, headers: dict[str, str], *, timeout: float, transport: httpx.AsyncBaseTransport | None
+) -> AsyncIterator[httpx.Response]:
+    """A streamed GET of a checked target that connects to its checked address and nowhere else:
+    ``Host`` and the TLS server name are the URL's, redirects are the caller's to check again, no
+    proxy from the environment, and no keep-alive (the connection serves one address, one name)."""
+    async with (
+        httpx.AsyncClient(
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        ) as client,
+        client.stream(
+            "GET",
+            target.connect_url,
+            headers={"Host": target.host_header, **headers},
+            extensions={"sni_hostname": target.server_name},
+        ) as response,
+    ):
+        yield response
 
 
 def resolve_webhook_target(url: str, allowed_networks: Sequence[IPNetwork]) -> WebhookTarget:

@@ -43,6 +43,7 @@ from ..outbound import (
     TargetRefused,
     WebhookTarget,
     parse_networks,
+    pinned_get,
     resolve_webhook_target,
 )
 from ..schemas import ACCEPTED_IMAGE_URLS, describe_refused_url
@@ -306,24 +307,13 @@ async def _download(
 ) -> tuple[str | None, bytes]:
     """(declared content type, body) of a GET to the checked address, as webhooks are delivered."""
     headers = {
-        "Host": target.host_header,
         "User-Agent": "layerdiffuse-server image inputs",
         "Accept": ", ".join(RASTER_FORMATS),
         "Accept-Encoding": "identity",  # what is counted is what arrives: no decompression bombs
     }
-    # No keep-alive: the connection is opened for one checked address and one TLS server name.
     async with (
         asyncio.timeout(policy.timeout_seconds),
-        httpx.AsyncClient(
-            transport=transport,
-            timeout=policy.timeout_seconds,
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_keepalive_connections=0),
-        ) as client,
-        client.stream(
-            "GET", target.connect_url, headers=headers, extensions={"sni_hostname": target.server_name}
-        ) as response,
+        pinned_get(target, headers, timeout=policy.timeout_seconds, transport=transport) as response,
     ):
         _check_answer(response, policy.max_bytes, field)
         return response.headers.get("content-type"), await _read_at_most(response, policy.max_bytes, field)

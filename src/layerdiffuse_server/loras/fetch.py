@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import httpx
 
-from ..outbound import IPNetwork, TargetRefused, resolve_webhook_target
+from ..outbound import IPNetwork, TargetRefused, pinned_get, resolve_webhook_target
 from .format import PREFIX_BYTES, not_safetensors, plausible_prefix
 from .paths import refusal
 
@@ -87,23 +87,10 @@ async def _get(
     except TargetRefused as refused:
         raise refusal(f"the LoRA URL {_shorten(url)} is refused: {refused.reason}") from None
     headers = {
-        "Host": checked.host_header,
         "User-Agent": "layerdiffuse-server LoRA fetch",
         "Accept-Encoding": "identity",  # what is counted is what arrives
     }
-    # No keep-alive: the connection is opened for one checked address and one TLS server name.
-    async with (
-        httpx.AsyncClient(
-            transport=transport,
-            timeout=policy.timeout_seconds,
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_keepalive_connections=0),
-        ) as client,
-        client.stream(
-            "GET", checked.connect_url, headers=headers, extensions={"sni_hostname": checked.server_name}
-        ) as response,
-    ):
+    async with pinned_get(checked, headers, timeout=policy.timeout_seconds, transport=transport) as response:
         if response.is_redirect and "location" in response.headers:
             return str(checked.url.join(response.headers["location"]))
         declared = _check_answer(response, policy.max_bytes, shown)

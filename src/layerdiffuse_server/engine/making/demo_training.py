@@ -164,6 +164,14 @@ def _optimiser(parameters: Any, recipe: Recipe, steps: int, scale: float = 1.0) 
     return optimiser, schedule
 
 
+def _step(optimiser: Any, schedule: Any, loss: torch.Tensor) -> None:
+    """One optimisation step of every stage: gradients afresh, the update, the schedule."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    schedule.step()
+
+
 def train_vae(vae: Any, sprites: Sprites, recipe: Recipe, progress: Progress) -> None:
     generator = torch.Generator().manual_seed(recipe.seed + 1)
     optimiser, schedule = _optimiser(vae.parameters(), recipe, recipe.vae_steps)
@@ -174,10 +182,7 @@ def train_vae(vae: Any, sprites: Sprites, recipe: Recipe, progress: Progress) ->
             posterior = vae.encode(images).latent_dist
             reconstruction = vae.decode(posterior.sample(generator)).sample
             loss = (reconstruction.float() - images).abs().mean() + 1e-6 * posterior.kl().float().mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
+        _step(optimiser, schedule, loss)
         progress("vae", step + 1, recipe.vae_steps, loss.item())
     vae.eval()
     vae.requires_grad_(False)
@@ -220,10 +225,7 @@ def train_latent_transparency(
             predicted = decoder(pixel, latent).float()
         target = torch.cat([alpha, padded], dim=1)
         loss = (predicted - target).abs().mean() + 0.5 * (pixel - (grey * 0.5 + 0.5)).abs().mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
+        _step(optimiser, schedule, loss)
         progress("transparency", step + 1, recipe.transparency_steps, loss.item())
     encoder.eval().requires_grad_(False)
     decoder.eval().requires_grad_(False)
@@ -340,10 +342,7 @@ def refine_decoder(
             + ALPHA_WEIGHT * (predicted[:, :1] - target[:, :1]).abs().mean()
             + CLEAR_WEIGHT * (torch.relu(predicted[:, :1] + CLEAR_MARGIN) * clear).mean()
         )
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
+        _step(optimiser, schedule, loss)
         progress("decoder", step + 1, recipe.decoder_steps, loss.item())
     decoder.eval().requires_grad_(False)
 
@@ -441,10 +440,7 @@ def _train_denoiser(
     for step, index in enumerate(_batches(len(latents), recipe.latent_batch, steps, generator)):
         embeds, pooled = encode(_with_dropout([captions[i] for i in index.tolist()], recipe, generator))
         loss = diffusion.loss(unet, latents[index], embeds, pooled, generator)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
+        _step(optimiser, schedule, loss)
         progress(stage, step + 1, steps, loss.item())
     unet.eval()
 
