@@ -334,15 +334,20 @@ def batch_key(params: LayerDiffusionInput) -> str:
 
     Stored with each queued request, so a worker picks a batch in SQL without reading inputs; an
     absent side is the worker's model's native one, the same for every request that worker runs.
-    Requests with image inputs run alone: their key is unique.
+    Requests with image inputs run alone: their key is unique. A checkpoint is named in the key as
+    ``:model=NAME`` (followed by ``:`` or the end), so a worker can prefer the checkpoints it holds
+    (see the request queue's claim).
     """
+    model = f"{MODEL_MARKER}{params.model_name}" if params.model_name is not None else ""
     if image_fields(params):
-        return f"alone:{secrets.token_hex(8)}"
+        return f"alone:{secrets.token_hex(8)}{model}"
     width, height = params.width or "native", params.height or "native"
-    key = f"{width}x{height}:{params.num_inference_steps}:{params.scheduler}:{params.guidance_scale!r}"
-    if params.model_name is not None:
-        key = f"{key}:model={params.model_name}"
+    key = f"{width}x{height}:{params.num_inference_steps}:{params.scheduler}:{params.guidance_scale!r}{model}"
     return f"{key}:loras={lora_key(params.loras)}" if params.loras else key
+
+
+#: How a batch key names its checkpoint (see :func:`batch_key`); a key without it is the model's own.
+MODEL_MARKER = ":model="
 
 
 def lora_key(loras: list[LoraWeight]) -> str:

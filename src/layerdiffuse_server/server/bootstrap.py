@@ -116,7 +116,7 @@ def build_worker(
         core.manager,
         core.blobs,
         lambda: connected(load_engine()),
-        load_checkpoint=load_named,
+        load_checkpoint=load_named if settings.checkpoints else None,
         max_loaded_models=settings.max_loaded_models,
         base_url=settings.files_url,
         model_name=model_name,

@@ -412,7 +412,9 @@ class GenerationWorker:
         to the queue, or, where even that fails (the store is away), no longer renewed, so its lease
         runs out and another worker takes it over.
         """
-        leases = self.manager.claim(self.worker_id, self.max_batch_size)
+        # A worker that can switch models takes requests for those it holds first (see the claim).
+        prefer = self.models.names if self._load_checkpoint is not None else []
+        leases = self.manager.claim(self.worker_id, self.max_batch_size, prefer=prefer)
         if not leases:
             return False
         claimed_at = self.clock.monotonic()
