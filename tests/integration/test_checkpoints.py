@@ -44,10 +44,14 @@ def v_prediction_checkpoint(tiny_folder: Path, tmp_path_factory: pytest.TempPath
 def checkpoint_client(
     settings: Settings, tmp_path: Path, tiny_pipeline: object, other_checkpoint: Path
 ) -> Iterator[TestClient]:
-    """The API with a worker whose model is tiny and whose operator lists the checkpoint ``other``;
-    it holds one model at a time, so every switch unloads the other."""
+    """The API with a worker whose model is tiny and whose operator lists the checkpoints ``other``
+    and ``gone`` (whose folder is missing); it holds one model at a time, so every switch unloads the other."""
     configured = server_settings(
-        settings, tmp_path, model="tiny", checkpoints={"other": str(other_checkpoint)}, max_loaded_models=1
+        settings,
+        tmp_path,
+        model="tiny",
+        checkpoints={"other": str(other_checkpoint), "gone": str(tmp_path / "no-such-folder")},
+        max_loaded_models=1,
     )
     services = build_services(
         configured, lambda: tiny_pipeline, model_name="tiny", load_checkpoint=checkpoint_loader(configured)
@@ -82,11 +86,23 @@ def test_a_checkpoint_switch_in_a_worker_and_back(checkpoint_client: TestClient)
     assert any("checkpoint 'other' unloaded to make room" in line for line in back_logs)
 
 
+def test_a_checkpoint_that_cannot_load_fails_its_request_and_the_worker_goes_on(checkpoint_client: TestClient) -> None:
+    request_id = checkpoint_client.post(f"/queue{APP}", json=SMALL | {"model_name": "gone"}).json()["request_id"]
+    status = wait_completed(checkpoint_client, request_id)
+    assert status["error_type"] == "runner_scheduling_failure"
+    assert "no-such-folder" in status["error"]
+    assert any(line["message"].startswith("Loading checkpoint 'gone'") for line in status["logs"])
+    image, logs = generated(checkpoint_client)  # the model, loaded again: the failed load unloaded it
+    assert image and "Loading model 'tiny' (this worker does not hold it)." in logs
+
+
 def test_an_unknown_model_name_is_refused_naming_the_checkpoints(checkpoint_client: TestClient) -> None:
     run = checkpoint_client.post(f"/run{APP}", json=SMALL | {"model_name": "nope"})
     assert run.status_code == 422
     problem = run.json()["detail"][0]
-    assert problem["loc"] == ["body", "model_name"] and "'other'" in problem["msg"] and "'nope'" in problem["msg"]
+    assert (
+        problem["loc"] == ["body", "model_name"] and "'gone', 'other'" in problem["msg"] and "'nope'" in problem["msg"]
+    )
     queued = checkpoint_client.post(f"/queue{APP}", json=SMALL | {"model_name": "nope"}).json()["request_id"]
     assert wait_completed(checkpoint_client, queued)["error_type"] == "validation_error"
     layered = checkpoint_client.post(
@@ -101,10 +117,10 @@ def test_the_checkpoints_are_published_in_openapi_and_api_info(checkpoint_client
     schemas = checkpoint_client.get("/openapi.json").json()["components"]["schemas"]
     for name in ("LayerDiffusionInput", "ImageToImageInput", "ForegroundToBlendedInput"):
         assert schemas[name]["properties"]["model_name"]["anyOf"] == [
-            {"type": "string", "enum": ["other"]},
+            {"type": "string", "enum": ["gone", "other"]},
             {"type": "null"},
         ]
-    assert checkpoint_client.get("/api/info").json()["checkpoints"] == ["other"]
+    assert checkpoint_client.get("/api/info").json()["checkpoints"] == ["gone", "other"]
 
 
 def test_without_checkpoints_only_the_model_is_offered(idle_client: TestClient) -> None:
