@@ -8,6 +8,9 @@ the database) cannot overwrite the work of the one that took over. Cancellation 
 the engine asks between denoising steps. When the queue holds several requests that can share a
 sampler run, the worker claims them together and denoises them as one batch (``max_batch_size``
 images: a request counts its ``num_images``); each still gets its own seeds, images, logs and result.
+A request may name one of the operator's checkpoints (``model_name``): the worker loads it when a
+batch needs it, holding at most ``max_loaded_models`` engines (see :mod:`.model_shelf`), and claims
+requests for the ones it holds first.
 
 A graceful stop claims nothing more, gives the batch in hand ``grace_seconds`` to finish, then
 interrupts it between steps and hands its requests back to the queue without counting an attempt.
