@@ -16,6 +16,7 @@ from layerdiffuse_server.api import create_app
 from layerdiffuse_server.auth import issue_key
 from layerdiffuse_server.engine.pipelines.schedulers import SCHEDULERS, make_scheduler
 from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
+from layerdiffuse_server.engine.presets import SDXL_BASE, SDXL_SOURCES
 from layerdiffuse_server.engine.weights.prediction import sampling_overrides
 from layerdiffuse_server.errors import WeightFormatError
 from layerdiffuse_server.server.bootstrap import build_services
@@ -161,3 +162,15 @@ def test_bases_no_sampler_runs_right_are_refused(tiny_folder: Path, tmp_path: Pa
     zero_snr = scheduler_configured_copy(tiny_folder / "base", tmp_path / "eps", rescale_betas_zero_snr=True)
     with pytest.raises(WeightFormatError, match="zero terminal SNR schedule with epsilon"):
         sampling_overrides(zero_snr)
+
+
+def test_a_checkpoint_keeps_the_models_layerdiffuse_files_and_takes_configs_from_its_base() -> None:
+    house = SDXL_SOURCES.as_checkpoint("/models/house.safetensors")
+    assert (house.base, house.base_variant, house.single_file_config) == ("/models/house.safetensors", None, SDXL_BASE)
+    assert (house.layer_weights, house.decoder, house.encoder) == (
+        SDXL_SOURCES.layer_weights,
+        SDXL_SOURCES.decoder,
+        SDXL_SOURCES.encoder,
+    )
+    from_a_single_file_base = house.as_checkpoint("/models/other.safetensors")
+    assert from_a_single_file_base.single_file_config == SDXL_BASE  # a file carries no configs to lend
