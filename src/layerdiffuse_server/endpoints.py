@@ -7,6 +7,7 @@ request stores the endpoint it was sent to, so the worker runs the method that w
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from .schemas import (
     ImageToImageInput,
     LayerDiffusionInput,
     Task,
+    checkpoint_context,
     image_fields,
 )
 
@@ -48,18 +50,22 @@ class Endpoint:
     def app_id(self) -> str:
         return f"{APP_ID}/{self.path}" if self.path else APP_ID
 
-    def admitted_params(self, raw_input: Any, *, from_api: bool = True) -> LayerDiffusionInput:
+    def admitted_params(
+        self, raw_input: Any, *, from_api: bool = True, checkpoints: Iterable[str] | None = None
+    ) -> LayerDiffusionInput:
         """A request's input as the API admits it, checked once: validated as API input, its seed
         drawn now when absent, so every run of the request (a retry after a lost worker too) is
         the same image. Its size is fixed where the request runs (:func:`run_params`): by the
         worker's model, or by its input image.
 
-        ``from_api``: apply the API's checks too (image fields hold URLs, see :data:`.schemas.API_INPUT`).
+        ``from_api``: apply the API's checks too (image fields hold URLs, see :data:`.schemas.API_INPUT`);
+        ``checkpoints``: the names a ``model_name`` may take (the operator's list), where the API knows them.
 
         Raises:
             pydantic.ValidationError: the input is not valid for this endpoint.
         """
-        return self.input_model.model_validate(raw_input, context=API_INPUT if from_api else None).with_seed()
+        context = (checkpoint_context(checkpoints) if checkpoints is not None else API_INPUT) if from_api else None
+        return self.input_model.model_validate(raw_input, context=context).with_seed()
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import secrets
+from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
@@ -72,6 +73,25 @@ ImageUrl = Annotated[
 
 
 MAX_IMAGES = 8
+
+#: The validation context's key for the checkpoint names the operator lists (see :func:`checkpoint_context`).
+CHECKPOINTS_CONTEXT = "checkpoints"
+
+
+def checkpoint_context(names: Iterable[str]) -> dict[str, Any]:
+    """The API's validation context with the operator's checkpoint names: ``model_name`` must be one."""
+    return API_INPUT | {CHECKPOINTS_CONTEXT: sorted(names)}
+
+
+def _listed_checkpoint(value: str | None, info: ValidationInfo) -> str | None:
+    """A ``model_name`` the operator lists, where the context says which are (the API's admission);
+    a worker reads stored inputs without it, and refuses a name it cannot load when it runs."""
+    names = (info.context or {}).get(CHECKPOINTS_CONTEXT)
+    if value is None or names is None or value in names:
+        return value
+    allowed = ", ".join(repr(name) for name in names) if names else "none: this server lists no checkpoints"
+    raise ValueError(f"unknown model {value!r}; the checkpoints are {allowed} (leave model_name out for the default)")
+
 
 #: What the engine runs for an input: text or image to image, or one of the conditioned-layer models
 #: (named after their official weight files, ``layer_xl_fg2ble.safetensors`` …). Each input model
@@ -145,6 +165,11 @@ class LayerDiffusionInput(BaseModel):
         description=f"Style LoRAs (kohya/A1111, diffusers or PEFT safetensors files) merged on top of the "
         f"LayerDiffuse weights, at most {MAX_LORAS}. Transparency was trained on the base SDXL: it depends on "
         "the base and on the LoRA, and may fail (opaque or broken alpha) with some fine-tunes and styles.",
+    )
+    model_name: Annotated[str, AfterValidator(_listed_checkpoint)] | None = Field(
+        default=None,
+        description="Extension: the SDXL checkpoint to generate with, one the operator lists (GET /api/info, "
+        "`checkpoints`), under the same LayerDiffuse weights; absent: the server's model.",
     )
 
     def with_seed(self) -> Self:
@@ -305,17 +330,24 @@ def image_fields(params: LayerDiffusionInput | type[LayerDiffusionInput]) -> lis
 
 def batch_key(params: LayerDiffusionInput) -> str:
     """What requests must share to be denoised in one batch: one sampler run, one latent shape, one
-    set of style LoRAs merged into the models.
+    checkpoint, one set of style LoRAs merged into the models.
 
     Stored with each queued request, so a worker picks a batch in SQL without reading inputs; an
     absent side is the worker's model's native one, the same for every request that worker runs.
-    Requests with image inputs run alone: their key is unique.
+    Requests with image inputs run alone: their key is unique. A checkpoint is named in the key as
+    ``:model=NAME`` (followed by ``:`` or the end), so a worker can prefer the checkpoints it holds
+    (see the request queue's claim).
     """
+    model = f"{MODEL_MARKER}{params.model_name}" if params.model_name is not None else ""
     if image_fields(params):
-        return f"alone:{secrets.token_hex(8)}"
+        return f"alone:{secrets.token_hex(8)}{model}"
     width, height = params.width or "native", params.height or "native"
-    key = f"{width}x{height}:{params.num_inference_steps}:{params.scheduler}:{params.guidance_scale!r}"
+    key = f"{width}x{height}:{params.num_inference_steps}:{params.scheduler}:{params.guidance_scale!r}{model}"
     return f"{key}:loras={lora_key(params.loras)}" if params.loras else key
+
+
+#: How a batch key names its checkpoint (see :func:`batch_key`); a key without it is the model's own.
+MODEL_MARKER = ":model="
 
 
 def lora_key(loras: list[LoraWeight]) -> str:

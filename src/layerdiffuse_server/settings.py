@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .engine_choices import DEVICE_PATTERN, DEVICES, DecoderPasses, Dtype, MemoryMode, Preset
 
+#: What a checkpoint may be named (a request's ``model_name``): short, and safe in logs and URLs.
+CHECKPOINT_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
 
 def _default_home() -> Path:
     return Path.home() / ".cache" / "layerdiffuse"
@@ -52,6 +55,18 @@ class Settings(BaseSettings):
         description="Other LayerDiffuse transparency weights: attention (either format) or layer_xl_transparent_conv.",
     )
     decoder: str | None = Field(default=None, description="Another transparent VAE decoder file.")
+    checkpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="SDXL checkpoints a request may pick by name (its model_name): name → hub repo id, diffusers "
+        "folder or .safetensors file, run under the model's LayerDiffuse weights (a request without model_name "
+        "gets the model itself). A JSON object, or NAME=SOURCE per flag.",
+    )
+    max_loaded_models: int = Field(
+        default=1,
+        ge=1,
+        description="Models a worker keeps loaded (the model and its checkpoints); loading one more first "
+        "unloads the least recently used.",
+    )
     decoder_passes: DecoderPasses = Field(default=8, description="Decoder test-time passes: 8 (best), 4, 2 or 1.")
     lora_memory_mb: int = Field(
         default=1024,
@@ -233,6 +248,31 @@ class Settings(BaseSettings):
     def _passes_from_text(cls, value: object) -> object:
         """An environment variable is text: ``"4"`` means the number 4."""
         return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _checkpoints_from_flags(cls, value: object) -> object:
+        """``--checkpoint NAME=SOURCE`` flags arrive as a list of such strings."""
+        if not isinstance(value, list):
+            return value
+        named: dict[str, object] = {}
+        for item in value:
+            name, equals, source = str(item).partition("=")
+            if not equals or not name.strip() or not source.strip():
+                raise ValueError(f"a checkpoint is given as NAME=SOURCE, got {item!r}")
+            named[name.strip()] = source.strip()
+        return named
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _checkpoint_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(CHECKPOINT_NAME_PATTERN, name):
+                raise ValueError(
+                    f"checkpoint name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (starting with a "
+                    "letter or digit)"
+                )
+        return value
 
     @field_validator("device")
     @classmethod

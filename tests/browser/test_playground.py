@@ -53,7 +53,8 @@ MEASURE_LAYOUT = """() => {
   const context = document.createElement("canvas").getContext("2d");
   context.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
   const longest = Math.max(...[...select.options].map((option) => context.measureText(option.text).width));
-  const cells = [...document.querySelectorAll("#advanced .grid > div")].map((cell) => ({
+  // Fields the server does not offer (the checkpoint chooser without checkpoints) are hidden: no layout to measure.
+  const cells = [...document.querySelectorAll("#advanced .grid > div")].filter((cell) => !cell.hidden).map((cell) => ({
     top: Math.round(cell.getBoundingClientRect().top),
     field: Math.round(cell.querySelector("input, select").getBoundingClientRect().top),
     label: cell.querySelector("label").getBoundingClientRect().height,

@@ -4,6 +4,7 @@ their requests live and name their endpoint, and wide previews and long code lin
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from layerdiffuse_server.demo import captions
 from layerdiffuse_server.settings import Settings
 
 from ..server_process import ServerProcess, running_server, server_env
+from ..support.checkpoints import reweighted_copy
 from .test_playground import enter_key, open_section, write_png
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
@@ -141,3 +143,39 @@ def test_gallery_tiles_follow_requests_the_page_did_not_send(
         expect(tile).to_have_attribute(
             "aria-label", f"sent elsewhere {12 + ids.index(request_id)}: show image", timeout=180_000
         )
+
+
+@pytest.fixture(scope="module")
+def checkpoint_playground(
+    settings: Settings, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A tiny server whose operator lists one more checkpoint, ``other``."""
+    other = reweighted_copy(tiny_folder / "base", tmp_path_factory.mktemp("checkpoints") / "other")
+    env = server_env(settings, LAYERDIFFUSE_CHECKPOINTS=json.dumps({"other": str(other)}))
+    with running_server(tmp_path_factory.mktemp("checkpoint-playground") / "data", env) as process:
+        yield process
+
+
+def test_a_checkpoint_is_chosen_from_the_operators_list(page: Page, checkpoint_playground: ServerProcess) -> None:
+    page.goto(checkpoint_playground.http_url)
+    enter_key(page, checkpoint_playground.create_key("checkpoints"))
+    open_section(page, "#advanced")
+    chooser = page.get_by_label("Checkpoint", exact=True)
+    expect(chooser).to_be_visible()
+    expect(chooser.locator("option")).to_have_text(["the server's model", "other"])
+    chooser.select_option("other")
+    page.get_by_label("Width", exact=True).fill("64")
+    page.get_by_label("Height", exact=True).fill("64")
+    page.get_by_label("Steps", exact=True).fill("2")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status")).to_contain_text("Done", timeout=120_000)
+    expect(page.locator("#logs")).to_contain_text("Loaded checkpoint 'other'")
+
+
+def test_without_checkpoints_there_is_no_chooser(
+    page: Page, playground_server: ServerProcess, playground_key: str
+) -> None:
+    page.goto(playground_server.http_url)
+    enter_key(page, playground_key)
+    expect(page.locator("#model-name")).to_have_text("tiny")
+    expect(page.locator("#model_name-field")).to_be_hidden()

@@ -82,6 +82,9 @@ def test_validation_errors_immediate_and_deferred(node: str, server: ServerProce
     deferred = run_js(node, server, api_key, "polling", {"input": {"guidance_scale": -1}})
     assert deferred["error"]["kind"] == "ValidationError"
     assert deferred["error"]["fieldErrors"][0]["loc"] == ["body", "guidance_scale"]
+    unknown = run_js(node, server, api_key, "run", {"input": {"model_name": "no-such-model"}})
+    assert unknown["error"]["kind"] == "ValidationError" and unknown["error"]["status"] == 422
+    assert unknown["error"]["fieldErrors"][0]["loc"] == ["body", "model_name"]
 
 
 def test_storage_upload_and_blob_auto_upload(node: str, server: ServerProcess, api_key: str) -> None:

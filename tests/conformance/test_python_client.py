@@ -82,6 +82,17 @@ def test_invalid_input_immediate_on_run_and_deferred_on_subscribe(server: Server
     assert deferred["error"]["detail"][0]["loc"] == ["body", "num_inference_steps"]
 
 
+def test_an_unknown_model_name_is_a_422_naming_the_checkpoints(server: ServerProcess, api_key: str) -> None:
+    env = python_client_env(server, api_key)
+    for scenario in ("run", "subscribe"):
+        refused = run_python(scenario, {"input": SMALL | {"model_name": "no-such-model"}}, env)["error"]
+        assert refused["status"] == 422, refused
+        assert refused["detail"][0]["loc"] == ["body", "model_name"]
+        assert (
+            "'no-such-model'" in refused["detail"][0]["msg"] and "lists no checkpoints" in refused["detail"][0]["msg"]
+        )
+
+
 def test_cancel_of_a_queued_and_of_a_completed_request(server: ServerProcess, api_key: str) -> None:
     env = python_client_env(server, api_key)
     busy = run_python("submit", {"input": SMALL | {"width": 128, "height": 128, "num_inference_steps": 150}}, env)

@@ -115,9 +115,23 @@ def test_help_shows_every_setting_with_its_default_and_variable(role: str) -> No
     for option in options:
         field = Settings.model_fields[option.name]
         assert f"env: {environment_variable(option.name)}" in option.help, (role, option.help)
-        if field.get_default(call_default_factory=True) not in (None, []):  # no default is said as none
+        if field.get_default(call_default_factory=True) not in (None, [], {}):  # no default is said as none
             assert "[default: " in option.help, (role, option.help)
     code, output = invoke(role, "--help")
     assert code == 0, output
     assert "--data-dir" in output and "[default: ~/.local/share/layerdiffuse; env: LAYERDIFFUSE_DATA_DIR]" in output
     assert output.count("env: LAYERDIFFUSE_") == len(options)
+
+
+def test_checkpoints_come_as_a_json_object_or_as_repeated_flags(started: list[Settings]) -> None:
+    env = {"LAYERDIFFUSE_CHECKPOINTS": '{"anime": "owner/anime-xl", "house": "/models/house.safetensors"}'}
+    code, output = invoke("api", env=env)
+    assert code == 0, output
+    assert started[0].checkpoints == {"anime": "owner/anime-xl", "house": "/models/house.safetensors"}
+    code, output = invoke("worker", "--checkpoint", "anime=owner/anime-xl", "--checkpoint", "v1.5=./folder", env=env)
+    assert code == 0, output
+    assert started[1].checkpoints == {"anime": "owner/anime-xl", "v1.5": "./folder"}  # the flags replace the variable
+    code, output = invoke("serve", "--checkpoint", "no-source")
+    assert code == 2 and "--checkpoint" in output and "NAME=SOURCE" in output, output
+    with pytest.raises(ValidationError, match="checkpoint name 'a b'"):
+        Settings(checkpoints={"a b": "x/y"})

@@ -331,3 +331,21 @@ def test_a_claim_takes_the_next_request_in_order_past_one_another_worker_holds(s
         other_worker.execute(text("SELECT id FROM requests WHERE id = :id FOR UPDATE"), {"id": ids[0]})
         assert [lease.id for lease in claim(store)] == [ids[1]]
     engine.dispose()
+
+
+def test_a_worker_takes_requests_for_the_models_it_holds_first_without_starving_others(store: Store) -> None:
+    def claim_preferring(prefer: list[str | None], now: float) -> str:
+        [lease] = store.requests.claim("w", now, lease_seconds=LEASE, max_batch=1, prefer=prefer, prefer_seconds=30)
+        return lease.id
+
+    plain = submit(store, key="64x64:2:euler:8.0")
+    similar = submit(store, key="64x64:2:euler:8.0:model=a_b")  # "_" is no wildcard
+    held = submit(store, key="64x64:2:euler:8.0:model=anime:loras=abc")
+    alone = submit(store, key="alone:0123:model=anime")
+    now = time.time()
+    assert claim_preferring(["anime"], now) == held
+    assert claim_preferring(["anime", "other"], now) == alone
+    assert claim_preferring(["axb"], now) == plain  # none held is queued: the queue's order
+    later = submit(store, key="64x64:2:euler:8.0")
+    assert claim_preferring([None], now + 60) == similar  # the head waited too long: it goes first
+    assert claim_preferring([None], now) == later

@@ -7,6 +7,7 @@ as fal's queue does; the sync run answers them at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -70,15 +71,18 @@ def storable(raw_input: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def checked_input(endpoint: Endpoint, raw_input: dict[str, Any], *, mode: str) -> LayerDiffusionInput | Completion:
+def checked_input(
+    endpoint: Endpoint, raw_input: dict[str, Any], *, mode: str, checkpoints: Iterable[str] = ()
+) -> LayerDiffusionInput | Completion:
     """The request's parameters (see :meth:`Endpoint.admitted_params`), built once for its whole life;
     invalid input is the 422 outcome a queued request completes with, while a sync run raises it.
+    ``checkpoints``: the names the operator lists, which a ``model_name`` must be one of.
 
     Raises:
         pydantic.ValidationError: invalid input of a sync run (answered 422 at once, nothing stored).
     """
     try:
-        return endpoint.admitted_params(raw_input)
+        return endpoint.admitted_params(raw_input, checkpoints=checkpoints)
     except ValidationError as error:
         if mode == "sync":
             raise
@@ -161,7 +165,7 @@ async def admit_in_lane(
     wait behind external fetches, see :mod:`.admission_lanes`), others in the common thread pool.
     The input is checked here, once, before it waits for a lane (a sync run's invalid input raises
     its 422 at once)."""
-    checked = checked_input(endpoint, raw_input, mode=mode)
+    checked = checked_input(endpoint, raw_input, mode=mode, checkpoints=services.settings.checkpoints)
 
     def admitted(fetch: bool) -> RequestRecord:
         return admit(

@@ -107,13 +107,24 @@ SELF_READ_BODIES: tuple[type[BaseModel], ...] = (
 )
 
 
+def checkpoint_choices(field: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The ``model_name`` field's schema with the operator's checkpoints as its choices (none listed: only null),
+    so that clients generated from the document offer what the server takes."""
+    choices: list[dict[str, Any]] = [{"type": "string", "enum": names}] if names else []
+    return {key: value for key, value in field.items() if key != "anyOf"} | {"anyOf": [*choices, {"type": "null"}]}
+
+
 def _openapi_with_body_schemas(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document, with the schemas of the bodies the routes refer to by ``$ref``."""
     if app.openapi_schema is None:
         document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        checkpoints = sorted(app.state.services.settings.checkpoints)
         for model in SELF_READ_BODIES:
-            schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            if "model_name" in schema.get("properties", {}):
+                schema["properties"]["model_name"] = checkpoint_choices(schema["properties"]["model_name"], checkpoints)
+            schemas[model.__name__] = schema
         app.openapi_schema = document
     return app.openapi_schema
 

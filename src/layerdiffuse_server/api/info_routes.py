@@ -33,6 +33,10 @@ class ModelInfo(BaseModel):
 class ServerInfo(BaseModel):
     app_id: str = Field(description="The fal app id the endpoints live under")
     model: ModelInfo
+    checkpoints: list[str] = Field(
+        description="The SDXL checkpoints a request may pick with model_name (the operator's names); "
+        "empty: only the model itself"
+    )
     max_inline_image_bytes: int = Field(
         description="The largest image an input may carry inline as a data: URI (fal_client.encode_file); "
         "larger ones are uploaded first"
@@ -74,6 +78,7 @@ async def server_info(services: ServicesDep) -> ServerInfo:
             example_prompt=profile.example_prompt,
             vocabulary=profile.vocabulary_groups if profile.vocabulary is not None else None,
         ),
+        checkpoints=sorted(settings.checkpoints),
         max_inline_image_bytes=inline_image_limit(settings.max_upload_bytes),
         https_port=settings.tls_port or None,
         ca_file=str(settings.local_ca_file) if settings.local_ca_file else None,

@@ -34,6 +34,8 @@ app = typer.Typer(
 #: The settings each command reads, in groups.
 WEIGHTS = ("model", "base", "layer_weights", "decoder")
 MODEL = (*WEIGHTS, "decoder_passes", "device", "dtype", "threads")
+#: The checkpoints requests may name: the API checks the names, workers load them.
+CHECKPOINTS = ("checkpoints",)
 RUNTIME = ("memory_mode", "vae_tiling", "channels_last", "compile", "warmup", "max_batch_size")
 STORE = ("data_dir", "database_url", "storage_url")
 LISTENERS = ("host", "port", "tls_port", "tls_cert", "tls_key", "tls_names", "public_url")
@@ -198,7 +200,7 @@ def _run_role(role: Callable[[Settings], None], settings: Settings) -> None:
 
 
 @app.command()
-@settings_options(*LISTENERS, *STORE, *HOUSE, *MODEL, *RUNTIME, *LORAS, *LOGS)
+@settings_options(*LISTENERS, *STORE, *HOUSE, *MODEL, *CHECKPOINTS, "max_loaded_models", *RUNTIME, *LORAS, *LOGS)
 def serve(settings: Settings) -> None:
     """Run everything in one process: the fal-compatible API and a worker, on SQLite and local files."""
     from ..server.embedded import run_embedded
@@ -207,7 +209,7 @@ def serve(settings: Settings) -> None:
 
 
 @app.command()
-@settings_options(*LISTENERS, *STORE, "signing_key_file", *HOUSE, *LOGS)
+@settings_options(*LISTENERS, *STORE, "signing_key_file", *HOUSE, *CHECKPOINTS, *LOGS)
 def api(settings: Settings) -> None:
     """Run an API node: the fal-compatible API with no worker (and no torch); workers run apart."""
     from ..server.api_node import run_api
@@ -216,8 +218,8 @@ def api(settings: Settings) -> None:
 
 
 @app.command()
-@settings_options("host", "worker_port", "public_url", *STORE, *HOUSE, *MODEL, *RUNTIME, *LORAS, *LOGS,
-                  flags={"worker_port": "--port"})  # fmt: skip
+@settings_options("host", "worker_port", "public_url", *STORE, *HOUSE, *MODEL, *CHECKPOINTS, "max_loaded_models",
+                  *RUNTIME, *LORAS, *LOGS, flags={"worker_port": "--port"})  # fmt: skip
 def worker(settings: Settings) -> None:
     """Run a GPU worker: claim requests from the shared store, generate, store the images."""
     from ..server.worker_node import run_worker

@@ -28,7 +28,11 @@ from ..settings import Settings
 from .console import fail
 
 #: Flags whose name is not the setting's (a list setting takes one value per flag).
-FLAGS = {"tls_names": "--tls-name", "webhook_allowed_networks": "--webhook-allow-network"}
+FLAGS = {
+    "tls_names": "--tls-name",
+    "webhook_allowed_networks": "--webhook-allow-network",
+    "checkpoints": "--checkpoint",
+}
 ENV_PREFIX = str(Settings.model_config.get("env_prefix", ""))
 
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -52,7 +56,7 @@ def read_settings(given: Mapping[str, Any], flags: Mapping[str, str] | None = No
     Raises:
         InvalidSettings: naming, for each bad value, the flag or variable it came from.
     """
-    overrides = {name: value for name, value in given.items() if value not in (None, [])}
+    overrides = {name: value for name, value in given.items() if value not in (None, [], {})}
     try:
         return Settings(**overrides)
     except ValidationError as error:
@@ -117,15 +121,16 @@ def _option_type(annotation: Any) -> type:
         annotation = next(arg for arg in get_args(annotation) if arg is not NoneType)
     if get_origin(annotation) is Literal:
         return type(get_args(annotation)[0])
-    if get_origin(annotation) is list:
+    if get_origin(annotation) in (list, dict):  # a mapping's flag is repeated as NAME=VALUE
         return list
     return annotation if isinstance(annotation, type) else str
 
 
 def _help(name: str, field: FieldInfo, *, repeatable: bool) -> str:
     default = field.get_default(call_default_factory=True)
-    shown = "" if default in (None, []) else f"default: {_shown(default)}; "
-    variable = environment_variable(name) + (" (a JSON list)" if repeatable else "")
+    shown = "" if default in (None, [], {}) else f"default: {_shown(default)}; "
+    written = " (a JSON object)" if get_origin(field.annotation) is dict else " (a JSON list)"
+    variable = environment_variable(name) + (written if repeatable else "")
     again = " Repeatable." if repeatable else ""
     return f"{field.description or ''}{again} [{shown}env: {variable}]"
 

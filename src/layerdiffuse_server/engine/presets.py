@@ -48,6 +48,8 @@ class ModelSources:
         safety_checker: a safety-checker model folder or repo, or ``None`` to load none.
         cpu_dtype: default dtype on CPU (bfloat16 is ~4× faster than float32 with AMX).
         native_size: the side (pixels) it was trained at: what a request without a size gets.
+        single_file_config: a diffusers folder or repo of the same architecture whose configs and
+            tokenizers a single-file base loads with (default: the hub's SDXL base).
     """
 
     base: str
@@ -59,6 +61,14 @@ class ModelSources:
     base_variant: str | None = None
     cpu_dtype: torch.dtype = torch.float32
     native_size: int = 1024
+    single_file_config: str | None = None
+
+    def as_checkpoint(self, base: str) -> ModelSources:
+        """These sources with another SDXL base (an operator's named checkpoint) under the same
+        LayerDiffuse files; a single-file checkpoint takes its configs from this base where it is a
+        diffusers folder or repo (offline, and of the same architecture)."""
+        config = self.single_file_config if self.base.endswith(".safetensors") else self.base
+        return replace(self, base=base, base_variant=None, single_file_config=config)
 
     def with_overrides(self, **overrides: str | None) -> ModelSources:
         """Replace some references (``None`` values are ignored); a new base drops the variant guess."""
@@ -175,10 +185,11 @@ def resolve_base(sources: ModelSources) -> Path:
     )
 
 
-def resolve_single_file_config() -> Path:
-    """Configs and tokenizers of SDXL base, which a single-file checkpoint does not carry."""
+def resolve_single_file_config(reference: str | None = None) -> Path:
+    """Configs and tokenizers of SDXL base (or of ``reference``, a diffusers folder or repo of the
+    same architecture), which a single-file checkpoint does not carry."""
     return resolve_folder(
-        SDXL_BASE,
+        reference or SDXL_BASE,
         what="SDXL configuration (needed to load a single-file checkpoint)",
         flag="--base",
         allow_patterns=[

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,6 +45,9 @@ from . import outcomes
 from .local_processes import is_running, process_scope
 
 logger = logging.getLogger(__name__)
+
+#: How long the queue's head may wait while workers take requests for the models they hold first.
+HELD_MODEL_PREFERENCE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -160,10 +163,17 @@ class RequestManager:
 
     # -- workers -------------------------------------------------------------------------------
 
-    def claim(self, worker_id: str, max_batch: int) -> list[RequestRecord]:
-        """The next request and compatible ones behind it, leased to ``worker_id``."""
+    def claim(self, worker_id: str, max_batch: int, *, prefer: Sequence[str | None] = ()) -> list[RequestRecord]:
+        """The next request and compatible ones behind it, leased to ``worker_id``; with ``prefer``
+        (the models it holds), a request for one of them first while the queue's head has waited
+        less than :data:`HELD_MODEL_PREFERENCE_SECONDS` (a model switch costs seconds to minutes)."""
         return self.store.requests.claim(
-            worker_id, self.clock.time(), lease_seconds=self.lease_seconds, max_batch=max_batch
+            worker_id,
+            self.clock.time(),
+            lease_seconds=self.lease_seconds,
+            max_batch=max_batch,
+            prefer=prefer,
+            prefer_seconds=HELD_MODEL_PREFERENCE_SECONDS,
         )
 
     def renew(self, leases: list[RequestRecord]) -> set[str]:

@@ -8,7 +8,7 @@ const KEY_STORAGE = "layerdiffuse.apiKey";
 const FORM_STORAGE = "layerdiffuse.form";
 const LAST_STORAGE = "layerdiffuse.lastRequest";
 const FIELDS = ["prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "seed", "num_images",
-  "scheduler", "width", "height", "enable_safety_checker"];
+  "scheduler", "model_name", "width", "height", "enable_safety_checker"];
 const NUMBER_FIELDS = ["guidance_scale", "num_inference_steps", "seed", "num_images", "width", "height"];
 // The app's endpoints (endpoints.py): the sub-path, the schema of its input, its image fields, its
 // own number fields, and whether its result is a transparent layer (else an opaque image).
@@ -277,6 +277,7 @@ async function loadInfo() {
   $("prompt").placeholder = model.example_prompt;
   $("model-name").textContent = model.name;
   $("model-line").hidden = false;
+  $("model_name-field").hidden = !(serverInfo.checkpoints || []).length; // the choices come from the schema
   if (model.vocabulary) {
     const groups = Object.entries(model.vocabulary).map(([group, words]) => `${group}: ${words.join(", ")}`);
     $("vocabulary").textContent = `The ${model.name} model knows only these words: ${groups.join("; ")}. ` +
@@ -313,7 +314,11 @@ function applySchema(target) {
         ? previous === defaultOf(element) || !options.includes(previous)
         : element.value === element.defaultValue;
     if (element.tagName === "SELECT") {
-      element.replaceChildren(...options.map((option) => new Option(option, option)));
+      // A nullable choice (the checkpoint) starts with its absence: "" is sent as no field at all.
+      const absent = (property.anyOf || []).some((part) => part.type === "null")
+        ? [new Option(element.dataset.nullLabel || "default", "")]
+        : [];
+      element.replaceChildren(...absent, ...options.map((option) => new Option(option, option)));
       if (options.includes(previous)) element.value = previous;
     }
     if (property.default !== undefined && property.default !== null) {

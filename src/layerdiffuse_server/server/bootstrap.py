@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..command_name import command
-from ..errors import LayerDiffuseError
+from ..errors import InvalidInputError, LayerDiffuseError
 from ..files import BlobStore, open_blob_store
 from ..lifecycle import Housekeeper, RequestEvents, RequestManager
 from ..observability import Metrics
@@ -81,7 +81,15 @@ def signing_keys(settings: Settings, role: Role) -> SigningKeys:
     )
 
 
-def build_worker(core: Core, load_engine: Callable[[], Engine], *, model_name: str) -> GenerationWorker:
+def build_worker(
+    core: Core,
+    load_engine: Callable[[], Engine],
+    *,
+    model_name: str,
+    load_checkpoint: Callable[[str], Engine] | None = None,
+) -> GenerationWorker:
+    """The worker of a process: its engines read requests' LoRAs from its sources; ``load_checkpoint``
+    loads one of the operator's checkpoints by name (none: requests naming one fail)."""
     from ..files import StoredFiles
     from ..loras.sources import LoraSources
     from ..worker import GenerationWorker
@@ -91,19 +99,25 @@ def build_worker(core: Core, load_engine: Callable[[], Engine], *, model_name: s
         settings, StoredFiles(core.blobs, core.store.files, clock=core.manager.clock)
     )
 
-    def load_and_connect() -> Engine:
+    def connected(engine: Engine) -> Engine:
         """The engine, reading requests' LoRAs from this worker's sources (an engine without
         style LoRAs, such as a test's, has nothing to connect)."""
-        engine = load_engine()
         connect = getattr(engine, "use_lora_files", None)
         if connect is not None:
             connect(lora_files)
         return engine
 
+    def load_named(name: str) -> Engine:
+        if load_checkpoint is None:
+            raise InvalidInputError(f"this worker loads no checkpoints, so not {name!r}", field="model_name")
+        return connected(load_checkpoint(name))
+
     return GenerationWorker(
         core.manager,
         core.blobs,
-        load_and_connect,
+        lambda: connected(load_engine()),
+        load_checkpoint=load_named if settings.checkpoints else None,
+        max_loaded_models=settings.max_loaded_models,
         base_url=settings.files_url,
         model_name=model_name,
         metrics=core.metrics,
@@ -118,6 +132,7 @@ def build_services(
     load_engine: Callable[[], Engine] | None = None,
     *,
     model_name: str = "",
+    load_checkpoint: Callable[[str], Engine] | None = None,
     store: Store | None = None,
     role: Literal["serve", "api"] = "serve",
     clock: Clock = SYSTEM_CLOCK,
@@ -150,5 +165,5 @@ def build_services(
         on_attempt=lambda result: services.metrics.webhooks.labels(result).inc(),
     )
     if load_engine is not None:
-        services.local_worker = build_worker(core, load_engine, model_name=model_name)
+        services.local_worker = build_worker(core, load_engine, model_name=model_name, load_checkpoint=load_checkpoint)
     return services

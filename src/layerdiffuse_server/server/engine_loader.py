@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..cpu_threads import describe_threads
+from ..errors import InvalidInputError
 from ..settings import Settings
 
 if TYPE_CHECKING:
@@ -18,9 +19,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def pipeline_from_settings(settings: Settings, **options: Any) -> TransparentSDXLPipeline:
-    """The pipeline the engine settings describe; ``options`` are ``from_sources``' others (``runtime``,
-    ``layer_strength``, ``safety_checker``). Imports the engine."""
+def pipeline_from_settings(
+    settings: Settings, checkpoint: str | None = None, **options: Any
+) -> TransparentSDXLPipeline:
+    """The pipeline the engine settings describe (with ``checkpoint``: that one of the operator's
+    checkpoints as its base); ``options`` are ``from_sources``' others (``runtime``,
+    ``layer_strength``, ``safety_checker``). Imports the engine.
+
+    Raises:
+        InvalidInputError: ``checkpoint`` is not one of the settings' checkpoints.
+    """
     from ..engine.quiet import quiet_libraries
 
     quiet_libraries()
@@ -34,18 +42,38 @@ def pipeline_from_settings(settings: Settings, **options: Any) -> TransparentSDX
         base=settings.base,
         layer_weights=settings.layer_weights,
         decoder=settings.decoder,
+        checkpoint=checkpoint_source(settings, checkpoint) if checkpoint is not None else None,
         decoder_passes=settings.decoder_passes,
         lora_cache_bytes=settings.lora_memory_mb << 20,
         **options,
     )
 
 
-def load_engine(settings: Settings) -> Engine:
-    """A worker's engine: the pipeline with the runtime settings, warmed up where that pays."""
+def checkpoint_source(settings: Settings, name: str) -> str:
+    """Where the operator's checkpoint ``name`` is (hub id, folder or file).
+
+    Raises:
+        InvalidInputError: no checkpoint of that name in this process's settings.
+    """
+    try:
+        return settings.checkpoints[name]
+    except KeyError:
+        listed = ", ".join(repr(known) for known in sorted(settings.checkpoints)) or "none"
+        raise InvalidInputError(
+            f"this worker has no checkpoint {name!r} (its checkpoints: {listed}); "
+            "give every API node and worker the same LAYERDIFFUSE_CHECKPOINTS",
+            field="model_name",
+        ) from None
+
+
+def load_engine(settings: Settings, checkpoint: str | None = None) -> Engine:
+    """A worker's engine (the model's, or one of its checkpoints'): the pipeline with the runtime
+    settings, warmed up where that pays."""
     from ..engine.pipelines.acceleration import RuntimeOptions, warm_up
 
-    pipeline = pipeline_from_settings(settings, runtime=RuntimeOptions.from_settings(settings))
-    logger.info("model %s on %s: %s", settings.model, pipeline.device, describe_threads(pipeline.threads))
+    pipeline = pipeline_from_settings(settings, checkpoint, runtime=RuntimeOptions.from_settings(settings))
+    name = settings.model if checkpoint is None else f"checkpoint {checkpoint}"
+    logger.info("model %s on %s: %s", name, pipeline.device, describe_threads(pipeline.threads))
     # Unset, warm-up runs on accelerators, whose first call is slow, and not on a CPU.
     if settings.warmup if settings.warmup is not None else pipeline.device.type != "cpu":
         warm_up(pipeline)
@@ -56,3 +84,8 @@ def engine_loader(settings: Settings) -> Callable[[], Engine]:
     """What a worker calls, off the event loop, to load its engine (looked up when it runs, so a
     test process can put a fake engine in ``load_engine``'s place)."""
     return lambda: load_engine(settings)
+
+
+def checkpoint_loader(settings: Settings) -> Callable[[str], Engine]:
+    """What a worker calls to load one of the operator's checkpoints by name, when a request needs it."""
+    return lambda name: load_engine(settings, name)

@@ -18,7 +18,7 @@ import uvicorn
 
 from ..settings import Settings
 from .bootstrap import build_worker, open_core
-from .engine_loader import engine_loader
+from .engine_loader import checkpoint_loader, engine_loader
 from .listeners import bind
 from .serve import SignalFreeServer
 
@@ -34,7 +34,9 @@ def run_worker(settings: Settings) -> None:
     # Bound first: a taken port ends the process now, naming the address, not after the model loads.
     listener = bind(settings.host, settings.worker_port, "worker health") if settings.worker_port else None
     core = open_core(settings)
-    worker = build_worker(core, engine_loader(settings), model_name=settings.model)
+    worker = build_worker(
+        core, engine_loader(settings), model_name=settings.model, load_checkpoint=checkpoint_loader(settings)
+    )
     stopping = threading.Event()
     housekeeping = threading.Thread(
         target=core.housekeeper().run_until, args=(stopping,), name="housekeeping", daemon=True

@@ -13,7 +13,7 @@ records for timeouts, cancels and lost workers are handed in by the request mana
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, Protocol
@@ -213,12 +213,26 @@ class RequestQueue(Protocol):
     def running(self) -> list[RequestRecord]: ...
     def completed_since(self, since: float) -> dict[tuple[int, str | None], int]: ...
 
-    def claim(self, worker_id: str, now: float, *, lease_seconds: float, max_batch: int) -> list[RequestRecord]:
+    def claim(
+        self,
+        worker_id: str,
+        now: float,
+        *,
+        lease_seconds: float,
+        max_batch: int,
+        prefer: Sequence[str | None] = (),
+        prefer_seconds: float = 0.0,
+    ) -> list[RequestRecord]:
         """Lease the head of the queue and the queued requests of the same priority and batch key behind
         it, in queue order while their images (``num_images`` each) fit ``max_batch`` images in all, in
         one transaction; [] when idle. A head with more images than ``max_batch`` runs alone. Only
         the rows taken are locked, so workers claiming at once take the next requests in order. A
-        claimed request has started: its start deadline no longer applies."""
+        claimed request has started: its start deadline no longer applies.
+
+        ``prefer``: the models the worker holds (checkpoint names, None: the model's own). The head is
+        then the first request of the queue's head priority for one of them, unless the queue's head
+        has waited ``prefer_seconds`` or more: a request for another model waits no longer than that
+        for a worker that is busy with its own."""
         ...
 
     def renew(self, lease_tokens: list[str], now: float, lease_seconds: float) -> set[str]:

@@ -4,13 +4,29 @@ PostgreSQL (SQLite serialises writers with ``BEGIN IMMEDIATE``), leases fence ev
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Float, String, and_, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Float,
+    String,
+    and_,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from ..errors import QueueFullError
-from ..schemas import image_count
+from ..schemas import MODEL_MARKER, image_count
 from .contracts import (
     CancelOutcome,
     Completion,
@@ -67,6 +83,19 @@ _REQUEUED_VALUES: dict[str, Any] = {
     "lease_token": None,
     "lease_expires_at": None,
 }
+
+
+def _for_models(names: Sequence[str | None]) -> ColumnElement[bool]:
+    """Requests for one of these models (a checkpoint's name, None: the model's own), by their batch key."""
+    key = requests.c.batch_key
+    conditions: list[ColumnElement[bool]] = []
+    for name in names:
+        if name is None:
+            conditions.append(or_(key.is_(None), ~key.contains(MODEL_MARKER, autoescape=True)))
+        else:
+            marker = f"{MODEL_MARKER}{name}"
+            conditions.append(or_(key.endswith(marker, autoescape=True), key.contains(f"{marker}:", autoescape=True)))
+    return or_(*conditions)
 
 
 class SqlRequestQueue:
@@ -192,27 +221,47 @@ class SqlRequestQueue:
 
     # -- leases --------------------------------------------------------------------------------
 
-    def claim(self, worker_id: str, now: float, *, lease_seconds: float, max_batch: int) -> list[RequestRecord]:
+    def claim(
+        self,
+        worker_id: str,
+        now: float,
+        *,
+        lease_seconds: float,
+        max_batch: int,
+        prefer: Sequence[str | None] = (),
+        prefer_seconds: float = 0.0,
+    ) -> list[RequestRecord]:
         claimable = and_(
             requests.c.state == QUEUED,
             or_(requests.c.start_deadline.is_(None), requests.c.start_deadline > now),
         )
         order = (requests.c.priority, requests.c.seq)
+        head_columns = (
+            requests.c.id,
+            requests.c.seq,
+            requests.c.priority,
+            requests.c.batch_key,
+            requests.c.solo,
+            requests.c.input,
+        )
         with self._transaction() as (connection, notices):
-            head = connection.execute(
-                select(
-                    requests.c.id,
-                    requests.c.seq,
-                    requests.c.priority,
-                    requests.c.batch_key,
-                    requests.c.solo,
-                    requests.c.input,
-                )
-                .where(claimable)
-                .order_by(*order)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
+            head = None
+            if prefer:
+                oldest = connection.execute(
+                    select(requests.c.priority, requests.c.created_at).where(claimable).order_by(*order).limit(1)
+                ).first()
+                if oldest is not None and now - oldest.created_at < prefer_seconds:
+                    head = connection.execute(
+                        select(*head_columns)
+                        .where(claimable, requests.c.priority == oldest.priority, _for_models(prefer))
+                        .order_by(*order)
+                        .limit(1)
+                        .with_for_update(skip_locked=True)
+                    ).first()
+            if head is None:
+                head = connection.execute(
+                    select(*head_columns).where(claimable).order_by(*order).limit(1).with_for_update(skip_locked=True)
+                ).first()
             if head is None:
                 return []
             chosen = [head.id]

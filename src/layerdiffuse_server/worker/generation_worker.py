@@ -8,6 +8,9 @@ the database) cannot overwrite the work of the one that took over. Cancellation 
 the engine asks between denoising steps. When the queue holds several requests that can share a
 sampler run, the worker claims them together and denoises them as one batch (``max_batch_size``
 images: a request counts its ``num_images``); each still gets its own seeds, images, logs and result.
+A request may name one of the operator's checkpoints (``model_name``): the worker loads it when a
+batch needs it, holding at most ``max_loaded_models`` engines (see :mod:`.model_shelf`), and claims
+requests for the ones it holds first.
 
 A graceful stop claims nothing more, gives the batch in hand ``grace_seconds`` to finish, then
 interrupts it between steps and hands its requests back to the queue without counting an attempt.
@@ -51,6 +54,7 @@ from ..store.contracts import (
     WorkerState,
     WorkerStatus,
 )
+from .model_shelf import ModelShelf, free_device_memory
 from .outputs import StoredOutput, build_output, discard, store_images
 
 if TYPE_CHECKING:
@@ -177,6 +181,8 @@ class GenerationWorker:
         *,
         base_url: str,
         model_name: str,
+        load_checkpoint: Callable[[str], Engine] | None = None,
+        max_loaded_models: int = 1,
         metrics: Metrics | None = None,
         device: str = "auto",
         max_batch_size: int = 1,
@@ -199,7 +205,13 @@ class GenerationWorker:
         self.worker_id = f"worker-{uuid.uuid4().hex[:8]}"
         self.started_at = self.clock.time()
         self.requests_done = 0
+        #: The engine in hand: the one the last batch ran on (its model's, or a checkpoint's).
         self.engine: Engine | None = None
+        self._engine_name: str | None = None  # the checkpoint ``self.engine`` is of (None: the model's own)
+        #: Every engine loaded, the model's own and the checkpoints requests named (``max_loaded_models``).
+        self.models: ModelShelf[Engine] = ModelShelf(max_loaded_models)
+        self._load_checkpoint = load_checkpoint
+        self._native_size: int | None = None  # the model's: its checkpoints share it
         self.load_error: BaseException | None = None
         self.load_seconds: float | None = None
         self.current_request: str | None = None
@@ -229,7 +241,16 @@ class GenerationWorker:
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None
+        """The model loaded once (a checkpoint switch that unloads it does not make the worker unready)."""
+        return self.engine is not None or self.load_seconds is not None
+
+    @property
+    def native_size(self) -> int:
+        """The side of a request that names no size: the model's (its checkpoints have the same)."""
+        if self.engine is not None:
+            return self.engine.native_size
+        assert self._native_size is not None, "the model loaded once"
+        return self._native_size
 
     def start(self) -> None:
         self._unsubscribe = self.manager.subscribe(self._heard)
@@ -309,7 +330,7 @@ class GenerationWorker:
             return WorkerState.FAILED
         if self.stopped:
             return WorkerState.STOPPED
-        if self.engine is None:
+        if not self.ready:
             return WorkerState.LOADING
         return WorkerState.BUSY if self.current_request else WorkerState.READY
 
@@ -369,6 +390,8 @@ class GenerationWorker:
             self.report()
             return
         self.load_seconds = time.perf_counter() - started
+        self.models.put(None, self.engine)
+        self._native_size = self.engine.native_size
         if self.metrics is not None:
             self.metrics.model_load.set(self.load_seconds)
         logger.info("model %r ready on %s in %.1f s", self.model_name, self.engine.device, self.load_seconds)
@@ -392,7 +415,9 @@ class GenerationWorker:
         to the queue, or, where even that fails (the store is away), no longer renewed, so its lease
         runs out and another worker takes it over.
         """
-        leases = self.manager.claim(self.worker_id, self.max_batch_size)
+        # A worker that can switch models takes requests for those it holds first (see the claim).
+        prefer = self.models.names if self._load_checkpoint is not None else []
+        leases = self.manager.claim(self.worker_id, self.max_batch_size, prefer=prefer)
         if not leases:
             return False
         claimed_at = self.clock.monotonic()
@@ -440,8 +465,7 @@ class GenerationWorker:
             attempt = f" (attempt {lease.attempts})" if lease.attempts > 1 else ""
             self._log(job, f"Request started{attempt} on worker {self.worker_id}.")
             try:
-                assert self.engine is not None
-                params = run_params(lease.app_id, lease.input, self.engine.native_size)
+                params = run_params(lease.app_id, lease.input, self.native_size)
                 fields = image_fields(params)
                 if fields:
                     job.images = {
@@ -464,16 +488,23 @@ class GenerationWorker:
                 logger.warning("%s goes back to the queue, unfinished", job.id)
 
     def _run_jobs(self, jobs: list[_Job]) -> None:
-        assert self.engine is not None
-        engine = self.engine
         batch = [job.params for job in jobs if job.params is not None]
         assert len(batch) == len(jobs), "only started jobs run"
+        checkpoint = batch[0].model_name  # the batch key makes it every request's
+        engine = self._engine_for(checkpoint, jobs)
+        if engine is None:
+            return  # it could not be loaded: the jobs are answered
         profile = profile_of(self.model_name)
+        loaded = (
+            f"loaded in {self.load_seconds or 0:.1f} s at startup"
+            if checkpoint is None
+            else f"a checkpoint under model {self.model_name!r}"
+        )
         for job, params in zip(jobs, batch, strict=True):
             self._log(
                 job,
-                f"Model {self.model_name!r} on {engine.device} ({str(engine.dtype).removeprefix('torch.')}), "
-                f"loaded in {self.load_seconds or 0:.1f} s at startup.",
+                f"{self._label(checkpoint).capitalize()} on {engine.device} "
+                f"({str(engine.dtype).removeprefix('torch.')}), {loaded}.",
             )
             batched = f", batched with {len(jobs) - 1} other request(s)" if len(jobs) > 1 else ""
             size = f"{params.width}x{params.height}" if params.width and params.height else "the input's size"
@@ -555,11 +586,54 @@ class GenerationWorker:
                 self.metrics.observe_generation(inference_time, result.timings)
             self._answer(job, self._output(job, result, inference_time))
 
+    def _label(self, checkpoint: str | None) -> str:
+        return f"model {self.model_name!r}" if checkpoint is None else f"checkpoint {checkpoint!r}"
+
+    def _engine_for(self, checkpoint: str | None, jobs: list[_Job]) -> Engine | None:
+        """The engine of ``checkpoint`` (None: the model's own), loaded now if it is not held, the least
+        recently used ones unloaded first to make room; None when it cannot be loaded (the jobs are
+        answered with why). Each job's log says when a load happens and how long it took."""
+        if self.engine is not None and self.models.take(self._engine_name) is not self.engine:
+            self.models.put(self._engine_name, self.engine)  # an engine given to the worker directly
+        held = self.models.take(checkpoint)
+        if held is not None:
+            self.engine, self._engine_name = held, checkpoint
+            return held
+        label = self._label(checkpoint)
+        for job in jobs:
+            self._log(job, f"Loading {label} (this worker does not hold it).")
+        unloaded = self.models.make_room()
+        if unloaded:
+            if self._engine_name in unloaded:
+                self.engine = None  # the last reference: its memory can go
+            free_device_memory()
+        started = time.perf_counter()
+        try:
+            if checkpoint is None:
+                engine = self._load_engine()
+            elif self._load_checkpoint is None:
+                raise InvalidInputError(f"this worker loads no checkpoints, so not {checkpoint!r}", field="model_name")
+            else:
+                engine = self._load_checkpoint(checkpoint)
+        except LayerDiffuseError as error:
+            logger.warning("could not load %s: %s", label, error)
+            refusal = outcomes.rejected_input(error) if isinstance(error, InvalidInputError) else outcomes.failed(error)
+            for job in jobs:
+                self._answer(job, refusal)
+            return None
+        seconds = time.perf_counter() - started
+        self.models.put(checkpoint, engine)
+        self.engine, self._engine_name = engine, checkpoint
+        room = f" ({', '.join(self._label(name) for name in unloaded)} unloaded to make room)" if unloaded else ""
+        for job in jobs:
+            self._log(job, f"Loaded {label} in {seconds:.1f} s{room}.")
+        return engine
+
     def _decode_estimate(self, batch: Sequence[LayerDiffusionInput]) -> float | None:
         """What decoding this batch after its last step should take, at the pace of the last run (if sized)."""
-        if self._decode_pace is None or self.engine is None:
+        if self._decode_pace is None:
             return None
-        side = self.engine.native_size
+        side = self.native_size
         pixels = sum(params.num_images * (params.width or side) * (params.height or side) for params in batch)
         return self._decode_pace * pixels
 

@@ -48,7 +48,7 @@ def generate_image_to_image(
     with timer("text_encoding"):
         embeddings = pipeline.encode_prompts([params.prompt], [params.negative_prompt], params.guidance_scale)
     pipe = pipeline.image_to_image_pipe
-    pipe.scheduler = make_scheduler(params.scheduler, pipeline.sdxl.scheduler.config)
+    pipe.scheduler = make_scheduler(params.scheduler, pipeline.sdxl.scheduler.config, pipeline.sampling)
     seed = params.fixed_seed
     with timer("denoising"):
         latents = pipe(

@@ -141,7 +141,7 @@ def _denoise(
     total = params.num_inference_steps
     width, height = run_size(*params.size)
     sdxl = pipeline.sdxl
-    sdxl.scheduler = make_scheduler(params.scheduler, sdxl.scheduler.config)
+    sdxl.scheduler = make_scheduler(params.scheduler, sdxl.scheduler.config, pipeline.sampling)
     stop_timestep = (1.0 - params.stop_at) * sdxl.scheduler.config.num_train_timesteps
     sdxl.scheduler.set_timesteps(total)  # the pipeline sets the same ones again
     layered_from_the_start = float(sdxl.scheduler.timesteps[0]) >= stop_timestep and params.stop_at > 0

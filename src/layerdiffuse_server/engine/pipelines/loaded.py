@@ -36,6 +36,7 @@ class LoadedPipeline(Protocol):
     patches: UNetPatches
     style_loras: StyleLoras
     layer_files: dict[str, str]
+    sampling: dict[str, Any]
     device: torch.device
     dtype: torch.dtype
 

@@ -46,6 +46,7 @@ from ..presets import (
 from ..timing import StageTimer
 from ..weights.layer_weights import TEXT_TO_IMAGE, transparency_patch
 from ..weights.lora_cache import DEFAULT_CACHE_BYTES
+from ..weights.prediction import sampling_overrides
 from ..weights.sources import resolve_file
 from ..weights.style_loras import LoraResolver, StyleLoras, no_lora_files
 from ..weights.unet_patches import UNetPatches
@@ -54,7 +55,7 @@ from .callbacks import CancelCheck, StepCallback, step_callback
 from .image_sizing import centre_crop, crop_and_resize, pad_to, run_size, size_from_image
 from .image_to_image import generate_image_to_image
 from .layers import CONDITIONS, generate_layer
-from .schedulers import make_scheduler
+from .schedulers import make_scheduler, make_scheduler_like
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +95,11 @@ class TransparentSDXLPipeline:
         layer_files: dict[str, str] | None = None,
         lora_resolver: LoraResolver = no_lora_files,
         lora_cache_bytes: int = DEFAULT_CACHE_BYTES,
+        sampling: dict[str, Any] | None = None,
     ) -> None:
         self.sdxl = sdxl
+        #: What every sampler of this base is made with (v-prediction …, see weights/prediction.py).
+        self.sampling = dict(sampling or {})
         self.decoder = decoder
         self.encoder = encoder
         #: The UNet's LayerDiffuse weights, switched per request (see weights/unet_patches.py).
@@ -133,9 +137,13 @@ class TransparentSDXLPipeline:
         base: str | None = None,
         layer_weights: str | None = None,
         decoder: str | None = None,
+        checkpoint: str | None = None,
         **options: Any,
     ) -> TransparentSDXLPipeline:
         """Load a preset (``sdxl``, ``tiny``, ``sdxl-random``), optionally replacing some of its files.
+
+        ``checkpoint``: another SDXL base (hub id, diffusers folder, ``.safetensors`` file) in place of
+        the preset's, under the same LayerDiffuse files (see :meth:`ModelSources.as_checkpoint`).
 
         ``settings.threads`` sets torch's CPU threads for the process (see :mod:`...cpu_threads`).
         """
@@ -144,6 +152,8 @@ class TransparentSDXLPipeline:
         sources = preset_sources(name, settings.presets_dir).with_overrides(
             base=base, layer_weights=layer_weights, decoder=decoder
         )
+        if checkpoint is not None:
+            sources = sources.as_checkpoint(checkpoint)
         return cls.from_sources(sources, device=device, dtype=dtype, **options)
 
     @classmethod
@@ -178,6 +188,8 @@ class TransparentSDXLPipeline:
         torch_dtype = resolve_dtype(dtype, torch_device, sources.cpu_dtype)
         # Resolve every file first: a missing one is reported before minutes of loading.
         base_path = resolve_base(sources)
+        sampling = sampling_overrides(base_path)  # a base no sampler here runs right is refused before loading
+        config_path = resolve_single_file_config(sources.single_file_config) if base_path.is_file() else None
         layer_path = resolve_file(sources.layer_weights, what="LayerDiffuse weights", flag="--layer-weights")
         decoder_path = resolve_file(sources.decoder, what="Transparent VAE decoder", flag="--decoder")
         checker_path = (
@@ -186,7 +198,10 @@ class TransparentSDXLPipeline:
 
         started = time.perf_counter()
         logger.info("Loading SDXL from %s (%s)", base_path, str(torch_dtype).removeprefix("torch."))
-        sdxl = cls.load_sdxl(base_path, sources.base_variant, torch_dtype)
+        sdxl = cls.load_sdxl(base_path, sources.base_variant, torch_dtype, config=config_path)
+        if sampling:
+            logger.info("The base predicts %s: every sampler is set to %s", sampling["prediction_type"], sampling)
+            sdxl.scheduler = make_scheduler_like(sdxl.scheduler, sampling)
         logger.info("Merging LayerDiffuse weights from %s", layer_path.name)
         patches = UNetPatches(sdxl.unet)
         keys, merge = transparency_patch(layer_path, sdxl.unet, layer_strength)
@@ -227,19 +242,24 @@ class TransparentSDXLPipeline:
             layer_files=dict(sources.layers),
             lora_resolver=lora_resolver,
             lora_cache_bytes=lora_cache_bytes,
+            sampling=sampling,
         )
         apply_runtime_options(pipeline, runtime)
         return pipeline
 
     @staticmethod
-    def load_sdxl(base_path: Path, variant: str | None, dtype: torch.dtype) -> Any:
-        """diffusers' own SDXL pipeline from a diffusers folder (variant detected) or a single file;
-        also what the benchmark uses as its plain baseline, so both load the base the same way."""
+    def load_sdxl(base_path: Path, variant: str | None, dtype: torch.dtype, *, config: Path | None = None) -> Any:
+        """diffusers' own SDXL pipeline from a diffusers folder (variant detected) or a single file
+        (its configs from ``config``, else the hub's SDXL base); also what the benchmark uses as its
+        plain baseline, so both load the base the same way."""
         from diffusers import StableDiffusionXLPipeline
 
         if base_path.is_file():
             return StableDiffusionXLPipeline.from_single_file(
-                str(base_path), config=str(resolve_single_file_config()), dtype=dtype, add_watermarker=False
+                str(base_path),
+                config=str(config or resolve_single_file_config()),
+                dtype=dtype,
+                add_watermarker=False,
             )
         variant = variant if variant is not None else _detect_variant(base_path)
         return StableDiffusionXLPipeline.from_pretrained(base_path, dtype=dtype, variant=variant, add_watermarker=False)
@@ -384,7 +404,7 @@ class TransparentSDXLPipeline:
         total = params.num_inference_steps
         width, height = run_size(*params.size)
 
-        self.sdxl.scheduler = make_scheduler(params.scheduler, self.sdxl.scheduler.config)
+        self.sdxl.scheduler = make_scheduler(params.scheduler, self.sdxl.scheduler.config, self.sampling)
         output = self.sdxl(
             **embeddings,
             height=height,
