@@ -602,6 +602,7 @@ def refine_demo(folder: Path, earlier: Path, recipe: Recipe, progress: Progress)
             else:
                 shutil.copyfile(source, target)
     pipeline = TransparentSDXLPipeline.from_sources(demo_sources(earlier), device="cpu", dtype="float32")
+    assert pipeline.encoder is not None  # the demo's sources always name one
 
     started = time.perf_counter()
     sampled = sample_latents(pipeline, sprites, recipe, progress)
