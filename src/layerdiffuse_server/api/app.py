@@ -34,6 +34,7 @@ from . import (
 from .access_log import AccessLog
 from .errors import install_error_handlers
 from .hosts import FalHostRouting
+from .openai_images import router as openai_router
 from .security_headers import SecurityHeaders
 from .services import Services, ServicesDep
 
@@ -136,6 +137,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(gallery_routes.router)
     app.include_router(operations_routes.router)
     app.include_router(info_routes.router)
+    app.include_router(openai_router)
     playground_routes.mount(app, services)
     docs_routes.mount(app)
 
@@ -149,7 +151,7 @@ def create_app(services: Services) -> FastAPI:
         allow_origins=["*"],
         allow_methods=["*"],
         allow_headers=["*"],
-        expose_headers=["x-fal-request-id", "x-fal-error-type"],
+        expose_headers=["x-fal-request-id", "x-fal-error-type", "x-request-id"],
     )
     app.add_middleware(SecurityHeaders)
     app.add_middleware(AccessLog)

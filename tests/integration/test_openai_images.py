@@ -1,0 +1,144 @@
+"""The OpenAI Images routes in-process, driven by the unmodified ``openai`` SDK over the test
+client (real SQLite store, real tiny model, real worker): fields, shapes and errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+
+import numpy as np
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from layerdiffuse_server.api import Services, create_app
+from layerdiffuse_server.auth import issue_key
+
+from ..support.images import png_bytes
+
+SMALL = {"seed": 5, "num_inference_steps": 2}
+
+
+@pytest.fixture
+def test_client(services: Services) -> Iterator[TestClient]:
+    with TestClient(create_app(services)) as client:
+        yield client
+
+
+def sdk(test_client: TestClient, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=test_client, max_retries=0)
+
+
+@pytest.fixture
+def client(services: Services, test_client: TestClient) -> openai.OpenAI:
+    return sdk(test_client, issue_key(services.store.keys, "tests").value)
+
+
+def decoded(b64: str | None) -> Image.Image:
+    assert b64 is not None
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_two_transparent_pngs_as_base64(client: openai.OpenAI) -> None:
+    result = client.images.generate(
+        model="tiny", prompt="a red star", background="transparent", n=2, size="64x64", extra_body=SMALL
+    )
+    assert result.data is not None and len(result.data) == 2
+    assert (result.background, result.output_format, result.size) == ("transparent", "png", "64x64")
+    for image in result.data:
+        picture = decoded(image.b64_json)
+        assert picture.format == "PNG" and picture.mode == "RGBA" and picture.size == (64, 64)
+    assert result.data[0].b64_json != result.data[1].b64_json
+
+
+def test_webp_keeps_the_alpha_and_opaque_is_over_white(client: openai.OpenAI) -> None:
+    webp = client.images.generate(prompt="a star", size="64x64", output_format="webp", extra_body=SMALL)
+    assert webp.data is not None
+    picture = decoded(webp.data[0].b64_json)
+    assert picture.format == "WEBP" and picture.mode == "RGBA"
+    png = client.images.generate(prompt="a star", size="64x64", extra_body=SMALL)
+    assert png.data is not None
+    straight = np.asarray(decoded(png.data[0].b64_json).convert("RGBA"))
+    # Lossless WebP (the default compression): the same pixels as the PNG.
+    assert np.array_equal(np.asarray(picture.convert("RGBA")), straight)
+    jpeg = client.images.generate(prompt="a star", size="64x64", output_format="jpeg", extra_body=SMALL)
+    assert jpeg.data is not None and jpeg.background == "opaque"
+    opaque = decoded(jpeg.data[0].b64_json)
+    assert opaque.format == "JPEG" and opaque.mode == "RGB"
+    alpha = straight[..., 3:4] / 255.0
+    over_white = straight[..., :3] * alpha + 255 * (1 - alpha)
+    assert np.abs(np.asarray(opaque, dtype=float) - over_white).mean() < 8
+
+
+def test_jpeg_with_a_transparent_background_is_a_bad_request(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.images.generate(prompt="a star", background="transparent", output_format="jpeg")
+    assert raised.value.param == "background"
+    assert raised.value.response.headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"n": 9}, "n"),
+        ({"size": "10x10"}, "size"),
+        ({"size": "big"}, "size"),
+        ({"extra_body": {"colour": 1}}, "colour"),
+    ],
+)
+def test_refusals_name_the_parameter(client: openai.OpenAI, fields: dict, param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.images.generate(prompt="a star", **fields)
+    assert raised.value.param == param
+    assert isinstance(raised.value.body, dict) and raised.value.body["message"]
+
+
+def test_an_unknown_model_is_not_found_and_models_lists_the_served_ones(client: openai.OpenAI) -> None:
+    assert [model.id for model in client.models.list()] == ["tiny"]
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.images.generate(model="gpt-image-1", prompt="a star")
+    assert raised.value.code == "model_not_found"
+
+
+def test_a_wrong_key_is_an_authentication_error(test_client: TestClient) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        sdk(test_client, "nobody:nothing").images.generate(prompt="a star")
+    with pytest.raises(openai.AuthenticationError):
+        sdk(test_client, "nobody:nothing").models.list()
+
+
+def test_url_answers_name_stored_files(client: openai.OpenAI, test_client: TestClient) -> None:
+    for output_format in ("png", "webp"):
+        result = client.images.generate(
+            prompt="a star", size="64x64", response_format="url", output_format=output_format, extra_body=SMALL
+        )
+        assert result.data is not None and result.data[0].url is not None
+        response = test_client.get(result.data[0].url.removeprefix("http://testserver"))
+        assert response.status_code == 200
+        assert Image.open(io.BytesIO(response.content)).format == output_format.upper()
+
+
+def test_edit_of_one_image_keeps_its_size(client: openai.OpenAI) -> None:
+    source = png_bytes((64, 64), (30, 200, 40, 160))
+    result = client.images.edit(
+        image=("layer.png", source, "image/png"), prompt="a green square", extra_body={"num_inference_steps": 2}
+    )
+    assert result.data is not None and len(result.data) == 1 and result.size == "64x64"
+    assert decoded(result.data[0].b64_json).mode == "RGBA"
+
+
+def test_edit_with_a_mask_is_refused_until_inpainting_is_served(client: openai.OpenAI) -> None:
+    source = png_bytes((64, 64))
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.images.edit(image=("a.png", source, "image/png"), mask=("m.png", source, "image/png"), prompt="x")
+    assert raised.value.param == "mask" and "masks are not supported" in raised.value.message
+
+
+def test_streaming_ends_with_one_completed_event_per_image(client: openai.OpenAI) -> None:
+    events = list(
+        client.images.generate(prompt="a star", size="64x64", n=2, stream=True, partial_images=0, extra_body=SMALL)
+    )
+    assert [event.type for event in events] == ["image_generation.completed"] * 2
+    assert all(decoded(event.b64_json).mode == "RGBA" for event in events)
