@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import openai
@@ -15,8 +16,14 @@ from PIL import Image
 
 from layerdiffuse_server.api import Services, create_app
 from layerdiffuse_server.auth import issue_key
+from layerdiffuse_server.results import GenerationResult
+from layerdiffuse_server.schemas import GenerationParams
+from layerdiffuse_server.server.bootstrap import build_services
+from layerdiffuse_server.settings import Settings
+from layerdiffuse_server.testing import FakeEngine
 
 from ..support.images import png_bytes
+from .api_support import server_settings
 
 SMALL = {"seed": 5, "num_inference_steps": 2}
 
@@ -142,3 +149,57 @@ def test_streaming_ends_with_one_completed_event_per_image(client: openai.OpenAI
     )
     assert [event.type for event in events] == ["image_generation.completed"] * 2
     assert all(decoded(event.b64_json).mode == "RGBA" for event in events)
+
+
+class PartialShowingEngine(FakeEngine):
+    """The fake engine, showing every image of the batch after each of the first steps, as an engine
+    with partial images does (half-transparent grey, the size of the result)."""
+
+    def generate_batch(  # type: ignore[override]
+        self,
+        requests: Sequence[GenerationParams],
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        on_partial: Callable[[int, list[np.ndarray]], None] | None = None,
+    ) -> list[GenerationResult]:
+        sized = [params.with_size(self.native_size) for params in requests]
+
+        def step(done: int, total: int) -> None:
+            if on_partial is not None and done < total:
+                shown = [
+                    np.full((p.size[1], p.size[0], 4), (90, 90, 90, 128), np.uint8)
+                    for p in sized
+                    for _ in range(p.num_images)
+                ]
+                on_partial(done, shown)
+            if on_step is not None:
+                on_step(done, total)
+
+        return super().generate_batch(requests, on_step=step, should_cancel=should_cancel)
+
+
+@pytest.fixture
+def partial_client(settings: Settings, tmp_path: Path) -> Iterator[openai.OpenAI]:
+    engine = PartialShowingEngine()
+    services = build_services(server_settings(settings, tmp_path), lambda: engine, model_name="tiny")  # type: ignore[arg-type, return-value]
+    with TestClient(create_app(services)) as test_client:
+        yield sdk(test_client, issue_key(services.store.keys, "tests").value)
+
+
+@pytest.mark.parametrize("partial_images", [0, 1, 3])
+def test_streaming_shows_the_partial_images_the_engine_hands_out(
+    partial_client: openai.OpenAI, partial_images: int
+) -> None:
+    events = list(
+        partial_client.images.generate(
+            prompt="a star", size="64x64", stream=True, partial_images=partial_images,
+            extra_body={"seed": 3, "num_inference_steps": 5},
+        )
+    )  # fmt: skip
+    partials = [event for event in events if event.type == "image_generation.partial_image"]
+    assert [event.partial_image_index for event in partials] == list(range(partial_images))  # type: ignore[union-attr]
+    assert [event.type for event in events[len(partials) :]] == ["image_generation.completed"]
+    for event in partials:
+        alpha = np.asarray(decoded(event.b64_json))[..., 3]
+        assert event.size == "64x64" and int(alpha.mean()) == 128

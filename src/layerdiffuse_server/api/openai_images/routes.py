@@ -25,7 +25,7 @@ from ...auth import AuthenticationError, authenticate
 from ...endpoints import ENDPOINTS, Endpoint, endpoint_at
 from ...errors import LayerDiffuseError
 from ...schemas import LayerDiffusionOutput
-from ...store.contracts import ApiKey
+from ...store.contracts import ApiKey, RequestRecord
 from ..admission import admit_in_lane
 from ..bodies import budgeted_body, input_body_limit, parse_json_object
 from ..info_routes import running_model
@@ -122,13 +122,7 @@ async def _run(
         logger.info("request %s (OpenAI Images) for end user %r", record.id, end_user)
     headers = {"x-request-id": record.id}
 
-    async def finished(as_url: bool) -> tuple[LayerDiffusionOutput, list[dict[str, str]]]:
-        try:
-            final = await wait_for_result(services, record, request)
-        except BaseException:  # the stream was cut: nobody waits for the request any more
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(services.manager.cancel, record.id)
-            raise
+    async def finished(final: RequestRecord | None, as_url: bool) -> tuple[LayerDiffusionOutput, list[dict[str, str]]]:
         output = finished_output(final)
         entries = await anyio.to_thread.run_sync(
             lambda: image_entries(services, output, shape, key_id=key.id, as_url=as_url)
@@ -136,10 +130,16 @@ async def _run(
         return output, entries
 
     if shape.stream:
-        events = image_events(event_prefix, shape, lambda: finished(False))
+        events = image_events(services, record, request, event_prefix, shape, lambda final: finished(final, False))
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
     try:
-        output, entries = await finished(shape.response_format == "url")
+        final = await wait_for_result(services, record, request)
+    except BaseException:  # cut off while waiting: nobody waits for the request any more
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(services.manager.cancel, record.id)
+        raise
+    try:
+        output, entries = await finished(final, shape.response_format == "url")
     except OpenAIError as error:
         return error_response(error, record.id)
     return JSONResponse(images_body(output, shape, entries), headers=headers)
