@@ -203,3 +203,46 @@ def test_streaming_shows_the_partial_images_the_engine_hands_out(
     for event in partials:
         alpha = np.asarray(decoded(event.b64_json))[..., 3]
         assert event.size == "64x64" and int(alpha.mean()) == 128
+
+
+def test_two_images_recover_the_foreground_of_the_blend(client: openai.OpenAI) -> None:
+    background, blended = png_bytes((64, 64), (20, 20, 200, 255)), png_bytes((64, 64), (200, 20, 20, 255))
+    raw = client.images.with_raw_response.edit(
+        image=[("background.png", background, "image/png"), ("blended.png", blended, "image/png")],
+        prompt="a red ball",
+        extra_body={"num_inference_steps": 2},
+    )
+    assert raw.headers["x-request-id"]
+    result = raw.parse()
+    assert result.data is not None and len(result.data) == 1 and result.size == "64x64"
+    assert decoded(result.data[0].b64_json).mode == "RGBA"
+
+
+def test_the_operator_names_the_models(settings: Settings, tmp_path: Path, tiny_pipeline: object) -> None:
+    named = server_settings(settings, tmp_path, openai_model_names=["gpt-image-1", "tiny"])
+    services = build_services(named, lambda: tiny_pipeline, model_name="tiny")  # type: ignore[arg-type, return-value]
+    with TestClient(create_app(services)) as test_client:
+        client = sdk(test_client, issue_key(services.store.keys, "tests").value)
+        assert [model.id for model in client.models.list()] == ["tiny", "gpt-image-1"]
+        result = client.images.generate(model="gpt-image-1", prompt="a star", size="64x64", extra_body=SMALL)
+        assert result.data is not None and len(result.data) == 1
+
+
+def test_a_full_queue_is_a_rate_limit_with_retry_after(settings: Settings, tmp_path: Path) -> None:
+    idle = build_services(server_settings(settings, tmp_path, max_queue_length=1), None, model_name="tiny")
+    with TestClient(create_app(idle)) as test_client:
+        key = issue_key(idle.store.keys, "tests").value
+        queued = test_client.post("/queue/fal-ai/layer-diffusion", json={}, headers={"Authorization": f"Key {key}"})
+        assert queued.status_code == 200
+        with pytest.raises(openai.RateLimitError) as raised:
+            sdk(test_client, key).images.generate(prompt="a star")
+        assert raised.value.response.headers["retry-after"] == "10"
+
+
+def test_the_routes_are_in_the_openapi_document(test_client: TestClient) -> None:
+    paths = test_client.get("/openapi.json").json()["paths"]
+    generation = paths["/v1/images/generations"]["post"]
+    assert "application/json" in generation["requestBody"]["content"]
+    assert {"200", "400", "401", "429"} <= set(generation["responses"])
+    assert "multipart/form-data" in paths["/v1/images/edits"]["post"]["requestBody"]["content"]
+    assert "get" in paths["/v1/models"]

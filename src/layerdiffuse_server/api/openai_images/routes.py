@@ -35,7 +35,7 @@ from .answers import finished_output, image_entries, images_body
 from .errors import OpenAIError, bad_request, error_response, from_ours, from_validation
 from .mapping import OUR_FIELD_PARAMS, AnswerShape, answer_shape, check_model, image_count, our_input
 from .multipart_form import FilePart, parse_form
-from .schemas import ImageEditRequest, ImageGenerationRequest, ImageOptions
+from .schemas import ErrorBody, ImageEditRequest, ImageGenerationRequest, ImageOptions, ImagesResponse, ModelList
 from .streaming import image_events
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,32 @@ async def _run(
     return JSONResponse(images_body(output, shape, entries), headers=headers)
 
 
+_ERROR_STATUSES = {
+    400: "Invalid input (`x-should-retry: false`)",
+    401: "Missing or invalid key",
+    404: "Unknown model",
+    408: "The client went away",
+    429: "The queue is full (`Retry-After`)",
+    500: "The generation failed",
+    503: "The server is stopping, or its store is away",
+    504: "The request did not start in time",
+}
+
+
+def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody, "description": _ERROR_STATUSES[status]} for status in statuses}
+
+
+#: Streams (``stream: true``) answer text/event-stream.
+_IMAGE_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The images; with `stream: true`, server-sent events instead",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **_responses(400, 401, 404, 408, 429, 500, 503, 504),
+}
+
+
 def _generation_doc() -> dict[str, Any]:
     schema = ImageGenerationRequest.model_json_schema()
     return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": True}}
@@ -165,6 +191,8 @@ def _edit_doc() -> dict[str, Any]:
     "/images/generations",
     summary="OpenAI Images: generate transparent images",
     openapi_extra=_generation_doc(),
+    response_model=ImagesResponse,
+    responses=_IMAGE_ANSWERS,
 )
 async def generations(request: Request, services: ServicesDep) -> Response:
     """``client.images.generate(...)``: straight-alpha PNGs by default (see mapping.py for the fields)."""
@@ -184,7 +212,13 @@ async def generations(request: Request, services: ServicesDep) -> Response:
     return await _answering(work)
 
 
-@router.post("/images/edits", summary="OpenAI Images: edit a transparent image", openapi_extra=_edit_doc())
+@router.post(
+    "/images/edits",
+    summary="OpenAI Images: edit a transparent image",
+    openapi_extra=_edit_doc(),
+    response_model=ImagesResponse,
+    responses=_IMAGE_ANSWERS,
+)
 async def edits(request: Request, services: ServicesDep) -> Response:
     """``client.images.edit(image=..., prompt=...)``: multipart, one result image."""
 
@@ -211,7 +245,12 @@ async def edits(request: Request, services: ServicesDep) -> Response:
     return await _answering(work)
 
 
-@router.get("/models", summary="OpenAI: the model names the Images routes take")
+@router.get(
+    "/models",
+    summary="OpenAI: the model names the Images routes take",
+    response_model=ModelList,
+    responses=_responses(401, 503),
+)
 async def models(request: Request, services: ServicesDep) -> Response:
     async def work() -> Response:
         await authenticated(request, services)

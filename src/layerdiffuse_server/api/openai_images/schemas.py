@@ -80,3 +80,54 @@ class ImageEditRequest(ImageOptions):
     input_fidelity: str | None = Field(default=None, description="Ignored: `strength` says how much may change.")
     strength: float | None = Field(default=None, description="Image to image: how much to change (0–1, default 0.7).")
     stop_at: float | None = Field(default=None, description="Two images: how long the layer model guides.")
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = Field(default=None, description="The image's bytes, base64 (response_format b64_json).")
+    url: str | None = Field(default=None, description="The image's file URL (response_format url).")
+
+
+class Usage(BaseModel):
+    """Tokens are not counted here: zeros, in the fields the SDKs' types have."""
+
+    input_tokens: int
+    input_tokens_details: dict[str, int]
+    output_tokens: int
+    total_tokens: int
+
+
+class ImagesResponse(BaseModel):
+    """What generations and edits answer (``stream: false``)."""
+
+    created: int
+    data: list[ImageData]
+    background: Literal["transparent", "opaque"]
+    output_format: OutputFormat
+    quality: Literal["low", "medium", "high"]
+    size: str
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape, which the SDKs turn into their exception classes."""
+
+    error: ErrorDetail
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[Model]
