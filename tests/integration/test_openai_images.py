@@ -246,3 +246,9 @@ def test_the_routes_are_in_the_openapi_document(test_client: TestClient) -> None
     assert {"200", "400", "401", "429"} <= set(generation["responses"])
     assert "multipart/form-data" in paths["/v1/images/edits"]["post"]["requestBody"]["content"]
     assert "get" in paths["/v1/models"]
+
+
+def test_an_edit_of_bytes_that_are_no_image_names_the_image(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.images.edit(image=("layer.png", b"not a picture", "image/png"), prompt="x")
+    assert raised.value.param == "image"

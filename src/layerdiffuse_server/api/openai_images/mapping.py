@@ -29,7 +29,16 @@ _QUALITY_NAMES = {"auto": "medium", "standard": "medium", "hd": "high"}
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 MIN_SIDE, MAX_SIDE = 64, 2048
 #: Our fields the OpenAI names stand for, so a refusal names the parameter the client sent.
-OUR_FIELD_PARAMS = {"num_images": "n", "width": "size", "height": "size", "enable_safety_checker": "moderation"}
+OUR_FIELD_PARAMS = {
+    "num_images": "n",
+    "width": "size",
+    "height": "size",
+    "enable_safety_checker": "moderation",
+    "image_url": "image",
+    "background_image_url": "image",
+    "blended_image_url": "image",
+    "mask_url": "mask",
+}
 #: extra_body fields copied to our input as they are.
 _PASSED_THROUGH = (
     "negative_prompt",

@@ -116,6 +116,9 @@ async def _run(
     shape: AnswerShape,
     event_prefix: str,
 ) -> Response:
+    if shape.stream and shape.partial_images and "partial_images" in endpoint.input_model.model_fields:
+        # The engine shows partial images to requests that ask for them, where the input has the field.
+        raw_input = raw_input | {"partial_images": shape.partial_images}
     record = await admit_in_lane(services, key.id, raw_input, request.headers, endpoint=endpoint, mode="sync")
     end_user = options.user or options.safety_identifier
     if end_user:
