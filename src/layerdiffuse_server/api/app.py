@@ -44,6 +44,8 @@ DESCRIPTION = f"""Self-hosted **{APP_ID}**: SDXL + LayerDiffuse, prompt → tran
 
 Speaks fal's protocol, so the official clients (`fal-client`, `@fal-ai/client`) work unmodified.
 Every API route needs `Authorization: Key <key id>:<secret>` (create keys with `{command("keys create")}`).
+OpenAI's Images API is served under `/v1` for the unmodified `openai` SDKs (`base_url=<server>/v1`): the
+same keys, sent as `Authorization: Bearer <key id>:<secret>`.
 The run and queue routes are also reachable under fal's host names (`Host: fal.run`, `queue.fal.run`,
 `rest.fal.ai`, `v3.fal.media`) and through `/api/fal/proxy` with an `x-fal-target-url` header.
 """
