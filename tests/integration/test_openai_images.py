@@ -252,3 +252,11 @@ def test_an_edit_of_bytes_that_are_no_image_names_the_image(client: openai.OpenA
     with pytest.raises(openai.BadRequestError) as raised:
         client.images.edit(image=("layer.png", b"not a picture", "image/png"), prompt="x")
     assert raised.value.param == "image"
+
+
+def test_a_request_the_worker_refuses_is_a_bad_request(client: openai.OpenAI) -> None:
+    """A LoRA name the operator's folder does not have is found out by the worker, after admission."""
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.images.generate(prompt="a star", size="64x64", extra_body=SMALL | {"loras": [{"path": "house-style"}]})
+    assert "house-style" in raised.value.message
+    assert raised.value.response.headers["x-request-id"]
