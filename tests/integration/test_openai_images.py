@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import httpx
 import numpy as np
 import openai
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -20,8 +24,10 @@ from layerdiffuse_server.results import GenerationResult
 from layerdiffuse_server.schemas import GenerationParams
 from layerdiffuse_server.server.bootstrap import build_services
 from layerdiffuse_server.settings import Settings
+from layerdiffuse_server.store.contracts import RequestState
 from layerdiffuse_server.testing import FakeEngine
 
+from ..server_process import free_port
 from ..support.images import png_bytes
 from .api_support import server_settings
 
@@ -260,3 +266,37 @@ def test_a_request_the_worker_refuses_is_a_bad_request(client: openai.OpenAI) ->
         client.images.generate(prompt="a star", size="64x64", extra_body=SMALL | {"loras": [{"path": "house-style"}]})
     assert "house-style" in raised.value.message
     assert raised.value.response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_hangs_up_cancels_its_request(settings: Settings, tmp_path: Path, stream: bool) -> None:
+    port = free_port()
+    values = {"port": port, "public_url": f"http://127.0.0.1:{port}"}
+    engine = FakeEngine(step_seconds=0.2)
+    services = build_services(server_settings(settings, tmp_path, **values), lambda: engine, model_name="tiny")  # type: ignore[arg-type, return-value]
+    key = issue_key(services.store.keys, "tests").value
+    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        body = {"prompt": "a star", "size": "64x64", "num_inference_steps": 100, "stream": stream}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"http://127.0.0.1:{port}/v1/images/generations", json=body,
+                headers={"Authorization": f"Bearer {key}"}, timeout=httpx.Timeout(10, read=1.5),
+            ).read()  # fmt: skip
+        deadline = time.monotonic() + 20
+        while True:
+            (record,) = services.manager.recent(key.split(":")[0], 1)
+            if record.state is RequestState.COMPLETED:
+                break
+            assert time.monotonic() < deadline, "the request was not cancelled"
+            time.sleep(0.1)
+        assert record.error_type == "client_disconnected" or record.status_code == 499
+    finally:
+        server.should_exit = True
+        thread.join(30)
