@@ -27,6 +27,8 @@ the tree, on purpose:
 
     worker.generation_worker._Interrupted    the worker stopping mid-batch: control flow that never
                                              leaves the worker, so no handler of ours may catch it
+    api.openai_images.errors.OpenAIError     an answer of the /v1 routes in OpenAI's error shape:
+                                             raised and answered inside those routes only
 
 A test walks the package and fails on an exception class that this drawing does not show where it
 is (``tests/unit/test_error_tree.py``).

@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     tls_names: list[str] = Field(
         default_factory=list, description="Extra host names for the local CA's server certificate."
     )
+    openai_model_names: list[str] = Field(
+        default_factory=list,
+        description="Names the OpenAI Images API (/v1) takes for this server's model besides its preset name, "
+        'e.g. ["gpt-image-1"] so applications run unchanged; /v1/models lists them all.',
+    )
     public_url: str | None = Field(
         default=None, description="Base URL clients reach the server at, for file URLs; default http://host:port."
     )

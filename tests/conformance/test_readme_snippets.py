@@ -103,3 +103,15 @@ def test_python_image_to_image_snippet(demo_server: ServerProcess, demo_key: str
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert_the_red_star(tmp_path / "star-again.png")
+
+
+def test_python_openai_snippet(demo_server: ServerProcess, demo_key: str, tmp_path: Path) -> None:
+    code = snippet("python-openai").replace("http://127.0.0.1:8080", demo_server.http_url)
+    env = {"PATH": os.environ["PATH"], "FAL_KEY": demo_key}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == f"{DEMO_SIZE}x{DEMO_SIZE} transparent 2"
+    for index in (1, 2):
+        assert_the_red_star(tmp_path / f"star-{index}.png")

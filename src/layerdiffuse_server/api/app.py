@@ -34,6 +34,7 @@ from . import (
 from .access_log import AccessLog
 from .errors import install_error_handlers
 from .hosts import FalHostRouting
+from .openai_images import router as openai_router
 from .security_headers import SecurityHeaders
 from .services import Services, ServicesDep
 
@@ -43,6 +44,8 @@ DESCRIPTION = f"""Self-hosted **{APP_ID}**: SDXL + LayerDiffuse, prompt → tran
 
 Speaks fal's protocol, so the official clients (`fal-client`, `@fal-ai/client`) work unmodified.
 Every API route needs `Authorization: Key <key id>:<secret>` (create keys with `{command("keys create")}`).
+OpenAI's Images API is served under `/v1` for the unmodified `openai` SDKs (`base_url=<server>/v1`): the
+same keys, sent as `Authorization: Bearer <key id>:<secret>`.
 The run and queue routes are also reachable under fal's host names (`Host: fal.run`, `queue.fal.run`,
 `rest.fal.ai`, `v3.fal.media`) and through `/api/fal/proxy` with an `x-fal-target-url` header.
 """
@@ -147,6 +150,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(gallery_routes.router)
     app.include_router(operations_routes.router)
     app.include_router(info_routes.router)
+    app.include_router(openai_router)
     playground_routes.mount(app, services)
     docs_routes.mount(app)
 
@@ -160,7 +164,7 @@ def create_app(services: Services) -> FastAPI:
         allow_origins=["*"],
         allow_methods=["*"],
         allow_headers=["*"],
-        expose_headers=["x-fal-request-id", "x-fal-error-type"],
+        expose_headers=["x-fal-request-id", "x-fal-error-type", "x-request-id"],
     )
     app.add_middleware(SecurityHeaders)
     app.add_middleware(AccessLog)

@@ -1237,9 +1237,64 @@ function spacedJson(value, replacer) {
   return JSON.stringify(value, replacer, 1).replace(/\n */g, " ").replace(/^\{ /, "{").replace(/ \}$/, "}");
 }
 
+/** The OpenAI SDKs' call for an input: fields OpenAI names by their names, ours in extra_body.
+ * Text to image is images.generate; image to image (one image) and background + blended to
+ * foreground (two, in that order) are images.edit; the other endpoints have no OpenAI form. */
+function openaiCall(target, input) {
+  const imageFields = { "": [], "image-to-image": ["image_url"], "background-blended-to-foreground": ["background_image_url", "blended_image_url"] }[target.path];
+  if (imageFields === undefined) return null;
+  const model = serverInfo ? serverInfo.model.name : "sdxl";
+  const fields = { model, prompt: input.prompt || "" };
+  const extra = {};
+  for (const [name, value] of Object.entries(input)) {
+    if (name === "prompt" || name === "width" || name === "height" || imageFields.includes(name)) continue;
+    if (name === "num_images") fields.n = value;
+    else if (name === "enable_safety_checker") fields.moderation = value ? "auto" : "low";
+    else extra[name] = value;
+  }
+  if (input.width && input.height) fields.size = `${input.width}x${input.height}`;
+  fields.background = "transparent";
+  const images = imageFields.map((name) => input[name]);
+  return { method: imageFields.length ? "edit" : "generate", fields, extra, images };
+}
+
+function openaiCode(language, target, input) {
+  const call = openaiCall(target, input);
+  const origin = window.location.origin;
+  if (call === null) {
+    const comment = language === "openai-python" ? "#" : "//";
+    return `${comment} ${target.title} has no OpenAI Images form: use the fal clients (the other tabs)\n`;
+  }
+  const imageName = (value, index) => (value instanceof LocalFile ? value.name : `image-${index + 1}.png`);
+  if (language === "openai-python") {
+    const args = Object.entries(call.fields).map(([name, value]) => `    ${name}=${pythonLiteral(value)},\n`);
+    if (call.images.length === 1) args.unshift(`    image=open(${JSON.stringify(imageName(call.images[0], 0))}, "rb"),\n`);
+    if (call.images.length > 1) {
+      args.unshift(`    image=[${call.images.map((value, index) => `open(${JSON.stringify(imageName(value, index))}, "rb")`).join(", ")}],  # background, blended\n`);
+    }
+    if (Object.keys(call.extra).length) args.push(`    extra_body=${pythonLiteral(call.extra)},\n`);
+    return "# pip install openai\n# export OPENAI_API_KEY=<your key>\nimport base64\n\nfrom openai import OpenAI\n\n" +
+      `client = OpenAI(base_url="${origin}/v1")\nresult = client.images.${call.method}(\n${args.join("")})\n` +
+      'for index, image in enumerate(result.data):\n    with open(f"image-{index}.png", "wb") as file:\n' +
+      "        file.write(base64.b64decode(image.b64_json))\n";
+  }
+  const body = { ...call.fields, ...call.extra };
+  const read = call.images.length ? 'import { readFile, writeFile } from "node:fs/promises";\n' : 'import { writeFile } from "node:fs/promises";\n';
+  const files = call.images.map((value, index) => {
+    const name = JSON.stringify(imageName(value, index));
+    return `await toFile(await readFile(${name}), ${name}, { type: "image/png" })`;
+  });
+  const image = files.length === 1 ? `  image: ${files[0]},\n` : files.length ? `  image: [${files.join(", ")}], // background, blended\n` : "";
+  const entries = Object.entries(body).map(([name, value]) => `  ${JSON.stringify(name)}: ${javascriptLiteral(value)},\n`).join("");
+  return `// npm install openai; export OPENAI_API_KEY=<your key>\n${read}import OpenAI${files.length ? ", { toFile }" : ""} from "openai";\n\n` +
+    `const client = new OpenAI({ baseURL: "${origin}/v1" });\nconst result = await client.images.${call.method}({\n${image}${entries}});\n` +
+    'for (const [index, image] of result.data.entries()) {\n  await writeFile(`image-${index}.png`, Buffer.from(image.b64_json, "base64"));\n}\n';
+}
+
 function codeFor(language, target, input) {
   const origin = window.location.origin;
   const files = Object.values(input).filter((value) => value instanceof LocalFile);
+  if (language.startsWith("openai-")) return openaiCode(language, target, input);
   if (language === "python") {
     const host = `${window.location.hostname}:${HTTPS_PORT}`;
     const caFile = serverInfo ? serverInfo.ca_file : "<data dir>/tls/ca.pem";

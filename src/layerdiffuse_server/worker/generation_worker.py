@@ -56,6 +56,7 @@ from ..store.contracts import (
 )
 from .model_shelf import ModelShelf, free_device_memory
 from .outputs import StoredOutput, build_output, discard, store_images
+from .partials import PartialImages, takes_partials
 
 if TYPE_CHECKING:
     from ..results import GenerationResult
@@ -559,15 +560,26 @@ class GenerationWorker:
                         self._answer(job, outcomes.cancelled())
             return not any(job.live for job in jobs)
 
+        partials = PartialImages(
+            [job.lease for job in jobs],
+            batch,
+            files=self.files,
+            base_url=self.base_url,
+            log=lambda lease, line: self._log(next(job for job in jobs if job.lease is lease), line, echo=False),
+            live=lambda lease: any(job.lease is lease and job.live for job in jobs),
+            now=self.clock.time,
+        )
         started = time.perf_counter()
         try:
             if jobs[0].images is not None:  # requests with image inputs run alone (see schemas.batch_key)
-                results = [
-                    engine.generate_from_images(batch[0], jobs[0].images, on_step=on_step, should_cancel=should_cancel)
-                ]
+                method: Any = engine.generate_from_images
+                extra = {"on_partial": partials} if partials.wanted and takes_partials(method) else {}
+                results = [method(batch[0], jobs[0].images, on_step=on_step, should_cancel=should_cancel, **extra)]
             else:
                 text_batch = [params for params in batch if isinstance(params, GenerationParams)]
-                results = engine.generate_batch(text_batch, on_step=on_step, should_cancel=should_cancel)
+                method = engine.generate_batch
+                extra = {"on_partial": partials} if partials.wanted and takes_partials(method) else {}
+                results = method(text_batch, on_step=on_step, should_cancel=should_cancel, **extra)
         except GenerationCancelled:
             if any(job.live for job in jobs):  # not everyone was cancelled: the worker is stopping
                 raise _Interrupted() from None
