@@ -79,6 +79,7 @@ class Engine(Protocol):
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        on_partial: Callable[[int, list[Any]], None] | None = None,
     ) -> list[GenerationResult]: ...
 
     def generate_from_images(
@@ -88,6 +89,7 @@ class Engine(Protocol):
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        on_partial: Callable[[int, list[Any]], None] | None = None,
     ) -> GenerationResult:
         """One request of an endpoint with image inputs (``images``: field name → RGBA array)."""
         ...
