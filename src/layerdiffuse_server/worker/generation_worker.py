@@ -544,9 +544,12 @@ class GenerationWorker:
                 raise _Interrupted() from None
             return
         except LayerDiffuseError as error:
+            # An input the engine refuses by field (a mask that marks nothing) is answered as the
+            # API answers invalid input: fal's 422 with a ``detail`` list that names the field.
+            answer = outcomes.rejected_input(error) if isinstance(error, InvalidInputError) and error.field else None
             for job in jobs:
                 if job.live:
-                    self._answer(job, outcomes.failed(error))
+                    self._answer(job, answer or outcomes.failed(error))
             return
         inference_time = time.perf_counter() - started
         self._learn_decode_pace(results)
