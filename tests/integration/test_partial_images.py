@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from layerdiffuse_server.engine.pipelines.partials import PartialDecoder
+from layerdiffuse_server.engine.pipelines.schedulers import SCHEDULERS
 from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 from layerdiffuse_server.schemas import (
     BackgroundToBlendedInput,
@@ -141,3 +142,14 @@ def test_the_fake_engine_previews_on_the_same_steps() -> None:
     FakeEngine().generate_batch([GenerationParams(seed=1, partial_images=2, **SMALL)], on_partial=collected)
     assert [step for step, _ in collected.calls] == [2, 4]
     assert collected.calls[0][1][0].shape == (64, 96, 4)
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_every_sampler_previews_and_keeps_its_bytes(tiny_pipeline: TransparentSDXLPipeline, scheduler: str) -> None:
+    """Stochastic samplers too: previews draw nothing from their random streams."""
+    fields = {"prompt": "a", "seed": 1, "width": 64, "height": 64, "num_inference_steps": 4, "scheduler": scheduler}
+    plain = tiny_pipeline.generate(**fields)
+    collected = Collected()
+    previewed = tiny_pipeline.generate(**fields, partial_images=2, on_partial=collected)
+    assert [step for step, _ in collected.calls] == [1, 3]
+    assert previewed.images[0].png() == plain.images[0].png()

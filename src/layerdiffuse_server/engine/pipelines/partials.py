@@ -37,8 +37,9 @@ def clean_estimate(scheduler: Any, latents: torch.Tensor) -> torch.Tensor:
     """The sampler's estimate of the finished latent: its last data prediction where it keeps one
     (multistep solvers predicting x0), else the current latents."""
     outputs = getattr(scheduler, "model_outputs", None)
-    keeps_x0 = getattr(scheduler.config, "algorithm_type", "") in ("dpmsolver++", "sde-dpmsolver++") or getattr(
-        scheduler, "predict_x0", False
+    config = scheduler.config
+    keeps_x0 = getattr(config, "algorithm_type", "") in ("dpmsolver++", "sde-dpmsolver++") or bool(
+        getattr(config, "predict_x0", False)  # UniPC
     )
     if keeps_x0 and outputs and outputs[-1] is not None and outputs[-1].shape == latents.shape:
         return outputs[-1]
