@@ -20,6 +20,7 @@ from .schemas import (
     ForegroundToBlendedInput,
     GenerationParams,
     ImageToImageInput,
+    InpaintingInput,
     LayerDiffusionInput,
     Task,
     checkpoint_context,
@@ -71,6 +72,7 @@ class Endpoint:
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("", LayerDiffusionInput, "Text to transparent image", True),
     Endpoint("image-to-image", ImageToImageInput, "Transparent image to transparent image", True),
+    Endpoint("inpainting", InpaintingInput, "Transparent inpainting: the masked area regenerated", True),
     Endpoint("foreground-to-blended", ForegroundToBlendedInput, "Foreground to blended image", False),
     Endpoint("background-to-blended", BackgroundToBlendedInput, "Background to blended image", False),
     Endpoint(

@@ -73,6 +73,8 @@ ImageUrl = Annotated[
 
 
 MAX_IMAGES = 8
+#: Most previews a request may ask for while it denoises (OpenAI's ``partial_images`` allows 0–3).
+MAX_PARTIAL_IMAGES = 3
 
 #: The validation context's key for the checkpoint names the operator lists (see :func:`checkpoint_context`).
 CHECKPOINTS_CONTEXT = "checkpoints"
@@ -96,7 +98,7 @@ def _listed_checkpoint(value: str | None, info: ValidationInfo) -> str | None:
 #: What the engine runs for an input: text or image to image, or one of the conditioned-layer models
 #: (named after their official weight files, ``layer_xl_fg2ble.safetensors`` …). Each input model
 #: carries its own, so the engine dispatches on the input it is handed.
-Task = Literal["text-to-image", "image-to-image", "fg2ble", "bg2ble", "fgble2bg", "bgble2fg"]
+Task = Literal["text-to-image", "image-to-image", "inpaint", "fg2ble", "bg2ble", "fgble2bg", "bgble2fg"]
 
 
 def random_seed() -> int:
@@ -159,6 +161,13 @@ class LayerDiffusionInput(BaseModel):
         description="Extension: number of images to generate; image i uses seed + i, and the output lists them "
         "all in `images` (`image` is the first).",
     )
+    partial_images: JsonInt = Field(
+        default=0,
+        ge=0,
+        le=MAX_PARTIAL_IMAGES,
+        description=f"Extension: previews (0–{MAX_PARTIAL_IMAGES}) decoded cheaply from the intermediate latents at "
+        "evenly spaced steps before the end, for clients that stream them; 0 changes nothing.",
+    )
     loras: list[LoraWeight] = Field(
         default_factory=list,
         max_length=MAX_LORAS,
@@ -219,6 +228,15 @@ def strength_steps(strength: float, num_inference_steps: int) -> int:
     return steps
 
 
+def partial_steps(total: int, count: int) -> list[int]:
+    """The steps (1-based, of the ``total`` that run) after which a partial image is made: ``count``
+    evenly spaced ones strictly before the last; fewer when the schedule is too short for them.
+    The one rule for the engine and the fake engine of tests."""
+    if count <= 0 or total <= 1:
+        return []
+    return sorted({min(total - 1, max(1, round(total * k / (count + 1)))) for k in range(1, count + 1)})
+
+
 #: The endpoints with image inputs generate one image per request (their engine runs one at a time).
 _ONE_IMAGE: Any = Field(
     default=1,
@@ -257,6 +275,26 @@ class ImageToImageInput(LayerDiffusionInput):
     def _runs_a_step(self) -> Self:
         strength_steps(self.strength, self.num_inference_steps)
         return self
+
+
+class InpaintingInput(ImageToImageInput):
+    """The input of ``fal-ai/layer-diffusion/inpainting``: the masked area of a transparent image
+    regenerated, the rest kept pixel for pixel (alpha included)."""
+
+    task: ClassVar[Task] = "inpaint"
+
+    mask_url: ImageUrl = Field(
+        description="The mask, read from its ALPHA channel as OpenAI's image edits read theirs: alpha 0 marks the "
+        "area to regenerate, 255 the pixels to keep (values between blend). Resized to the image; a mask without "
+        "alpha (opaque everywhere) keeps everything, so it is refused.",
+    )
+    strength: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="How much to change the masked area: the fraction of the denoising schedule that runs "
+        "(1: from noise, the default).",
+    )
 
 
 class ConditionedLayerInput(LayerDiffusionInput):
@@ -321,11 +359,15 @@ class BackgroundBlendedToForegroundInput(ConditionedLayerInput):
     scheduler: SchedulerName = _BLENDING_SCHEDULER
 
 
+#: How the names of image fields end: the images, and the inpainting mask.
+IMAGE_FIELD_SUFFIXES = ("image_url", "mask_url")
+
+
 def image_fields(params: LayerDiffusionInput | type[LayerDiffusionInput]) -> list[str]:
     """The names of an input's (or input model's) image fields, in declaration order (the first sets
     the default size)."""
     model = params if isinstance(params, type) else type(params)
-    return [name for name in model.model_fields if name.endswith("image_url")]
+    return [name for name in model.model_fields if name.endswith(IMAGE_FIELD_SUFFIXES)]
 
 
 def batch_key(params: LayerDiffusionInput) -> str:

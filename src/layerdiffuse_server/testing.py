@@ -27,7 +27,7 @@ from .engine.pipelines.image_sizing import size_from_image
 from .errors import GenerationCancelled
 from .images import TransparentImage
 from .results import GenerationResult
-from .schemas import GenerationParams, LayerDiffusionInput, image_fields
+from .schemas import GenerationParams, LayerDiffusionInput, image_fields, partial_steps
 
 
 class FakeEngine:
@@ -48,14 +48,18 @@ class FakeEngine:
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        on_partial: Callable[[int, list[Any]], None] | None = None,
     ) -> list[GenerationResult]:
         requests = [params.with_size(self.native_size).with_seed() for params in requests]
         total = requests[0].num_inference_steps if requests else 0
+        previews = partial_steps(total, max((params.partial_images for params in requests), default=0))
         for step in range(1, total + 1):
             if should_cancel is not None and should_cancel():
                 raise GenerationCancelled(f"cancelled after step {step - 1} of {total}")
             if self.step_seconds:
                 self.clock.sleep(self.step_seconds)
+            if on_partial is not None and step in previews:
+                on_partial(step, [_disc(p, p.fixed_seed + i).rgba for p in requests for i in range(p.num_images)])
             if on_step is not None:
                 on_step(step, total)
         return [
@@ -77,12 +81,15 @@ class FakeEngine:
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        on_partial: Callable[[int, list[Any]], None] | None = None,
     ) -> GenerationResult:
         first = images[image_fields(params)[0]]
         width, height = size_from_image(params.width, params.height, first.shape[1], first.shape[0])
         params = params.model_copy(update={"width": width, "height": height}).with_seed()
-        steps = GenerationParams(num_inference_steps=params.num_inference_steps, width=64, height=64)
-        self.generate_batch([steps], on_step=on_step, should_cancel=should_cancel)
+        steps = GenerationParams(
+            num_inference_steps=params.num_inference_steps, partial_images=params.partial_images, width=64, height=64
+        )
+        self.generate_batch([steps], on_step=on_step, should_cancel=should_cancel, on_partial=on_partial)
         visible = first[..., 3] > 0
         colour = first[..., :3][visible].mean(axis=0) if visible.any() else np.zeros(3)
         image = _disc(params, params.fixed_seed, colour=colour)

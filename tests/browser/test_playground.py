@@ -249,7 +249,8 @@ def test_style_loras_are_sent_as_fal_names_them_and_a_refusal_is_shown(
     page.get_by_label("Style LoRAs").fill("house-style:0.5\nhttps://example.com/a:b/ink.safetensors")
     code = page.locator("#code-text")
     expect(code).to_contain_text(
-        '"loras": [{"path": "house-style", "scale": 0.5}, {"path": "https://example.com/a:b/ink.safetensors", "scale": 1}]'
+        '"loras": [{"path": "house-style", "scale": 0.5}, '
+        '{"path": "https://example.com/a:b/ink.safetensors", "scale": 1}]'
     )
     page.get_by_label("Style LoRAs").fill("house-style:0.5")
     page.get_by_role("button", name="Generate").click()
@@ -755,6 +756,37 @@ def test_a_conditioned_endpoint_takes_a_picked_and_a_dropped_image(
     page.get_by_label("Endpoint", exact=True).select_option("")
     expect(sampler).to_have_value("dpmpp_2m_karras")
     expect(background).to_be_hidden()
+
+
+def test_inpainting_takes_an_image_and_a_mask_and_keeps_what_the_mask_keeps(
+    page: Page, playground_server: ServerProcess, playground_key: str, tmp_path: Path
+) -> None:
+    submitted = record_submissions(page)
+    page.goto(playground_server.http_url)
+    enter_key(page, playground_key)
+    page.get_by_label("Endpoint", exact=True).select_option("inpainting")
+    expect(page.locator("#endpoint-id")).to_have_text("fal-ai/layer-diffusion/inpainting")
+    expect(page.get_by_label("Strength", exact=True)).to_have_value("1")  # inpainting's own default
+    source = write_png(tmp_path / "photo.png", 96, 64, opaque=True)
+    mask = write_png(tmp_path / "mask.png", 96, 64)  # a kept disc (alpha 255) in an area to regenerate
+    page.get_by_label("Image", exact=True).set_input_files(source)
+    page.get_by_label("Mask (alpha 0: regenerate)", exact=True).set_input_files(mask)
+    expect(page.get_by_role("img", name="Mask (alpha 0: regenerate): preview")).to_be_visible()
+    page.get_by_label("Prompt", exact=True).fill("a lamp")
+    open_section(page, "#advanced")
+    page.get_by_label("Steps", exact=True).fill("2")
+    page.get_by_label("Seed", exact=True).fill("4")
+    open_section(page, "#code")
+    expect(page.locator("#code-text")).to_contain_text('"mask_url": fal_client.encode_file("mask.png")')
+
+    page.locator("#generate").click()
+    expect(page.locator("#status")).to_have_text("Done: seed 4.", timeout=120_000)
+    assert [url for url, _ in submitted] == [f"{playground_server.http_url}/queue/fal-ai/layer-diffusion/inpainting"]
+    assert submitted[0][1]["mask_url"].endswith("/mask.png") and "strength" not in submitted[0][1]
+    with Image.open(io.BytesIO(httpx.get(page.evaluate("document.getElementById('result-image').src")).content)) as png:
+        result = np.asarray(png.convert("RGBA"))
+    kept = np.asarray(Image.open(mask))[..., 3] == 255
+    assert np.array_equal(result[kept], np.asarray(Image.open(source))[kept])
 
 
 def test_inputs_that_are_no_images_are_explained_before_and_after_sending(

@@ -264,3 +264,23 @@ def test_a_missing_or_pickled_lora_is_refused_before_the_model_loads(settings: S
         assert done.returncode == 2 and message in done.stderr, done.stderr
     bad_name = run_cli("generate", "x", "--model", "tiny", "--lora", "a b/c", settings=settings)
     assert bad_name.returncode == 2 and "--lora" in bad_name.stderr, bad_name.stderr
+
+
+def test_generate_with_a_mask_inpaints_it(settings: Settings, tiny_folder: Path, tmp_path: Path) -> None:
+    source = np.zeros((64, 64, 4), np.uint8)
+    source[..., 0], source[..., 3] = 220, 160
+    mask = np.full((64, 64, 4), 255, np.uint8)
+    mask[16:48, 16:48, 3] = 0
+    Image.fromarray(source).save(tmp_path / "in.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    output = tmp_path / "out.png"
+    done = run_cli(
+        "generate", "a lamp", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+        "-o", str(output), "--model", "tiny", "--seed", "3", "--steps", "2", settings=settings,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = np.asarray(Image.open(output).convert("RGBA"))
+    kept = mask[..., 3] == 255
+    assert np.array_equal(result[kept], source[kept]) and not np.array_equal(result, source)
+    alone = run_cli("generate", "x", "--mask", str(tmp_path / "mask.png"), "--model", "tiny", settings=settings)
+    assert alone.returncode == 2 and "--mask" in alone.stderr

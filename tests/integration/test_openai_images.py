@@ -142,11 +142,29 @@ def test_edit_of_one_image_keeps_its_size(client: openai.OpenAI) -> None:
     assert decoded(result.data[0].b64_json).mode == "RGBA"
 
 
-def test_edit_with_a_mask_is_refused_until_inpainting_is_served(client: openai.OpenAI) -> None:
-    source = png_bytes((64, 64))
-    with pytest.raises(openai.BadRequestError) as raised:
-        client.images.edit(image=("a.png", source, "image/png"), mask=("m.png", source, "image/png"), prompt="x")
-    assert raised.value.param == "mask" and "masks are not supported" in raised.value.message
+def test_edit_with_a_mask_regenerates_only_where_its_alpha_is_zero(client: openai.OpenAI) -> None:
+    source = np.zeros((64, 64, 4), np.uint8)
+    source[..., :] = (30, 200, 40, 160)
+    mask = np.full((64, 64, 4), 255, np.uint8)
+    mask[16:48, 16:48, 3] = 0  # the middle is regenerated, the rest kept
+    result = client.images.edit(
+        image=("layer.png", encoded(source), "image/png"),
+        mask=("mask.png", encoded(mask), "image/png"),
+        prompt="a red star",
+        extra_body={"num_inference_steps": 2},
+    )
+    assert result.data is not None and len(result.data) == 1
+    edited = np.asarray(decoded(result.data[0].b64_json).convert("RGBA"))
+    kept = mask[..., 3] == 255
+    kept[12:52, 12:52] = False  # the feathered edge reaches a few pixels into the kept side at most
+    assert np.array_equal(edited[kept], source[kept])
+    assert not np.array_equal(edited[24:40, 24:40], source[24:40, 24:40])
+
+
+def encoded(rgba: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def test_streaming_ends_with_one_completed_event_per_image(client: openai.OpenAI) -> None:

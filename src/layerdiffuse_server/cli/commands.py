@@ -74,6 +74,13 @@ def generate(
     strength: Annotated[
         float | None, typer.Option(help="Image to image (with --image): how much to change it (0–1]; default 0.7.")
     ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option(
+            help="Inpainting (with --image): a mask read from its alpha, 0 where the image is regenerated and 255 "
+            "where it is kept; --strength defaults to 1 then."
+        ),
+    ] = None,
     foreground: Annotated[Path | None, typer.Option(help="Conditioned layers: a transparent foreground.")] = None,
     background: Annotated[Path | None, typer.Option(help="Conditioned layers: a background image.")] = None,
     blended: Annotated[
@@ -103,7 +110,8 @@ def generate(
 ) -> None:
     """Generate transparent images from a prompt and write them as RGBA PNG files.
 
-    With --image it re-generates an image (image to image); with --foreground, --background and
+    With --image it re-generates an image (image to image), with --mask too only the area the mask
+    makes transparent (inpainting); with --foreground, --background and
     --blended it runs the conditioned-layer models, like the server's endpoints of those names.
     """
     from .generation import check_model, generate_and_write, generation_input, read_image_files
@@ -111,8 +119,9 @@ def generate(
 
     configure_console_logging(verbose)
     loras, lora_files = command_line_loras(lora or [], settings)
-    named = {"image_url": image, "foreground_image_url": foreground, "background_image_url": background}
-    files = {name: path for name, path in (named | {"blended_image_url": blended}).items() if path is not None}
+    named = {"image_url": image, "mask_url": mask, "foreground_image_url": foreground}
+    named |= {"background_image_url": background, "blended_image_url": blended}
+    files = {name: path for name, path in named.items() if path is not None}
     common = {
         "prompt": prompt, "negative_prompt": negative, "seed": seed, "num_inference_steps": steps,
         "guidance_scale": guidance, "width": width, "height": height, "enable_safety_checker": safety_checker,

@@ -42,6 +42,7 @@ IMAGE_FLAGS = {
     "foreground_image_url": "--foreground",
     "background_image_url": "--background",
     "blended_image_url": "--blended",
+    "mask_url": "--mask",
 }
 
 
@@ -81,7 +82,9 @@ def _endpoint_for_files(given: set[str], num_images: int) -> Any:
             if num_images != 1:
                 raise fail("--num-images: image inputs make one image per run", 2)
             return endpoint
-    raise fail("give --image alone, or --foreground or --background alone, or one of them with --blended", 2)
+    raise fail(
+        "give --image alone or with --mask, or --foreground or --background alone, or one of them with --blended", 2
+    )
 
 
 def read_image_files(files: dict[str, Path]) -> dict[str, Any]:

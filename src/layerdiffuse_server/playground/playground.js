@@ -16,6 +16,8 @@ const ENDPOINTS = [
   { path: "", title: "Text to transparent image", model: "LayerDiffusionInput", images: [], extras: [], transparent: true },
   { path: "image-to-image", title: "Transparent image to transparent image", model: "ImageToImageInput",
     images: ["image_url"], extras: ["strength"], transparent: true },
+  { path: "inpainting", title: "Transparent inpainting: the masked area regenerated", model: "InpaintingInput",
+    images: ["image_url", "mask_url"], extras: ["strength"], transparent: true },
   { path: "foreground-to-blended", title: "Foreground to blended image", model: "ForegroundToBlendedInput",
     images: ["foreground_image_url"], extras: ["stop_at"], transparent: false },
   { path: "background-to-blended", title: "Background to blended image", model: "BackgroundToBlendedInput",
@@ -33,6 +35,7 @@ const IMAGE_FIELDS = {
   foreground_image_url: { label: "Foreground image", file: "foreground.png" },
   background_image_url: { label: "Background image", file: "background.png" },
   blended_image_url: { label: "Blended image", file: "blended.png" },
+  mask_url: { label: "Mask (alpha 0: regenerate)", file: "mask.png" },
 };
 const EXTRA_FIELDS = ["strength", "stop_at"];
 const IMAGE_TYPES = ["image/png", "image/jpeg", "image/webp"]; // what the server's storage accepts

@@ -84,6 +84,7 @@ class Engine(Protocol):
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        on_partial: Callable[[int, list[Any]], None] | None = None,
     ) -> list[GenerationResult]: ...
 
     def generate_from_images(
@@ -93,6 +94,7 @@ class Engine(Protocol):
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        on_partial: Callable[[int, list[Any]], None] | None = None,
     ) -> GenerationResult:
         """One request of an endpoint with image inputs (``images``: field name → RGBA array)."""
         ...
@@ -585,9 +587,12 @@ class GenerationWorker:
                 raise _Interrupted() from None
             return
         except LayerDiffuseError as error:
+            # An input the engine refuses by field (a mask that marks nothing) is answered as the
+            # API answers invalid input: fal's 422 with a ``detail`` list that names the field.
+            answer = outcomes.rejected_input(error) if isinstance(error, InvalidInputError) and error.field else None
             for job in jobs:
                 if job.live:
-                    self._answer(job, outcomes.failed(error))
+                    self._answer(job, answer or outcomes.failed(error))
             return
         inference_time = time.perf_counter() - started
         self._learn_decode_pace(results)

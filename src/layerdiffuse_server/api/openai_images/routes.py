@@ -75,9 +75,9 @@ async def _answering(work: Callable[[], Awaitable[Response]]) -> Response:
 
 
 def mask_endpoint() -> Endpoint:
-    """The endpoint of an edit with a ``mask``: inpainting, once this server has it (then
-    ``return endpoint_at("inpainting")``, whose input takes the mask as ``mask_url``)."""
-    raise bad_request("masks are not supported by this server yet", param="mask")
+    """The endpoint of an edit with a ``mask``: transparent inpainting, whose input takes the mask
+    as ``mask_url`` (alpha 0: regenerate, as OpenAI reads masks)."""
+    return endpoint_at("inpainting")
 
 
 def edit_endpoint(images: list[FilePart], masks: list[FilePart]) -> Endpoint:
@@ -184,7 +184,11 @@ def _edit_doc() -> dict[str, Any]:
     file = {"type": "string", "format": "binary"}
     schema["properties"] |= {
         "image": {"description": "One RGBA image (or two as image[]: background, then blended).", **file},
-        "mask": {"description": "Not supported yet (a 400).", **file},
+        "mask": {
+            "description": "Where to regenerate: alpha 0 there, 255 where the image is kept (transparent inpainting; "
+            "kept pixels come back exact).",
+            **file,
+        },
     }
     schema["required"] = ["image", "prompt"]
     return {"requestBody": {"content": {"multipart/form-data": {"schema": schema}}, "required": True}}

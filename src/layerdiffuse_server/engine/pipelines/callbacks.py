@@ -17,10 +17,19 @@ StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
 
-def step_callback(total: int, on_step: StepCallback | None, should_cancel: CancelCheck | None) -> Any:
-    """diffusers' ``callback_on_step_end``: progress after every step, cancel between steps."""
+#: Run after a step with (pipe, step index from 0, the step's tensors); reads them, changes nothing.
+StepHook = Callable[[Any, int, dict[str, Any]], None]
+
+
+def step_callback(
+    total: int, on_step: StepCallback | None, should_cancel: CancelCheck | None, after_step: StepHook | None = None
+) -> Any:
+    """diffusers' ``callback_on_step_end``: ``after_step`` (partial images), progress after every
+    step, cancel between steps."""
 
     def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if after_step is not None:
+            after_step(pipe, step, tensors)
         if on_step is not None:
             on_step(step + 1, total)
         if should_cancel is not None and should_cancel() and step + 1 < total:

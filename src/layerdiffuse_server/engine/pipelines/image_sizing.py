@@ -38,15 +38,18 @@ def size_from_image(width: int | None, height: int | None, image_width: int, ima
     return min(max(width, MIN_SIDE), MAX_SIDE), min(max(height, MIN_SIDE), MAX_SIDE)
 
 
-def crop_and_resize(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
+def crop_and_resize(
+    rgba: np.ndarray, width: int, height: int, resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> np.ndarray:
     """Scale ``uint8 [H, W, C]`` to cover (width, height), then centre-crop to it.
 
     The crop is taken in the source's coordinates and only that box is resampled, so the work and
     memory follow the asked size, not the scaled image: a 65536×1 strip fitted to 64×64 would
     otherwise be scaled to 4 194 304×64 (a gigabyte) before most of it was cropped away.
 
-    Pillow's Lanczos filter; RGBA is resampled premultiplied (Pillow does that itself), so the colour
-    of transparent pixels does not bleed into visible ones.
+    Pillow's Lanczos filter by default (``resample``: another, such as bilinear for masks, which
+    must not ring); RGBA is resampled premultiplied (Pillow does that itself), so the colour of
+    transparent pixels does not bleed into visible ones.
     """
     image_height, image_width = rgba.shape[:2]
     if (image_width, image_height) == (width, height):
@@ -55,7 +58,7 @@ def crop_and_resize(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
     box_width, box_height = min(image_width, width / scale), min(image_height, height / scale)
     left, top = (image_width - box_width) / 2, (image_height - box_height) / 2
     box = (left, top, left + box_width, top + box_height)
-    fitted = Image.fromarray(rgba).resize((width, height), Image.Resampling.LANCZOS, box=box)
+    fitted = Image.fromarray(rgba).resize((width, height), resample, box=box)
     return np.asarray(fitted)
 
 

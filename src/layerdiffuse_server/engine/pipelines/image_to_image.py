@@ -19,6 +19,7 @@ from ..timing import StageTimer
 from .callbacks import CancelCheck, StepCallback, step_callback
 from .image_sizing import centre_crop, run_size
 from .loaded import LoadedPipeline, checked_result
+from .partials import PartialCallback, partial_hook
 from .schedulers import make_scheduler
 
 
@@ -29,6 +30,7 @@ def generate_image_to_image(
     *,
     on_step: StepCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    on_partial: PartialCallback | None = None,
 ) -> GenerationResult:
     """One image re-generated from ``images["image_url"]`` (an RGBA ``uint8`` array)."""
     image = images["image_url"]
@@ -61,7 +63,12 @@ def generate_image_to_image(
             guidance_scale=params.guidance_scale,
             generator=[torch.Generator("cpu").manual_seed(seed)],
             output_type="latent",
-            callback_on_step_end=step_callback(steps, on_step, should_cancel),
+            callback_on_step_end=step_callback(
+                steps,
+                on_step,
+                should_cancel,
+                partial_hook(pipeline, params.partial_images, steps, params.size, on_partial),
+            ),
         ).images
     with timer("decoding"):
         rgba = [centre_crop(x, *params.size) for x in pipeline.decoder.decode(latents, pipeline.sdxl.vae, timer)]

@@ -12,6 +12,7 @@ foreground, decoded with the transparent decoder.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -27,9 +28,10 @@ from ..timing import StageTimer
 from ..weights.diff_weights import DiffWeights, merge_diff_weights
 from ..weights.sources import resolve_file
 from ..weights.unet_patches import BASE
-from .callbacks import CancelCheck, StepCallback, step_callback
+from .callbacks import CancelCheck, StepCallback, StepHook, step_callback
 from .image_sizing import centre_crop, run_size
 from .loaded import LoadedPipeline, checked_result
+from .partials import PartialCallback, partial_hook
 from .schedulers import make_scheduler
 
 #: Input fields in the order their latents are concatenated (Forge: ``cat([fg|bg, blend])``).
@@ -101,6 +103,7 @@ def generate_layer(
     *,
     on_step: StepCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    on_partial: PartialCallback | None = None,
 ) -> GenerationResult:
     """One image of the conditioned-layer model of ``params.task`` (``images``: input field → RGBA array)."""
     task = params.task
@@ -118,7 +121,11 @@ def generate_layer(
     with timer("text_encoding"):
         embeddings = pipeline.encode_prompts([params.prompt], [params.negative_prompt], params.guidance_scale)
     with timer("denoising"):
-        latents = _denoise(pipeline, params, task, seed, condition, embeddings, on_step, should_cancel)
+        decode = None if task in TRANSPARENT else functools.partial(opaque_decode, pipeline)
+        previews = partial_hook(
+            pipeline, params.partial_images, params.num_inference_steps, params.size, on_partial, decode
+        )
+        latents = _denoise(pipeline, params, task, seed, condition, embeddings, on_step, should_cancel, previews)
     with timer("decoding"):
         if task in TRANSPARENT:
             rgba = pipeline.decoder.decode(latents, pipeline.sdxl.vae, timer)
@@ -137,6 +144,7 @@ def _denoise(
     embeddings: dict[str, torch.Tensor],
     on_step: StepCallback | None,
     should_cancel: CancelCheck | None,
+    previews: StepHook | None,
 ) -> torch.Tensor:
     total = params.num_inference_steps
     width, height = run_size(*params.size)
@@ -150,7 +158,7 @@ def _denoise(
         if not layered_from_the_start:
             stop_conditioning()
 
-        progress = step_callback(total, on_step, should_cancel)
+        progress = step_callback(total, on_step, should_cancel, previews)
 
         def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             tensors = progress(pipe, step, timestep, tensors)

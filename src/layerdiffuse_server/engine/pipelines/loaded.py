@@ -43,6 +43,9 @@ class LoadedPipeline(Protocol):
     @property
     def image_to_image_pipe(self) -> Any: ...
 
+    @property
+    def inpainting_pipe(self) -> Any: ...
+
     def generate(
         self,
         params: GenerationParams | None = None,

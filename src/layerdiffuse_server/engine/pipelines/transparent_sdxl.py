@@ -51,10 +51,12 @@ from ..weights.sources import resolve_file
 from ..weights.style_loras import LoraResolver, StyleLoras, no_lora_files
 from ..weights.unet_patches import UNetPatches
 from .acceleration import RuntimeOptions, apply_runtime_options
-from .callbacks import CancelCheck, StepCallback, step_callback
+from .callbacks import CancelCheck, StepCallback, StepHook, step_callback
 from .image_sizing import centre_crop, crop_and_resize, pad_to, run_size, size_from_image
 from .image_to_image import generate_image_to_image
+from .inpainting import generate_inpainting
 from .layers import CONDITIONS, generate_layer
+from .partials import PartialCallback, partial_hook
 from .schedulers import make_scheduler, make_scheduler_like
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ logger = logging.getLogger(__name__)
 #: The pipeline of each task with image inputs, all of one shape: (loaded models, input, images, hooks).
 IMAGE_PIPELINES: dict[Task, Callable[..., GenerationResult]] = {
     "image-to-image": generate_image_to_image,
+    "inpaint": generate_inpainting,
     **{task: generate_layer for task in CONDITIONS},
 }
 
@@ -272,6 +275,7 @@ class TransparentSDXLPipeline:
         *,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        on_partial: PartialCallback | None = None,
         **fields: Any,
     ) -> GenerationResult:
         """Generate ``params.num_images`` transparent images.
@@ -280,6 +284,8 @@ class TransparentSDXLPipeline:
             params: the input; keyword ``fields`` build one (``generate(prompt="a cat", seed=1)``).
             on_step: called as ``on_step(step, total)`` after every denoising step.
             should_cancel: polled between steps; returning True raises :class:`GenerationCancelled`.
+            on_partial: called ``params.partial_images`` times as ``on_partial(step, images)`` with
+                cheap previews (one RGBA array per image, see :mod:`.partials`).
         """
         if params is None:
             try:
@@ -288,7 +294,7 @@ class TransparentSDXLPipeline:
                 raise InvalidInputError(str(error)) from None
         elif fields:
             raise TypeError("pass either params or keyword fields, not both")
-        return self.generate_batch([params], on_step=on_step, should_cancel=should_cancel)[0]
+        return self.generate_batch([params], on_step=on_step, should_cancel=should_cancel, on_partial=on_partial)[0]
 
     def generate_batch(
         self,
@@ -296,12 +302,15 @@ class TransparentSDXLPipeline:
         *,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        on_partial: PartialCallback | None = None,
     ) -> list[GenerationResult]:
         """Several requests in one denoising batch, each with its own prompts and seeds.
 
         The requests must share what the sampler runs with (:func:`batch_key`: size, steps, sampler,
         guidance). Image ``i`` of a request is the image it gets alone with ``seed + i``, up to the
         float differences of batched kernels. The timings are the batch's, shared by its requests.
+        ``on_partial`` gets the previews of the whole batch (one image per image of each request,
+        in order), as many as the request asking for the most wants.
         """
         if not requests:
             return []
@@ -324,7 +333,16 @@ class TransparentSDXLPipeline:
         with timer("text_encoding"):
             embeddings = self.encode_prompts(prompts, negatives, first.guidance_scale)
         with timer("denoising"):
-            latents = self.denoise(first, seeds, embeddings, on_step=on_step, should_cancel=should_cancel)
+            previews = partial_hook(
+                self,
+                max(params.partial_images for params in requests),
+                first.num_inference_steps,
+                first.size,
+                on_partial,
+            )
+            latents = self.denoise(
+                first, seeds, embeddings, on_step=on_step, should_cancel=should_cancel, after_step=previews
+            )
         with timer("decoding"):
             rgba = [centre_crop(image, *first.size) for image in self.decoder.decode(latents, self.sdxl.vae, timer)]
         owners = [index for index, params in enumerate(requests) for _ in range(params.num_images)]
@@ -399,8 +417,11 @@ class TransparentSDXLPipeline:
         *,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        after_step: StepHook | None = None,
     ) -> torch.Tensor:
-        """Run the sampler; returns model-space latents ``[B, 4, H/8, W/8]`` at the size the model runs at."""
+        """Run the sampler; returns model-space latents ``[B, 4, H/8, W/8]`` at the size the model runs at.
+
+        ``after_step`` reads each step's tensors (the partial images)."""
         total = params.num_inference_steps
         width, height = run_size(*params.size)
 
@@ -415,7 +436,7 @@ class TransparentSDXLPipeline:
             # Used only by stochastic samplers (ancestral, SDE): one stream per image, seeded like its noise.
             generator=[torch.Generator("cpu").manual_seed(s + 2**32) for s in seeds],
             output_type="latent",
-            callback_on_step_end=step_callback(total, on_step, should_cancel),
+            callback_on_step_end=step_callback(total, on_step, should_cancel, after_step),
         )
         return output.images
 
@@ -433,13 +454,14 @@ class TransparentSDXLPipeline:
         *,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        on_partial: PartialCallback | None = None,
     ) -> GenerationResult:
         """A request of an endpoint with image inputs (``images``: field name → RGBA ``uint8`` array),
-        run by the pipeline of the task its input carries."""
+        run by the pipeline of the task its input carries; ``on_partial`` as :meth:`generate` has it."""
         run = IMAGE_PIPELINES.get(params.task)
         if run is None:
             raise TypeError(f"{type(params).__name__} has no image inputs")
-        return run(self, params, images, on_step=on_step, should_cancel=should_cancel)
+        return run(self, params, images, on_step=on_step, should_cancel=should_cancel, on_partial=on_partial)
 
     def with_image_size(self, params: LayerDiffusionInput, images: dict[str, Any]) -> LayerDiffusionInput:
         """``params`` with its size fixed by its first image input where it names none."""
@@ -462,6 +484,16 @@ class TransparentSDXLPipeline:
             )
         unscaled = self.encoder.encode([image], self.sdxl.vae, device=self.device)
         return to_model_space(unscaled, self.sdxl.vae).to(self.device, self.dtype)
+
+    @functools.cached_property
+    def inpainting_pipe(self) -> Any:
+        """diffusers' SDXL inpainting pipeline on the same models: with a 4-channel UNet it blends
+        the input's latent, noised to the current timestep, back outside the mask after every step."""
+        from diffusers import StableDiffusionXLInpaintPipeline
+
+        pipe = StableDiffusionXLInpaintPipeline.from_pipe(self.sdxl)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     @functools.cached_property
     def image_to_image_pipe(self) -> Any:
