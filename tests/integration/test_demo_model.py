@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerdiffuse_server.demo.quality import Scores, evaluation_set, judge
+from layerdiffuse_server.demo.quality import CLEAR_BACKGROUND_HAZE, Scores, evaluation_set, judge
 from layerdiffuse_server.engine.presets import DEMO_FOLDER, DEMO_SIZE, preset_sources
 from layerdiffuse_server.schemas import GenerationParams
 from layerdiffuse_server.settings import Settings
@@ -72,11 +72,23 @@ def test_shapes_and_colours_are_the_ones_asked_for(scores: Scores) -> None:
     assert scores.soft_edge_images >= 0.9
 
 
+def test_backgrounds_are_clear_and_bodies_unmarked(scores: Scores) -> None:
+    hazy = [
+        f"{case.prompt!r} (seed {case.seed}): {judgement.background_haze:.0%} of the background has alpha"
+        for case, judgement in zip(evaluation_set(), scores.judgements, strict=True)
+        if judgement.background_haze > CLEAR_BACKGROUND_HAZE
+    ]
+    assert scores.clear_background_images >= 0.9, hazy
+    assert scores.mean_background_haze <= 0.02
+    assert scores.marked_images <= 0.05
+
+
 def test_the_accuracies_are_the_ones_recorded_with_the_weights(scores: Scores) -> None:
     recorded = MANIFEST["evaluation"]
     # Another CPU may round a few float32 sums differently; a sprite or two may change its verdict.
     assert scores.shape_accuracy == pytest.approx(recorded["shape_accuracy"], abs=0.05)
     assert scores.colour_accuracy == pytest.approx(recorded["colour_accuracy"], abs=0.05)
+    assert scores.clear_background_images == pytest.approx(recorded["clear_background_images"], abs=0.05)
 
 
 def test_a_request_without_a_size_gets_the_native_one(demo_pipeline: object) -> None:
