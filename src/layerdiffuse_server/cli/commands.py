@@ -45,7 +45,7 @@ LORAS = ("lora_folder", "max_lora_bytes", "lora_disk_bytes")
 
 
 @app.command()
-@settings_options(*MODEL, *LORAS)
+@settings_options(*MODEL, *CHECKPOINTS, *LORAS)
 def generate(
     settings: Settings,
     prompt: Annotated[str, typer.Argument(help="What to draw.")] = "",
@@ -95,6 +95,10 @@ def generate(
         float, typer.Option(help="Conditioned layers: fraction of the denoising that uses the layer model.")
     ] = 1.0,
     layer_strength: Annotated[float, typer.Option(help="Strength of the LayerDiffuse weights.")] = 1.0,
+    model_name: Annotated[
+        str | None,
+        typer.Option(help="One of the --checkpoint names: that checkpoint as the base, as a request's model_name."),
+    ] = None,
     lora: Annotated[
         list[str] | None,
         typer.Option(
@@ -119,6 +123,9 @@ def generate(
 
     configure_console_logging(verbose)
     loras, lora_files = command_line_loras(lora or [], settings)
+    if model_name is not None and model_name not in settings.checkpoints:
+        named = ", ".join(sorted(settings.checkpoints)) or "none: give them with --checkpoint NAME=SOURCE"
+        raise fail(f"--model-name {model_name}: not one of the checkpoints ({named})", 2)
     named = {"image_url": image, "mask_url": mask, "foreground_image_url": foreground}
     named |= {"background_image_url": background, "blended_image_url": blended}
     files = {name: path for name, path in named.items() if path is not None}
@@ -133,7 +140,14 @@ def generate(
     params = generation_input(common, files, num_images=num_images, strength=strength, stop_at=stop_at)
     check_model(settings, prompt)
     generate_and_write(
-        settings, params, arrays, output=output, preview=preview, layer_strength=layer_strength, lora_files=lora_files
+        settings,
+        params,
+        arrays,
+        output=output,
+        preview=preview,
+        layer_strength=layer_strength,
+        lora_files=lora_files,
+        checkpoint=model_name,
     )
 
 

@@ -132,6 +132,7 @@ def generate_and_write(
     preview: Path | None,
     layer_strength: float,
     lora_files: Callable[[str], Path] | None = None,
+    checkpoint: str | None = None,
 ) -> None:
     """Load the model, generate with progress on stderr, write the PNGs and say what was written."""
     from ..server.engine_loader import pipeline_from_settings
@@ -139,7 +140,7 @@ def generate_and_write(
     loading = time.perf_counter()
     try:
         pipeline = pipeline_from_settings(
-            settings, layer_strength=layer_strength, safety_checker=params.enable_safety_checker
+            settings, checkpoint, layer_strength=layer_strength, safety_checker=params.enable_safety_checker
         )
         if lora_files is not None:
             pipeline.use_lora_files(lora_files)
