@@ -408,3 +408,13 @@ def test_leftovers_of_a_writer_that_died_are_swept_and_refused_files_leave_none(
 
     stored = cache.store("https://example.com/b.safetensors", write_lora)
     assert sorted(path.name for path in cache.folder.iterdir()) == sorted([stored.name, in_progress.name])
+
+
+def test_a_cache_hit_keeps_the_files_identity(tmp_path: Path) -> None:
+    """The engine knows a read LoRA by path, size and modification time: a use must not change them."""
+    cache = LoraCache(tmp_path / "cache", 1 << 20)
+    stored = cache.store("https://example.com/a.safetensors", lambda target: target.write(b"x" * 64))
+    before = stored.stat().st_mtime_ns
+    time.sleep(0.01)
+    again = cache.lookup("https://example.com/a.safetensors")
+    assert again == stored and again.stat().st_mtime_ns == before

@@ -318,3 +318,14 @@ def test_a_client_that_hangs_up_cancels_its_request(settings: Settings, tmp_path
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_an_edit_with_a_mask_takes_one_image(client: openai.OpenAI) -> None:
+    source = png_bytes((64, 64))
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.images.edit(
+            image=[("a.png", source, "image/png"), ("b.png", source, "image/png")],
+            mask=("m.png", source, "image/png"),
+            prompt="x",
+        )
+    assert raised.value.param == "image"

@@ -124,8 +124,8 @@ def generate(
     configure_console_logging(verbose)
     loras, lora_files = command_line_loras(lora or [], settings)
     if model_name is not None and model_name not in settings.checkpoints:
-        named = ", ".join(sorted(settings.checkpoints)) or "none: give them with --checkpoint NAME=SOURCE"
-        raise fail(f"--model-name {model_name}: not one of the checkpoints ({named})", 2)
+        listed = ", ".join(sorted(settings.checkpoints)) or "none: give them with --checkpoint NAME=SOURCE"
+        raise fail(f"--model-name {model_name}: not one of the checkpoints ({listed})", 2)
     named = {"image_url": image, "mask_url": mask, "foreground_image_url": foreground}
     named |= {"background_image_url": background, "blended_image_url": blended}
     files = {name: path for name, path in named.items() if path is not None}

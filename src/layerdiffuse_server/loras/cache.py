@@ -61,7 +61,9 @@ class LoraCache:
         """The cached file of ``key``, marked as used now, or None."""
         path = self.path_of(key)
         try:
-            os.utime(path)
+            # The access time alone: the modification time is the file's identity to the engine's
+            # cache of read LoRAs, which would otherwise read and merge it anew at every use.
+            os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
         except FileNotFoundError:
             return None
         return path

@@ -152,7 +152,7 @@ class LoraSources:
         if not offline:
             self._check_hub_size(repo_id, filename, shown)
         try:
-            local = Path(hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=offline))
+            local = Path(hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=offline, token=False))
         except Exception as error:  # the hub library's own, its HTTP library's, the OS's: they vary by version
             if offline:
                 reason = f"it is not in the hub cache {constants.HF_HUB_CACHE} and HF_HUB_OFFLINE is set"
@@ -169,7 +169,7 @@ class LoraSources:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
         try:
-            size = get_hf_file_metadata(hf_hub_url(repo_id, filename)).size
+            size = get_hf_file_metadata(hf_hub_url(repo_id, filename), token=False).size
         except Exception:  # told by the download, which may still find the file in the cache
             return
         if size is not None and size > self.policy.max_bytes:

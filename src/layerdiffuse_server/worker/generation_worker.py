@@ -617,6 +617,12 @@ class GenerationWorker:
             self.engine, self._engine_name = held, checkpoint
             return held
         label = self._label(checkpoint)
+        if checkpoint is not None and self._load_checkpoint is None:
+            # Refused before anything is unloaded: the model this worker holds stays loaded.
+            refused = InvalidInputError(f"this worker loads no checkpoints, so not {checkpoint!r}", field="model_name")
+            for job in jobs:
+                self._answer(job, outcomes.rejected_input(refused))
+            return None
         for job in jobs:
             self._log(job, f"Loading {label} (this worker does not hold it).")
         unloaded = self.models.make_room()
@@ -626,12 +632,11 @@ class GenerationWorker:
             free_device_memory()
         started = time.perf_counter()
         try:
-            if checkpoint is None:
+            load_checkpoint = self._load_checkpoint  # not None with a checkpoint: refused above
+            if checkpoint is None or load_checkpoint is None:
                 engine = self._load_engine()
-            elif self._load_checkpoint is None:
-                raise InvalidInputError(f"this worker loads no checkpoints, so not {checkpoint!r}", field="model_name")
             else:
-                engine = self._load_checkpoint(checkpoint)
+                engine = load_checkpoint(checkpoint)
         except LayerDiffuseError as error:
             logger.warning("could not load %s: %s", label, error)
             refusal = outcomes.rejected_input(error) if isinstance(error, InvalidInputError) else outcomes.failed(error)

@@ -242,6 +242,8 @@ async def edits(request: Request, services: ServicesDep) -> Response:
             raise bad_request("An image is required: send it as the 'image' file.", param="image", code=None)
         if (options.n or 1) != 1:
             raise bad_request("Invalid 'n': edits make one image per request here.", param="n")
+        if masks and len(images) > 1:
+            raise bad_request("Invalid 'image': an edit with a mask takes one image.", param="image")
         endpoint = edit_endpoint(images, masks)
         raw_input = our_input(options, shape)
         raw_input |= {name: data_uri(part) for name, part in zip(endpoint.image_fields, images, strict=False)}

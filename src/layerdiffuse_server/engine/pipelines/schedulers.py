@@ -14,6 +14,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from ...errors import InvalidInputError
+
 #: name → (scheduler class, overrides). DPM++ 2M Karras is the default of the reference tools.
 SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     "dpmpp_2m_karras": (
@@ -49,7 +51,11 @@ def make_scheduler(name: str, base_config: Any, sampling: Mapping[str, Any] | No
     accepted = inspect.signature(scheduler_class).parameters
     missing = [key for key in needed if key not in accepted]
     if missing:
-        raise ValueError(f"the {name} sampler cannot be set to {', '.join(missing)}, which this model needs")
+        raise InvalidInputError(
+            f"the {name} sampler cannot be set to {', '.join(missing)}, which this model needs; choose another "
+            "scheduler",
+            field="scheduler",
+        )
     scheduler = scheduler_class.from_config(base_config, **overrides, **needed)  # type: ignore[attr-defined]
     return scheduler
 
