@@ -190,3 +190,21 @@ def test_generate_takes_a_checkpoint_by_its_name(
     assert named.read_bytes() != plain.read_bytes()
     unknown = run_cli("generate", "a lamp", *tiny, *listed, "--model-name", "nope", settings=settings)
     assert unknown.returncode == 2 and "not one of the checkpoints (other)" in unknown.stderr, unknown.stderr
+
+
+def test_the_openai_routes_pick_a_checkpoint_by_model(checkpoint_client: TestClient) -> None:
+    import base64
+
+    import openai
+
+    key = checkpoint_client.headers["Authorization"].removeprefix("Key ")
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=checkpoint_client, max_retries=0)
+    assert {"tiny", "other", "gone"} <= {model.id for model in client.models.list()}
+    small = {"seed": 5, "num_inference_steps": 2}
+
+    def png(model: str) -> bytes:
+        result = client.images.generate(model=model, prompt="a glass bottle", size="64x64", extra_body=small)
+        assert result.data is not None and result.data[0].b64_json is not None
+        return base64.b64decode(result.data[0].b64_json)
+
+    assert png("other") != png("tiny")

@@ -45,9 +45,15 @@ OWNER = "layerdiffuse-server"
 
 
 async def served_models(services: Services) -> list[str]:
-    """The model names the routes take: the running model's (the worker's preset), then the
-    operator's (``openai_model_names``), all meaning the one model this server runs."""
-    return list(dict.fromkeys([await running_model(services), *services.settings.openai_model_names]))
+    """The model names the routes take: the running model's (the worker's preset), the operator's
+    names for it (``openai_model_names``), then the operator's checkpoints (``model_name``)."""
+    settings = services.settings
+    return list(dict.fromkeys([await running_model(services), *settings.openai_model_names, *settings.checkpoints]))
+
+
+def with_checkpoint(raw_input: dict[str, object], model: str | None, services: Services) -> dict[str, object]:
+    """``model`` naming one of the operator's checkpoints picks it, as ``model_name`` does on fal's routes."""
+    return raw_input | {"model_name": model} if model in services.settings.checkpoints else raw_input
 
 
 async def authenticated(request: Request, services: Services) -> ApiKey:
@@ -213,7 +219,8 @@ async def generations(request: Request, services: ServicesDep) -> Response:
         options = ImageGenerationRequest.model_validate(raw)
         check_model(options.model, await served_models(services))
         shape = answer_shape(options)
-        raw_input = our_input(options, shape) | {"num_images": image_count(options)}
+        raw_input = with_checkpoint(our_input(options, shape), options.model, services)
+        raw_input |= {"num_images": image_count(options)}
         return await _run(request, services, key, ENDPOINTS[0], raw_input, options, shape, "image_generation")
 
     return await _answering(work)
@@ -245,7 +252,7 @@ async def edits(request: Request, services: ServicesDep) -> Response:
         if masks and len(images) > 1:
             raise bad_request("Invalid 'image': an edit with a mask takes one image.", param="image")
         endpoint = edit_endpoint(images, masks)
-        raw_input = our_input(options, shape)
+        raw_input = with_checkpoint(our_input(options, shape), options.model, services)
         raw_input |= {name: data_uri(part) for name, part in zip(endpoint.image_fields, images, strict=False)}
         if masks:
             raw_input["mask_url"] = data_uri(masks[0])
