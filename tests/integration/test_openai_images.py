@@ -175,6 +175,22 @@ def test_streaming_ends_with_one_completed_event_per_image(client: openai.OpenAI
     assert all(decoded(event.b64_json).mode == "RGBA" for event in events)
 
 
+def test_streaming_shows_the_tiny_models_own_partial_images(client: openai.OpenAI) -> None:
+    """The real engine's previews (decoded from the intermediate latents), not a fake's."""
+    events = list(
+        client.images.generate(
+            prompt="a star",
+            size="64x64",
+            stream=True,
+            partial_images=2,
+            extra_body={"seed": 3, "num_inference_steps": 6},
+        )
+    )
+    partials = [event for event in events if event.type == "image_generation.partial_image"]
+    assert len(partials) == 2 and events[-1].type == "image_generation.completed"
+    assert all(decoded(event.b64_json).size == (64, 64) for event in partials)
+
+
 class PartialShowingEngine(FakeEngine):
     """The fake engine, showing every image of the batch after each of the first steps, as an engine
     with partial images does (half-transparent grey, the size of the result)."""
