@@ -54,6 +54,8 @@ def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Pa
         "image to image, strength 0.7",
         "foreground to blended (fg2ble)",
         "switching the UNet: fg2ble → transparent → fg2ble",
+        "text to image with a style LoRA (rank 32, attention)",
+        "switching a style LoRA on and off",
         "server: fal_client.run (sync)",
         "server: fal_client.subscribe (queue)",
         "server: 2 clients × 1, batches of ≤1",
