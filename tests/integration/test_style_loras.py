@@ -268,9 +268,9 @@ def test_the_api_runs_a_lora_and_refuses_bad_ones_in_fal_format(
     assert local.status_code == 422 and local.json()["detail"][0]["loc"] == ["body", "loras", 0, "path"]
     missing = client.post(f"/run{APP}", json={**SMALL, "loras": [{"path": "nowhere"}]})
     assert missing.status_code == 422
-    # found by the worker, so in the shape of the engine's refusals
-    assert missing.json()["error_type"] == "validation_error"
-    assert "no LoRA named 'nowhere'" in missing.json()["detail"]
+    # found by the worker, answered as admission answers: fal's detail list, naming the field
+    [problem] = missing.json()["detail"]
+    assert problem["loc"] == ["body", "loras"] and "no LoRA named 'nowhere'" in problem["msg"], problem
 
 
 def test_the_cache_budget_is_a_setting(settings: Settings, tiny_folder: Path) -> None:
