@@ -13,6 +13,7 @@ from layerdiffuse_server.api import Services, create_app
 from layerdiffuse_server.auth import issue_key
 from layerdiffuse_server.server.bootstrap import build_services
 from layerdiffuse_server.settings import Settings
+from layerdiffuse_server.worker import GenerationWorker
 
 SMALL = {"prompt": "a glass bottle", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 5}
 APP = "/fal-ai/layer-diffusion"
@@ -58,3 +59,26 @@ def wait_completed(client: TestClient, request_id: str, timeout: float = 120) ->
         assert response.status_code == 202
         time.sleep(0.05)
     raise AssertionError(f"request {request_id} did not complete")
+
+
+@pytest.fixture
+def queue_only(settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, Services]]:
+    """An API whose requests wait until the test runs a worker by hand (see :func:`hand_worker`)."""
+    services = build_services(server_settings(settings, tmp_path), None, model_name="tiny")
+    with TestClient(create_app(services)) as client:
+        client.headers["Authorization"] = f"Key {issue_key(services.store.keys, 'tests').value}"
+        yield client, services
+
+
+def hand_worker(services: Services, engine: object, max_batch_size: int) -> GenerationWorker:
+    """A worker on ``services``' queue with ``engine`` already loaded, run by the test (``run_once``)."""
+    worker = GenerationWorker(
+        services.manager,
+        services.blobs,
+        lambda: engine,  # type: ignore[arg-type, return-value]
+        base_url=services.base_url,
+        model_name="tiny",
+        max_batch_size=max_batch_size,
+    )
+    worker.engine = engine  # type: ignore[assignment]
+    return worker

@@ -6,45 +6,16 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from layerdiffuse_server.api import Services, create_app
-from layerdiffuse_server.auth import issue_key
+from layerdiffuse_server.api import Services
 from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 from layerdiffuse_server.schemas import GenerationParams
-from layerdiffuse_server.server.bootstrap import build_services
-from layerdiffuse_server.settings import Settings
-from layerdiffuse_server.worker import GenerationWorker
 
-from .api_support import APP, SMALL, server_settings, wait_completed
-
-
-@pytest.fixture
-def queue_only(settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, Services]]:
-    """An API whose requests wait until the test runs a worker by hand."""
-    services = build_services(server_settings(settings, tmp_path), None, model_name="tiny")
-    with TestClient(create_app(services)) as client:
-        client.headers["Authorization"] = f"Key {issue_key(services.store.keys, 'tests').value}"
-        yield client, services
-
-
-def hand_worker(services: Services, pipeline: object, max_batch_size: int) -> GenerationWorker:
-    worker = GenerationWorker(
-        services.manager,
-        services.blobs,
-        lambda: pipeline,  # type: ignore[arg-type, return-value]
-        base_url=services.base_url,
-        model_name="tiny",
-        max_batch_size=max_batch_size,
-    )
-    worker.engine = pipeline  # type: ignore[assignment]
-    return worker
+from .api_support import APP, SMALL, hand_worker, wait_completed
 
 
 def png_pixels(client: TestClient, url: str) -> np.ndarray:

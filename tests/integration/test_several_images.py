@@ -5,25 +5,20 @@ what is tested)."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from layerdiffuse_server.api import Services, create_app
-from layerdiffuse_server.auth import issue_key
+from layerdiffuse_server.api import Services
 from layerdiffuse_server.results import GenerationResult
 from layerdiffuse_server.schemas import GenerationParams
-from layerdiffuse_server.server.bootstrap import build_services
-from layerdiffuse_server.settings import Settings
 from layerdiffuse_server.testing import FakeEngine
-from layerdiffuse_server.worker import GenerationWorker
 
 from ..support.images import png_bytes
-from .api_support import APP, SMALL, server_settings, wait_completed
+from .api_support import APP, SMALL, hand_worker, wait_completed
 
 
 def pixels(client: TestClient, url: str) -> np.ndarray:
@@ -92,28 +87,6 @@ def test_openapi_documents_the_new_fields(idle_client: TestClient) -> None:
 
 
 # -- batching counts images ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def queue_only(settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, Services]]:
-    """An API whose requests wait until the test runs a worker by hand."""
-    services = build_services(server_settings(settings, tmp_path), None, model_name="tiny")
-    with TestClient(create_app(services)) as client:
-        client.headers["Authorization"] = f"Key {issue_key(services.store.keys, 'tests').value}"
-        yield client, services
-
-
-def hand_worker(services: Services, engine: object, max_batch_size: int) -> GenerationWorker:
-    worker = GenerationWorker(
-        services.manager,
-        services.blobs,
-        lambda: engine,  # type: ignore[arg-type, return-value]
-        base_url=services.base_url,
-        model_name="tiny",
-        max_batch_size=max_batch_size,
-    )
-    worker.engine = engine  # type: ignore[assignment]
-    return worker
 
 
 def batch_sizes(client: TestClient, ids: Sequence[str]) -> list[int | None]:
