@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from layerdiffuse_server.settings import Settings  # noqa: E402
+from layerdiffuse_server.store import Store, open_store  # noqa: E402
 
 from . import server_process  # noqa: E402
 from .support import postgres, radosgw  # noqa: E402
@@ -42,6 +43,14 @@ def parse_shape(text: str) -> tuple[int, ...]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """After the last teardown, on failure and on Ctrl-C too: no service process outlives the run."""
     server_process.end_all()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A SQLite store of the test's own, closed afterwards."""
+    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    yield opened
+    opened.close()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from layerdiffuse_server.errors import InvalidInputError
 from layerdiffuse_server.files import LocalBlobStore, StoredFiles
 from layerdiffuse_server.files.image_inputs import ImageInputPolicy, read_image_input, store_image_inputs
 from layerdiffuse_server.outbound import parse_networks
-from layerdiffuse_server.store import Store, open_store
+from layerdiffuse_server.store import Store
 
 BASE_URL = "https://api.example"
 LOOPBACK = ImageInputPolicy(allowed_networks=parse_networks(["127.0.0.1/32"]), max_bytes=200_000, timeout_seconds=2)
@@ -133,13 +133,6 @@ def origin() -> Iterator[tuple[str, Origin]]:
     yield f"http://127.0.0.1:{server.server_address[1]}", seen
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

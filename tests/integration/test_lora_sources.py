@@ -23,7 +23,7 @@ from layerdiffuse_server.loras.fetch import LoraFetchPolicy
 from layerdiffuse_server.loras.sources import LoraSources
 from layerdiffuse_server.outbound import parse_networks
 from layerdiffuse_server.settings import Settings
-from layerdiffuse_server.store import Store, open_store
+from layerdiffuse_server.store import Store
 
 from ..support.loras import PICKLE_BYTES, lora_bytes
 
@@ -92,13 +92,6 @@ def origin() -> Iterator[Origin]:
     yield seen
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

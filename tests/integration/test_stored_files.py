@@ -20,7 +20,7 @@ from layerdiffuse_server.files.stored_files import PENDING_WRITE_SECONDS
 from layerdiffuse_server.lifecycle.retention import sweep
 from layerdiffuse_server.server.bootstrap import build_services
 from layerdiffuse_server.settings import Settings
-from layerdiffuse_server.store import Store, open_store
+from layerdiffuse_server.store import Store
 from layerdiffuse_server.store.contracts import FileRecord
 from layerdiffuse_server.testing import FakeClock, FakeEngine
 from layerdiffuse_server.worker import GenerationWorker
@@ -59,13 +59,6 @@ def client(services: Services) -> Iterator[TestClient]:
     with TestClient(create_app(services), raise_server_exceptions=False) as test_client:
         test_client.headers["Authorization"] = f"Key {issue_key(services.store.keys, 'tests').value}"
         yield test_client
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

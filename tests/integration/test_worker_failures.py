@@ -17,7 +17,7 @@ import pytest
 from layerdiffuse_server.errors import StoreError
 from layerdiffuse_server.files import open_blob_store
 from layerdiffuse_server.lifecycle import RequestManager, Submission
-from layerdiffuse_server.store import RequestState, Store, open_store
+from layerdiffuse_server.store import RequestState, Store
 from layerdiffuse_server.testing import FakeClock, FakeEngine
 from layerdiffuse_server.worker import GenerationWorker
 
@@ -36,13 +36,6 @@ class Flaky:
             self.left -= 1
             raise StoreError("lost the connection to the database (simulated)")
         return self.method(*args, **kwargs)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from layerdiffuse_server.files import open_blob_store
 from layerdiffuse_server.lifecycle import RequestManager, Submission
-from layerdiffuse_server.store import RequestState, Store, open_store
+from layerdiffuse_server.store import RequestState, Store
 from layerdiffuse_server.store.contracts import WorkerState
 from layerdiffuse_server.testing import FakeClock, FakeEngine
 from layerdiffuse_server.worker import GenerationWorker
@@ -25,13 +22,6 @@ from layerdiffuse_server.worker.generation_worker import INTERRUPT_WAIT_SECONDS
 
 STEP_SECONDS = 4.0
 GRACE = 0.5
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-    yield opened
-    opened.close()
 
 
 def test_a_stop_does_not_wait_for_a_slow_step(store: Store, tmp_path: Path) -> None:

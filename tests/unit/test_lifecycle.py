@@ -7,23 +7,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from layerdiffuse_server.errors import ServiceUnavailableError
 from layerdiffuse_server.lifecycle import RequestManager, Submission
 from layerdiffuse_server.lifecycle.local_processes import process_scope
-from layerdiffuse_server.store import RequestState, Store, WorkerState, WorkerStatus, open_store
+from layerdiffuse_server.store import RequestState, Store, WorkerState, WorkerStatus
 from layerdiffuse_server.store.contracts import ApiKey
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -4,23 +4,13 @@ older releases, with the input as received and no seed, still run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from pydantic import ValidationError
 
 from layerdiffuse_server.endpoints import APP_ID, ENDPOINTS, endpoint_at, run_params, stored_input
 from layerdiffuse_server.lifecycle import RequestManager, Submission
 from layerdiffuse_server.schemas import GenerationParams, ImageToImageInput
-from layerdiffuse_server.store import RequestState, Store, open_store
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-    yield opened
-    opened.close()
+from layerdiffuse_server.store import RequestState, Store
 
 
 def test_admission_draws_the_seed_and_stores_it_with_what_the_client_set() -> None:

@@ -20,7 +20,7 @@ import pytest
 from layerdiffuse_server.errors import InvalidInputError
 from layerdiffuse_server.outbound import check_webhook_url, is_permitted, parse_networks
 from layerdiffuse_server.signing import SigningKeys, generate_key_file, load_private_key, verify_signature
-from layerdiffuse_server.store import NewRequest, Store, open_store
+from layerdiffuse_server.store import NewRequest, Store
 from layerdiffuse_server.store.contracts import Completion
 from layerdiffuse_server.testing import FakeClock
 from layerdiffuse_server.webhooks.delivery import WebhookDeliverer
@@ -96,13 +96,6 @@ def test_an_allowed_network_opens_it_and_names_resolve_to_the_allowed_address() 
         check_webhook_url("http://127.0.0.2:9/x", LOOPBACK)
     assert is_permitted(ipaddress.ip_address("64:ff9b::101:101"), [])  # NAT64 of 1.1.1.1 is public
     assert not is_permitted(ipaddress.ip_address("64:ff9b::a00:1"), [])
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-    yield opened
-    opened.close()
 
 
 def completed_with_webhook(store: Store, url: str, completion: Completion | None = None) -> str:
