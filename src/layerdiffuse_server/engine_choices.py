@@ -1,5 +1,5 @@
-"""The engine's choices by name, without the engine: presets, devices, dtypes, decoder passes and
-memory modes.
+"""The engine's choices by name, without the engine: presets, devices, dtypes, decoder passes,
+memory modes and PNG compressions.
 
 ``Settings`` types its engine fields with these, so every role refuses a bad value when it starts,
 naming the setting, rather than when a worker loads the model. Nothing here imports torch: the API
@@ -26,6 +26,11 @@ DECODER_PASSES: tuple[DecoderPasses, ...] = get_args(DecoderPasses)
 
 MemoryMode = Literal["fast", "default", "low", "offload"]
 MEMORY_MODES: tuple[MemoryMode, ...] = get_args(MemoryMode)
+
+#: PNG file size against encoding time (see :mod:`.png_encoding`).
+PngCompression = Literal["fast", "balanced", "small"]
+PNG_COMPRESSIONS: tuple[PngCompression, ...] = get_args(PngCompression)
+DEFAULT_PNG_COMPRESSION: PngCompression = "fast"
 
 #: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``.
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"

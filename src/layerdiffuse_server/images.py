@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .png_encoding import DEFAULT_PNG_COMPRESSION, PngCompression, encode_png
 
 #: The reference visualisation: 64-pixel cells of 45 % and 55 % grey, the top-left cell darker.
 CHECKER_CELL = 64
@@ -42,13 +43,6 @@ def has_transparency(rgba: np.ndarray) -> bool:
     return outside >= max(1, MIN_TRANSPARENT_SHARE * alpha.size)
 
 
-def encode_png(rgba: np.ndarray) -> bytes:
-    """Straight-alpha RGBA ``uint8 [H, W, 4]`` → PNG bytes; deterministic (no timestamps or text)."""
-    buffer = io.BytesIO()
-    Image.fromarray(rgba).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def checkerboard(height: int, width: int, cell: int = CHECKER_CELL) -> np.ndarray:
     """``float32 [H, W]`` grey levels of the preview background."""
     rows = (np.arange(height) // cell)[:, None]
@@ -80,7 +74,9 @@ class TransparentImage:
     rgba: np.ndarray
     seed: int
     nsfw: bool = False
-    _png: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    #: The last encoding, with the compression it was made at: the worker encodes once, off the GPU's
+    #: path, and storing it reads the same bytes.
+    _png: tuple[PngCompression, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def width(self) -> int:
@@ -90,14 +86,15 @@ class TransparentImage:
     def height(self) -> int:
         return int(self.rgba.shape[0])
 
-    def png(self) -> bytes:
-        if self._png is None:
-            self._png = encode_png(self.rgba)
-        return self._png
+    def png(self, compression: PngCompression = DEFAULT_PNG_COMPRESSION) -> bytes:
+        """The image as a PNG file (see :mod:`.png_encoding`), encoded once per compression asked."""
+        if self._png is None or self._png[0] != compression:
+            self._png = (compression, encode_png(self.rgba, compression))
+        return self._png[1]
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, compression: PngCompression = DEFAULT_PNG_COMPRESSION) -> Path:
         path = Path(path)
-        path.write_bytes(self.png())
+        path.write_bytes(self.png(compression))
         return path
 
     def save_preview(self, path: str | Path) -> Path:

@@ -36,7 +36,7 @@ WEIGHTS = ("model", "base", "layer_weights", "decoder")
 MODEL = (*WEIGHTS, "decoder_passes", "device", "dtype", "threads")
 #: The checkpoints requests may name: the API checks the names, workers load them.
 CHECKPOINTS = ("checkpoints",)
-RUNTIME = ("memory_mode", "vae_tiling", "channels_last", "compile", "warmup", "max_batch_size")
+RUNTIME = ("memory_mode", "vae_tiling", "channels_last", "compile", "warmup", "max_batch_size", "png_compression")
 STORE = ("data_dir", "database_url", "storage_url")
 LISTENERS = ("host", "port", "tls_port", "tls_cert", "tls_key", "tls_names", "public_url")
 HOUSE = ("webhook_allowed_networks", "retention_hours")
@@ -45,7 +45,7 @@ LORAS = ("lora_folder", "max_lora_bytes", "lora_disk_bytes")
 
 
 @app.command()
-@settings_options(*MODEL, *CHECKPOINTS, *LORAS)
+@settings_options(*MODEL, *CHECKPOINTS, *LORAS, "png_compression")
 def generate(
     settings: Settings,
     prompt: Annotated[str, typer.Argument(help="What to draw.")] = "",

@@ -157,7 +157,7 @@ def generate_and_write(
         raise fail(str(error)) from None
 
     for image, path in zip(result.images, _output_paths(output, len(result.images)), strict=True):
-        image.save(path)
+        image.save(path, settings.png_compression)
         flagged = " [yellow](flagged by the safety checker: transparent)[/]" if image.nsfw else ""
         console.print(f"wrote [bold]{path}[/] ({image.width}×{image.height} RGBA, seed {image.seed}){flagged}")
     if preview is not None:
