@@ -124,6 +124,7 @@ def build_worker(
         device=settings.device,
         max_batch_size=settings.max_batch_size,
         grace_seconds=settings.shutdown_grace_seconds,
+        png_compression=settings.png_compression,
     )
 
 

@@ -1,5 +1,10 @@
 """One worker per GPU: claim → run the engine → store the images → complete, with live logs.
 
+Encoding and storing the images and completing the requests run on an output stage of their own
+(:mod:`.output_stage`), so the GPU denoises the next batch meanwhile; until a request is answered
+there its lease is renewed like that of the batch in hand, and a stop drains the stage within its
+grace or hands back what is left.
+
 GPU work is blocking, so it runs on a thread of its own, off any event loop. Everything about a
 request's life goes through the :class:`~layerdiffuse_server.lifecycle.RequestManager`: what the
 worker claims it holds under a lease that its heartbeat renews, and every log line and completion
@@ -36,6 +41,7 @@ from pydantic import ValidationError
 
 from ..clock import Clock
 from ..endpoints import endpoint_of, run_params
+from ..engine_choices import DEFAULT_PNG_COMPRESSION, PngCompression
 from ..errors import GenerationCancelled, InvalidInputError, LayerDiffuseError
 from ..files import BlobStore, StoredFiles
 from ..files.image_inputs import read_image_input
@@ -55,6 +61,7 @@ from ..store.contracts import (
     WorkerStatus,
 )
 from .model_shelf import ModelShelf, free_device_memory
+from .output_stage import OutputStage
 from .outputs import StoredOutput, build_output, discard, store_images
 from .partials import PartialImages, takes_partials
 
@@ -109,6 +116,7 @@ class _Job:
     answered: bool = False  # completed (by us, or elsewhere: cancel, lost lease)
     outputs: list[StoredOutput] = field(default_factory=list)
     ignored_words: list[str] | None = None  # for a model with a closed vocabulary: the prompt's unknown words
+    staged: bool = False  # denoised, handed to the output stage, which finishes it
 
     @property
     def id(self) -> str:
@@ -191,6 +199,8 @@ class GenerationWorker:
         max_batch_size: int = 1,
         grace_seconds: float = 20.0,
         clock: Clock | None = None,
+        png_compression: PngCompression = DEFAULT_PNG_COMPRESSION,
+        pipeline_outputs: bool = True,
     ) -> None:
         self.manager = manager
         #: What the worker's waits and intervals run on: its manager's, which times the leases, unless given.
@@ -205,6 +215,12 @@ class GenerationWorker:
         self.device = device
         self.max_batch_size = max_batch_size
         self.grace_seconds = grace_seconds
+        self.png_compression: PngCompression = png_compression
+        #: Whether the serving loop claims the next batch while the last one's images are encoded and
+        #: stored (False: one batch at a time, end to end, as :meth:`run_once` does).
+        self.pipeline_outputs = pipeline_outputs
+        self._outputs = OutputStage()
+        self._staged: list[_Job] = []  # the jobs the output stage holds (under ``_live_lock``)
         self.worker_id = f"worker-{uuid.uuid4().hex[:8]}"
         self.started_at = self.clock.time()
         self.requests_done = 0
@@ -313,8 +329,8 @@ class GenerationWorker:
         finally:
             if acquired:
                 self._writes.release()
-        jobs = [job for job in self._jobs if job.live]
         with self._live_lock:
+            jobs = [job for job in [*self._jobs, *self._staged] if job.live]
             for job in jobs:
                 self._live.pop(job.id, None)
         self.current_request = None
@@ -339,7 +355,7 @@ class GenerationWorker:
 
     def report(self) -> None:
         """Write this worker's row (state, current request, heartbeat) for ``status`` and metrics."""
-        if self._abandoned.is_set() and threading.current_thread() is self._thread:
+        if self._abandoned.is_set() and (threading.current_thread() is self._thread or self._outputs.on_stage_thread):
             return  # the stop wrote the last row
         engine_device = getattr(self.engine, "device", None)
         try:
@@ -381,6 +397,7 @@ class GenerationWorker:
         try:
             self._serve()
         finally:
+            self._outputs.drain()  # the batches denoised are finished (or, once interrupted, handed back)
             self._finished.set()
 
     def _serve(self) -> None:
@@ -401,7 +418,7 @@ class GenerationWorker:
         self.report()
         while not self._stopping.is_set():
             try:
-                ran = self.run_once()
+                ran = self.run_once(pipelined=self.pipeline_outputs)
             except Exception:  # the store is away: wait, then try again
                 logger.warning("could not claim work", exc_info=True)
                 ran = False
@@ -411,8 +428,12 @@ class GenerationWorker:
 
     # -- one batch ----------------------------------------------------------------------------
 
-    def run_once(self) -> bool:
+    def run_once(self, *, pipelined: bool = False) -> bool:
         """Run the next queued request, with compatible ones behind it as one batch; True when one ran.
+
+        Once denoised, the batch goes to the output stage (:mod:`.output_stage`), which encodes and
+        stores its images and completes its requests. ``pipelined`` returns as soon as it is handed
+        over, so that the next batch can start; otherwise this returns once it is answered.
 
         Whatever happens, no claimed request is left behind: what was not completed is handed back
         to the queue, or, where even that fails (the store is away), no longer renewed, so its lease
@@ -448,16 +469,19 @@ class GenerationWorker:
                 if job.live:
                     self._answer(job, outcomes.internal_error())
         finally:
+            in_hand = [job for job in jobs if not job.staged]  # the output stage answers the others
             with self._writes:
                 if not self._abandoned.is_set():
-                    self._hand_back([job for job in jobs if job.live])
+                    self._hand_back([job for job in in_hand if job.live])
             self._jobs = []
             with self._live_lock:
-                for lease in leases:
-                    self._live.pop(lease.id, None)
+                for job in in_hand:
+                    self._live.pop(job.id, None)
             self.current_request = None
-            self.requests_done += len(jobs)
+            self.requests_done += len(in_hand)
             self.report()
+        if not pipelined:
+            self._outputs.drain()
         return True
 
     def _start(self, jobs: list[_Job]) -> None:
@@ -596,12 +620,48 @@ class GenerationWorker:
             return
         inference_time = time.perf_counter() - started
         self._learn_decode_pace(results)
-        for job, result in zip(jobs, results, strict=True):
-            if not job.live:  # cancelled or lost during the run: already answered
-                continue
-            if self.metrics is not None:
-                self.metrics.observe_generation(inference_time, result.timings)
-            self._answer(job, self._output(job, result, inference_time))
+        finishing = [(job, result) for job, result in zip(jobs, results, strict=True) if job.live]
+        if not finishing:  # all cancelled or lost during the run: already answered
+            return
+        for job, _ in finishing:
+            job.staged = True
+        with self._live_lock:
+            self._staged.extend(job for job, _ in finishing)
+        self._outputs.submit(lambda: self._finish(finishing, inference_time))
+
+    def _finish(self, finishing: list[tuple[_Job, GenerationResult]], inference_time: float) -> None:
+        """On the output stage: encode and store each request's images and answer it, while the
+        heartbeat still renews its lease. Once a stop interrupts, what is not answered goes back to
+        the queue, as a batch interrupted between steps does."""
+        jobs = [job for job, _ in finishing]
+        try:
+            with request_id_context(jobs[0].id):
+                for job, result in finishing:
+                    if self._interrupting.is_set():
+                        raise _Interrupted()
+                    self._drop_lost([job])
+                    if not job.live:  # lost its lease while it waited
+                        continue
+                    if self.metrics is not None:
+                        self.metrics.observe_generation(inference_time, result.timings)
+                    self._answer(job, self._output(job, result, inference_time))
+        except _Interrupted:
+            pass
+        except Exception:
+            logger.exception("finishing failed for %s", ", ".join(job.id for job in jobs))
+            for job in jobs:
+                if job.live:
+                    self._answer(job, outcomes.internal_error())
+        finally:
+            with self._writes:
+                if not self._abandoned.is_set():
+                    self._hand_back([job for job in jobs if job.live])
+            with self._live_lock:
+                for job in jobs:
+                    self._live.pop(job.id, None)
+                self._staged = [job for job in self._staged if all(job is not done for done in jobs)]
+            self.requests_done += len(jobs)
+            self.report()
 
     def _label(self, checkpoint: str | None) -> str:
         return f"model {self.model_name!r}" if checkpoint is None else f"checkpoint {checkpoint!r}"
@@ -692,7 +752,10 @@ class GenerationWorker:
             self._log(job, f"Safety check: {verdict} ({timings['safety_check']:.2f} s).")
         transparency = self._check_transparency(job, result)
         for image in result.images:
-            image.png()  # encoded before the write lock, which a stop waits for only briefly
+            image.png(self.png_compression)  # encoded before the write lock, which a stop waits for only briefly
+        if self._cancelled_meanwhile(job):
+            self._log(job, "Cancelled while its images were encoded.", "WARN")
+            return outcomes.cancelled()
         with self._writes:
             if self._abandoned.is_set():
                 raise _Interrupted()
@@ -702,6 +765,7 @@ class GenerationWorker:
                 base_url=self.base_url,
                 key_id=job.lease.key_id,
                 request_id=job.id,
+                compression=self.png_compression,
             )
             job.outputs.extend(stored)
         for item in stored:
@@ -721,6 +785,14 @@ class GenerationWorker:
             metrics=metrics,
             file_ids=[item.file_id for item in stored],
         )
+
+    def _cancelled_meanwhile(self, job: _Job) -> bool:
+        """Whether a cancel came for ``job`` after its last denoising step (its files are not stored then)."""
+        try:
+            return job.id in self.manager.cancel_requested([job.lease])
+        except Exception:  # the store is away for a moment: the completion is fenced all the same
+            logger.warning("could not read the cancel request of %s", job.id, exc_info=True)
+            return False
 
     def _check_transparency(self, job: _Job, result: GenerationResult) -> list[bool]:
         """Per image, whether its alpha carries anything (:func:`..images.has_transparency`), with a

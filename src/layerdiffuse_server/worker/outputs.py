@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..engine_choices import DEFAULT_PNG_COMPRESSION, PngCompression
 from ..files import StoredFiles, file_url
 from ..schemas import Image, LayerDiffusionOutput
 
@@ -30,9 +31,15 @@ class StoredOutput:
 
 
 def store_image(
-    image: TransparentImage, *, files: StoredFiles, base_url: str, key_id: str, request_id: str
+    image: TransparentImage,
+    *,
+    files: StoredFiles,
+    base_url: str,
+    key_id: str,
+    request_id: str,
+    compression: PngCompression = DEFAULT_PNG_COMPRESSION,
 ) -> StoredOutput:
-    png = image.png()
+    png = image.png(compression)
     file_name = f"layer-diffusion-{image.seed}.png"
     record = files.store(
         png,
@@ -55,14 +62,24 @@ def store_image(
 
 
 def store_images(
-    images: Sequence[TransparentImage], *, files: StoredFiles, base_url: str, key_id: str, request_id: str
+    images: Sequence[TransparentImage],
+    *,
+    files: StoredFiles,
+    base_url: str,
+    key_id: str,
+    request_id: str,
+    compression: PngCompression = DEFAULT_PNG_COMPRESSION,
 ) -> list[StoredOutput]:
     """Store every image of a request (see :func:`store_image`), all or none: when one fails, those
     stored before it are discarded and the error is raised."""
     stored: list[StoredOutput] = []
     try:
         for image in images:
-            stored.append(store_image(image, files=files, base_url=base_url, key_id=key_id, request_id=request_id))
+            stored.append(
+                store_image(
+                    image, files=files, base_url=base_url, key_id=key_id, request_id=request_id, compression=compression
+                )
+            )
     except BaseException:
         try:
             discard(stored, files=files)
