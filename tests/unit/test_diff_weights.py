@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from layerdiffuse_server.engine.making.random_weights import (
     SDXL_SPEC,
@@ -240,3 +241,79 @@ def test_full_size_key_sets_fit_sdxl_and_the_published_file_sizes(
     # Zero-stride tensors: the full files' keys and shapes without their gigabytes.
     state = {f"diffusion_model.{names[key]}::diff::0": torch.zeros(1).expand(shape) for key, shape in shapes.items()}
     assert DiffWeights.load(state).check(_shapes(sdxl)) == extra
+
+
+@pytest.mark.parametrize("kind", ["conv", "bgble2fg"])
+def test_a_file_read_at_merge_time_gives_the_weights_of_the_same_offsets_in_memory(
+    base_unet: torch.nn.Module, tmp_path: Path, kind: str
+) -> None:
+    state = (
+        conv_diff_state_dict(base_unet, seed=4)
+        if kind == "conv"
+        else conditioned_diff_state_dict(base_unet, kind, seed=4)  # type: ignore[arg-type]
+    )
+    path = tmp_path / f"layer_xl_{kind}.safetensors"
+    save_file(state, path)
+    from_file, in_memory = DiffWeights.load(path), DiffWeights.load(state)
+    assert from_file.state is None  # nothing of the file is held between merges
+    assert dict(from_file.shapes) == dict(in_memory.shapes)
+    merged_from_file, merged_in_memory = copy.deepcopy(base_unet), copy.deepcopy(base_unet)
+
+    merge_diff_weights(merged_from_file, from_file, strength=0.8)
+    merge_diff_weights(merged_in_memory, in_memory, strength=0.8)
+
+    expected = merged_in_memory.state_dict()
+    assert expected.keys() == merged_from_file.state_dict().keys()
+    assert all(torch.equal(value, expected[key]) for key, value in merged_from_file.state_dict().items())
+    assert not torch.equal(expected["conv_out.weight"], base_unet.state_dict()["conv_out.weight"])
+
+
+def _truncate(path: Path) -> None:
+    with path.open("r+b") as file:
+        file.truncate(path.stat().st_size - 100)
+
+
+def _rewrite_later(path: Path) -> None:
+    """Same keys, shapes and size, other values, written a second after the check."""
+    stamp = path.stat().st_mtime_ns
+    save_file({key: torch.zeros_like(value) for key, value in load_file(path).items()}, path)
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+
+
+def _reshape(path: Path) -> None:
+    state = load_file(path)
+    key = next(iter(state))
+    state[key] = torch.zeros(3)
+    save_file(state, path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_truncate, "changed since it was checked"),
+        (_rewrite_later, "changed since it was checked"),
+        (_reshape, "changed since it was checked"),
+        (Path.unlink, "can no longer be read"),
+    ],
+    ids=["truncated", "rewritten", "other-header", "removed"],
+)
+def test_a_file_changed_between_check_and_merge_is_refused_before_any_weight_changes(
+    unet: torch.nn.Module, conv_file: dict, tmp_path: Path, change, message: str
+) -> None:
+    path = tmp_path / "layer_xl_transparent_conv.safetensors"
+    save_file(conv_file, path)
+    weights = DiffWeights.load(path)
+    weights.check(_shapes(unet))
+    before = {key: value.clone() for key, value in unet.state_dict().items()}
+    change(path)
+    with pytest.raises(WeightFormatError, match=message):
+        merge_diff_weights(unet, weights)
+    after = unet.state_dict()
+    assert all(torch.equal(after[key], value) for key, value in before.items())
+
+
+def test_a_file_that_is_not_safetensors_is_refused_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "layer_xl_fg2ble.safetensors"
+    path.write_bytes(b"<html>not found</html>")
+    with pytest.raises(WeightFormatError, match="not a readable safetensors file"):
+        DiffWeights.load(path)

@@ -93,7 +93,7 @@ def ensure_layer_model(pipeline: LoadedPipeline, task: Task) -> None:
     expected = 4 * len(CONDITIONS[task])
     if channels != expected:
         raise InvalidInputError(f"{path.name} widens conv_in by {channels} channels; {task} needs {expected}")
-    pipeline.patches.register(task, set(weights.deltas), lambda unet: merge_diff_weights(unet, weights))
+    pipeline.patches.register(task, set(weights.shapes), lambda unet: merge_diff_weights(unet, weights))
 
 
 def generate_layer(

@@ -39,7 +39,7 @@ def transparency_patch(
                 f"{path.name} is a conditioned-layer model (its conv_in takes condition latents); the "
                 "transparency weights are layer_xl_transparent_attn or layer_xl_transparent_conv"
             )
-        return set(diff.deltas), lambda target: merge_diff_weights(target, diff, strength)
+        return set(diff.shapes), lambda target: merge_diff_weights(target, diff, strength)
     attention = AttentionWeights.load(path)
     attention.validate_against({key: value.shape for key, value in unet.named_parameters()})
     return set(attention.factors), lambda target: merge_attention_weights(target, attention, strength)

@@ -4,7 +4,8 @@ Text to image and image to image run SDXL with the transparent attention (or con
 in; each conditioned-layer model is SDXL plus its own "diff" file (conv_in widened); "stop at"
 switches to plain SDXL mid-run. Keeping a UNet per model would multiply device memory (2.6 B
 parameters each), so the one UNet is switched in place: the base values of every weight a patch
-touches are kept on the host once, and switching copies them back, then merges the next patch.
+touches are kept once, in a temporary file rather than host memory (see :mod:`.base_values`), and
+switching reads them back, then merges the next patch.
 Restoring copies exact values and merging repeats the same arithmetic, so a model gives the same
 pixels however often it was switched away from and back.
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .base_values import BaseValues
 from .diff_weights import _replace_parameter
 
 logger = logging.getLogger(__name__)
@@ -43,10 +45,10 @@ class Style:
 
 
 class UNetPatches:
-    def __init__(self, unet: torch.nn.Module) -> None:
+    def __init__(self, unet: torch.nn.Module, base: BaseValues | None = None) -> None:
         self.unet = unet
         self.active: str | None = BASE  # None while a switch is under way (or failed half way)
-        self._base: dict[str, torch.Tensor] = {}  # host copies of the base values of every touched weight
+        self._base = base or BaseValues()  # the base values of every touched weight
         self._changed: set[str] = set()
         self._merges: dict[str, Merge] = {}
         self._keys: dict[str, set[str]] = {}
@@ -63,12 +65,12 @@ class UNetPatches:
     def base_shapes(self) -> dict[str, torch.Size]:
         """Every weight's shape in the base UNet, whichever patch is active (a widened conv_in is not)."""
         shapes = {key: parameter.shape for key, parameter in self.unet.named_parameters()}
-        return shapes | {key: self._base[key].shape for key in self._changed}
+        return shapes | {key: self._base.shape(key) for key in self._changed}
 
     @property
-    def host_bytes(self) -> int:
-        """Host memory the kept base values take."""
-        return sum(value.numel() * value.element_size() for value in self._base.values())
+    def kept_bytes(self) -> int:
+        """Disk space the kept base values take."""
+        return self._base.nbytes
 
     @property
     def style(self) -> str | None:
@@ -117,17 +119,15 @@ class UNetPatches:
 
     def _keep_base(self, keys: set[str]) -> None:
         parameters = dict(self.unet.named_parameters())
-        for key in keys - set(self._base):
-            self._base[key] = parameters[key].detach().to("cpu", copy=True)
+        for key in sorted(keys):
+            self._base.keep(key, parameters[key])
 
     def _restore(self) -> None:
         parameters = dict(self.unet.named_parameters())
-        for key in self._changed:
-            parameter, base = parameters[key], self._base[key]
+        for key, base in self._base.read(self._changed):
+            parameter = parameters[key]
             if parameter.shape == base.shape:
                 parameter.copy_(base)
-            else:  # a widened conv_in goes back to the latent channels alone
-                # A copy: on the host, .to() would hand the kept value itself to the UNet, and a style
-                # merged in place next would change the value kept for the exact restore.
-                _replace_parameter(self.unet, key, base.to(parameter.device, copy=True), parameter.requires_grad)
+            else:  # a widened conv_in goes back to the latent channels alone (a new tensor, never the kept one)
+                _replace_parameter(self.unet, key, base.to(parameter.device), parameter.requires_grad)
         self._changed = set()
