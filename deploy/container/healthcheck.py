@@ -12,16 +12,20 @@ import sys
 import urllib.request
 from pathlib import Path
 
+ROLES = ("serve", "api", "worker")
+
 
 def running_role() -> str:
-    """The subcommand of the ``layerdiffuse`` process in this container (``serve`` when none is found)."""
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    """The role of the oldest ``layerdiffuse`` process (PID 1 unless an init runs first), not that of
+    a command run beside it (``podman exec … layerdiffuse keys create``); ``serve`` when none is found."""
+    processes = sorted(Path("/proc").glob("[0-9]*/cmdline"), key=lambda path: int(path.parent.name))
+    for cmdline in processes:
         try:
             words = [word.decode(errors="replace") for word in cmdline.read_bytes().split(b"\0") if word]
         except OSError:
             continue
         for index, word in enumerate(words[:-1]):
-            if Path(word).name == "layerdiffuse":
+            if Path(word).name == "layerdiffuse" and words[index + 1] in ROLES:
                 return words[index + 1]
     return "serve"
 
