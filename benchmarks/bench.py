@@ -385,7 +385,7 @@ def image_rows(
             "  switching the UNet: fg2ble → transparent → fg2ble",
             statistics.median(switch),
             baseline,
-            note=f"host memory for the base weights: {ours.patches.host_bytes / 1e9:.2f} GB",
+            note=f"base weights kept on disk, not in host memory: {ours.patches.kept_bytes / 1e9:.2f} GB",
         ),
     ]
     return rows
