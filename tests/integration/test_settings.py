@@ -49,6 +49,7 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
         ("api", {"LAYERDIFFUSE_PORT": "http"}, "LAYERDIFFUSE_PORT=http: input should be a valid integer"),
         ("api", {"LAYERDIFFUSE_TLS_NAMES": "a.example"}, "LAYERDIFFUSE_TLS_NAMES: lists are written as JSON"),
         ("generate", {"LAYERDIFFUSE_DTYPE": "bf16"}, "LAYERDIFFUSE_DTYPE=bf16: input should be"),
+        ("worker", {"LAYERDIFFUSE_PNG_COMPRESSION": "9"}, "LAYERDIFFUSE_PNG_COMPRESSION=9: input should be 'fast'"),
     ],
 )
 def test_a_bad_variable_ends_each_role_at_once_naming_it(
@@ -86,12 +87,14 @@ def test_variables_reach_the_engine_options(started: list[Settings]) -> None:
         "LAYERDIFFUSE_WARMUP": "false",
         "LAYERDIFFUSE_MAX_BATCH_SIZE": "2",
         "LAYERDIFFUSE_WORKER_PORT": "0",
+        "LAYERDIFFUSE_PNG_COMPRESSION": "small",
     }
     code, output = invoke("worker", env=env)
     assert code == 0, output
     [settings] = started
     assert (settings.model, settings.device, settings.dtype, settings.decoder_passes) == ("tiny", "cpu", "float32", 4)
     assert (settings.warmup, settings.max_batch_size, settings.worker_port) == (False, 2, 0)
+    assert settings.png_compression == "small"
     assert RuntimeOptions.from_settings(settings) == RuntimeOptions(
         memory_mode="low", vae_tiling=True, channels_last=True
     )
@@ -99,10 +102,13 @@ def test_variables_reach_the_engine_options(started: list[Settings]) -> None:
 
 def test_flags_win_over_variables(started: list[Settings]) -> None:
     env = {"LAYERDIFFUSE_MEMORY_MODE": "low", "LAYERDIFFUSE_COMPILE": "1", "LAYERDIFFUSE_PORT": "1234"}
-    code, output = invoke("serve", "--memory-mode", "fast", "--no-compile", "--port", "4321", env=env)
+    env |= {"LAYERDIFFUSE_PNG_COMPRESSION": "small"}
+    flags = ("--memory-mode", "fast", "--no-compile", "--port", "4321", "--png-compression", "balanced")
+    code, output = invoke("serve", *flags, env=env)
     assert code == 0, output
     [settings] = started
     assert (settings.memory_mode, settings.compile, settings.port) == ("fast", False, 4321)
+    assert settings.png_compression == "balanced"
     code, output = invoke("worker", "--port", "0", env=env)  # the worker's --port is its health port
     assert code == 0, output
     assert (started[1].worker_port, started[1].port) == (0, 1234)
