@@ -36,11 +36,14 @@ from typing import Any
 
 from layerdiffuse_server.cpu_threads import prepare_environment
 
+sys.path.insert(0, str(Path(__file__).parent))  # its sibling modules, also when imported from elsewhere
+
 # Measured as the product runs: OpenMP waits that sleep, chosen before torch loads (see cpu_threads).
 prepare_environment()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from png_stage import Measurement, encoder_measurements, generated_looking_asset, pipelining_measurements  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -269,12 +272,46 @@ def engine_phase(args: argparse.Namespace, settings: Settings, report: dict[str,
     ]
     report["ours_stages"] = stages
 
+    rows += png_rows(ours, params, reference_pixels, args, baseline)
     rows += decoder_rows(ours, params, device, args, baseline)
     report["direct_seconds"] = ours_e2e
     report["params"] = params
     report["reference_pixels"] = reference_pixels
     report["rows"] = rows
     return ours
+
+
+def png_rows(
+    ours: TransparentSDXLPipeline,
+    params: GenerationParams,
+    output: np.ndarray,
+    args: argparse.Namespace,
+    baseline: float,
+) -> list[Row]:
+    """Each PNG encoder on a generated-looking asset and on this model's output (the ratio is its
+    share of a plain generation), then the throughput of finishing generations in line against on
+    the worker's output stage (``--pipeline-images``, 0 skips it)."""
+    asset = generated_looking_asset(args.size)
+    measured = encoder_measurements(asset, "a generated-looking asset", max(args.repeats, 3))
+    measured += encoder_measurements(output, "this model's output", max(args.repeats, 3))
+    rows = [as_row(measurement, baseline) for measurement in measured]
+    if args.pipeline_images:
+        generate = lambda: [image.rgba for image in ours.generate(params).images]  # noqa: E731
+        rows += [as_row(measurement, None) for measurement in pipelining_measurements(generate, args.pipeline_images)]
+    return rows
+
+
+def as_row(measurement: Measurement, baseline: float | None) -> Row:
+    extra = {
+        key: value
+        for key, value in (
+            ("cpu_seconds", measurement.cpu_seconds),
+            ("png_bytes", measurement.size_bytes),
+            ("images_per_second", measurement.images_per_second),
+        )
+        if value is not None
+    }
+    return Row(measurement.name, measurement.seconds, baseline, note=measurement.note, extra=extra)
 
 
 def decoder_rows(
@@ -733,6 +770,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     parser.add_argument("--passes", default="8,4,2,1", help='decoder pass counts to time alone ("" skips those rows)')
     parser.add_argument("--variants", default="", help="comma list: low, offload, vae_tiling, channels_last, compile")
+    parser.add_argument(
+        "--pipeline-images", type=int, default=4, help="generations per PNG pipelining measurement (0 skips them)"
+    )
     parser.add_argument("--no-server", action="store_true", help="skip the server measurements")
     parser.add_argument("--no-images", action="store_true", help="skip image to image and the conditioned layers")
     parser.add_argument("--clients", type=int, default=4, help="concurrent fal_client users for throughput")

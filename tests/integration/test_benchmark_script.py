@@ -17,6 +17,19 @@ import pytest
 from layerdiffuse_server.settings import Settings
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "bench.py"
+ENCODERS = [
+    "fast (fpng)",
+    "balanced (Pillow, zlib 1 + RLE)",
+    "small (Pillow, zlib 9 + optimize)",
+    "Pillow's default (zlib 6)",
+]
+PICTURES = ["a generated-looking asset", "this model's output"]
+FINISHING = [
+    f"1 generation, {encoder}, finished {how}"
+    for encoder in ("default encoder", "Pillow's default")
+    for how in ("in line", "on the output stage")
+]
+PNG_ROWS = [f"PNG, {picture}: {encoder}" for picture in PICTURES for encoder in ENCODERS] + FINISHING
 
 
 @pytest.mark.slow
@@ -27,7 +40,8 @@ def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Pa
     command = [
         sys.executable, str(SCRIPT), "--model", "tiny", "--device", "cpu", "--size", "64", "--steps", "2",
         "--repeats", "1", "--warmup", "0", "--passes", "8,1", "--variants", "low",
-        "--clients", "2", "--requests-per-client", "1", "--max-batch-size", "2", "--contended", "--json", str(output),
+        "--clients", "2", "--requests-per-client", "1", "--max-batch-size", "2", "--contended",
+        "--pipeline-images", "1", "--json", str(output),
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -46,6 +60,7 @@ def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Pa
         "transparent decode (8 passes, 1 per call)",
         "safety check",
         "PNG encode",
+        *PNG_ROWS,
         "transparent decode: 8 passes, 8 per call",
         "transparent decode: 8 passes, 4 per call",
         "transparent decode: 8 passes, 2 per call",
@@ -67,6 +82,9 @@ def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Pa
     assert names == expected
     assert all(row["seconds"] > 0 for row in results["rows"])
     assert results["rows"][2]["png_bytes"] > 0 and results["rows"][2]["ratio"] > 0
+    by_name = {row["name"]: row for row in results["rows"]}
+    assert all(by_name[name]["png_bytes"] > 0 and by_name[name]["cpu_seconds"] >= 0 for name in PNG_ROWS[:8])
+    assert all(by_name[name]["images_per_second"] > 0 for name in PNG_ROWS[8:])
     assert len(results["rows"][0]["samples"]) == 1 and results["baseline"] == results["rows"][0]["seconds"]
     assert "max pixel Δ 0," in results["rows"][-3]["note"]  # the low-memory mode keeps every pixel
     assert "busy loops beside it; denoising" in results["rows"][-1]["note"]
