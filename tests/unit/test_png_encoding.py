@@ -65,6 +65,16 @@ def test_smaller_choices_make_smaller_files_on_a_compressible_image() -> None:
         assert sizes["balanced"] <= sizes["fast"]
 
 
+def test_small_is_never_larger_than_balanced_whichever_strategy_suits_the_image() -> None:
+    flat = np.zeros((256, 256, 4), np.uint8)
+    flat[64:192, 64:192] = (200, 40, 40, 255)  # runs of equal bytes: the run-length strategy's case
+    y, x = np.mgrid[0:256, 0:256]
+    texture = np.stack([x * y % 251, (x + 3 * y) % 256, x ^ y, np.full_like(x, 255)], axis=-1).astype(np.uint8)
+    for rgba in (flat, texture, _scene(64, 64)):
+        assert len(encode_png(rgba, "small")) <= len(encode_png(rgba, "balanced"))
+        assert np.array_equal(_decoded(encode_png(rgba, "small")), rgba)
+
+
 def test_the_fast_encoder_is_installed_with_the_engine() -> None:
     assert fast_encoder_available()
 
