@@ -71,6 +71,16 @@ def _hold(worker: GenerationWorker, release: threading.Event) -> threading.Event
     return busy
 
 
+def _start_until_staged(worker: GenerationWorker, release: threading.Event) -> None:
+    """Start the worker with its stage held, and wait until its request waits on the stage."""
+    worker.start()
+    _hold(worker, release)
+    deadline = time.monotonic() + 10
+    while not worker._staged:
+        assert time.monotonic() < deadline, "the request never reached the stage"
+        time.sleep(0.01)
+
+
 def _wait_completed(store: Store, request_id: str, seconds: float = 20.0) -> None:
     deadline = time.monotonic() + seconds
     while (record := store.requests.get(request_id)) is None or record.state is not RequestState.COMPLETED:
@@ -132,12 +142,7 @@ def test_a_lease_waiting_on_the_stage_is_still_renewed(
 ) -> None:
     worker = _worker(manager, tmp_path)
     request_id = _submit(manager, 4)
-    worker.start()
-    _hold(worker, held)
-    deadline = time.monotonic() + 10
-    while not worker._staged:
-        assert time.monotonic() < deadline, "the request never reached the stage"
-        time.sleep(0.01)
+    _start_until_staged(worker, held)
     time.sleep(3 * manager.lease_seconds)  # several lease periods between its last step and its answer
     reclaimed = manager.reclaim_expired()
     assert request_id not in reclaimed.requeued + reclaimed.failed
@@ -168,10 +173,7 @@ def test_a_stop_waits_for_the_stage_within_its_grace(
 ) -> None:
     worker = _worker(manager, tmp_path, grace_seconds=10)
     request_id = _submit(manager, 6)
-    worker.start()
-    _hold(worker, held)
-    while not worker._staged:
-        time.sleep(0.01)
+    _start_until_staged(worker, held)
     stopping = threading.Thread(target=worker.stop)
     stopping.start()
     time.sleep(0.3)
@@ -188,10 +190,7 @@ def test_a_stop_past_its_grace_hands_the_waiting_request_back(
 ) -> None:
     worker = _worker(manager, tmp_path, grace_seconds=0.3)
     request_id = _submit(manager, 7)
-    worker.start()
-    _hold(worker, held)
-    while not worker._staged:
-        time.sleep(0.01)
+    _start_until_staged(worker, held)
     worker.stop()  # the stage stays busy past the grace and the interrupt window
     record = store.requests.get(request_id)
     assert record is not None and record.state is RequestState.QUEUED and record.lost_runs == 0

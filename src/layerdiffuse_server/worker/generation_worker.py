@@ -464,10 +464,7 @@ class GenerationWorker:
         except _Interrupted:
             pass
         except Exception:
-            logger.exception("generation failed for %s", ", ".join(job.id for job in jobs))
-            for job in jobs:
-                if job.live:
-                    self._answer(job, outcomes.internal_error())
+            self._fail_live(jobs, "generation")
         finally:
             in_hand = [job for job in jobs if not job.staged]  # the output stage answers the others
             with self._writes:
@@ -648,10 +645,7 @@ class GenerationWorker:
         except _Interrupted:
             pass
         except Exception:
-            logger.exception("finishing failed for %s", ", ".join(job.id for job in jobs))
-            for job in jobs:
-                if job.live:
-                    self._answer(job, outcomes.internal_error())
+            self._fail_live(jobs, "finishing")
         finally:
             with self._writes:
                 if not self._abandoned.is_set():
@@ -662,6 +656,14 @@ class GenerationWorker:
                 self._staged = [job for job in self._staged if all(job is not done for done in jobs)]
             self.requests_done += len(jobs)
             self.report()
+
+    def _fail_live(self, jobs: list[_Job], stage: str) -> None:
+        """Called from an ``except`` block: the traceback goes to the log, and each request still
+        live gets fal's generic internal error, which says nothing of the code behind it."""
+        logger.exception("%s failed for %s", stage, ", ".join(job.id for job in jobs))
+        for job in jobs:
+            if job.live:
+                self._answer(job, outcomes.internal_error())
 
     def _label(self, checkpoint: str | None) -> str:
         return f"model {self.model_name!r}" if checkpoint is None else f"checkpoint {checkpoint!r}"
