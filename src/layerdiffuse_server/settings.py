@@ -103,7 +103,8 @@ class Settings(BaseSettings):
     png_compression: PngCompression = Field(
         default=DEFAULT_PNG_COMPRESSION,
         description="PNG size vs encoding time: fast (fpng, about 10x faster than zlib, files about a fifth "
-        "larger), balanced (zlib level 1, run-length) or small (zlib level 9, optimized; slowest). All lossless.",
+        "larger), balanced (zlib level 1, run-length) or small (the shorter of balanced and zlib level 9, "
+        "optimized; slowest). All lossless.",
     )
 
     # -- server (``layerdiffuse serve``) ---------------------------------------------------------
