@@ -158,7 +158,7 @@ def pipelining_measurements(
                     Measurement(
                         f"{count} generation{'s' * (count != 1)}, {label}, finished {how}",
                         seconds,
-                        f"{images / seconds:.2f} images/s",
+                        f"{images / seconds:.3g} images/s",
                         images_per_second=images / seconds,
                     )
                 )
