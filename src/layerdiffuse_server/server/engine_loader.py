@@ -69,14 +69,15 @@ def checkpoint_source(settings: Settings, name: str) -> str:
 def load_engine(settings: Settings, checkpoint: str | None = None) -> Engine:
     """A worker's engine (the model's, or one of its checkpoints'): the pipeline with the runtime
     settings, warmed up where that pays."""
-    from ..engine.pipelines.acceleration import RuntimeOptions, warm_up
+    from ..engine.pipelines.acceleration import RuntimeOptions, warm_up_sizes
 
     pipeline = pipeline_from_settings(settings, checkpoint, runtime=RuntimeOptions.from_settings(settings))
     name = settings.model if checkpoint is None else f"checkpoint {checkpoint}"
     logger.info("model %s on %s: %s", name, pipeline.device, describe_threads(pipeline.threads))
-    # Unset, warm-up runs on accelerators, whose first call is slow, and not on a CPU.
-    if settings.warmup if settings.warmup is not None else pipeline.device.type != "cpu":
-        warm_up(pipeline)
+    # Unset, warm-up runs on accelerators, whose first call is slow, and not on a CPU, unless it
+    # compiles: then it is what fills the compile cache (or reads it) before the worker says ready.
+    if settings.warmup if settings.warmup is not None else settings.compile or pipeline.device.type != "cpu":
+        warm_up_sizes(pipeline, settings.warmup_dimensions)
     return pipeline
 
 

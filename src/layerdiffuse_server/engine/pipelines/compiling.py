@@ -46,8 +46,8 @@ CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
 Module = TypeVar("Module", bound=Callable[..., object])
 
 
-def configure_compiling(cache_folder: Path, recompile_limit: int) -> Path:
-    """Point Inductor's on-disk caches at ``cache_folder`` (unless the operator set
+def configure_compiling(cache_folder: Path | None, recompile_limit: int) -> Path:
+    """Point Inductor's on-disk caches at ``cache_folder`` (unless it is ``None``, or the operator set
     ``TORCHINDUCTOR_CACHE_DIR`` to another folder than torch's default in ``/tmp``: theirs wins),
     turn those caches on, and bound recompiles per function to ``recompile_limit``. Returns the
     cache folder in use.
@@ -56,7 +56,7 @@ def configure_compiling(cache_folder: Path, recompile_limit: int) -> Path:
     """
     if recompile_limit < 1:
         raise ValueError(f"recompile_limit must be at least 1, got {recompile_limit}")
-    if os.environ.get(CACHE_VARIABLE, "") in ("", _torch_default_folder()):
+    if cache_folder is not None and os.environ.get(CACHE_VARIABLE, "") in ("", _torch_default_folder()):
         cache_folder.mkdir(parents=True, exist_ok=True)
         os.environ[CACHE_VARIABLE] = str(cache_folder.resolve())
     # Both are on by default in recent torch; older ones have them off, or lack the autograd cache.
@@ -67,7 +67,9 @@ def configure_compiling(cache_folder: Path, recompile_limit: int) -> Path:
     dynamo = torch._dynamo.config
     name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
     setattr(dynamo, name, recompile_limit)
-    folder = Path(os.environ[CACHE_VARIABLE])
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    folder = Path(cache_dir())
     logger.info("compiled graphs are cached in %s (at most %d compiles per function)", folder, recompile_limit)
     return folder
 
