@@ -110,5 +110,5 @@ def warm_up_sizes(pipeline: LoadedPipeline, sizes: Sequence[tuple[int, int]], st
         logger.info("warm-up at %dx%d took %.1f s", width, height, time.perf_counter() - began)
     counts = CompileCounts.now() - before
     if counts.graphs:
-        logger.info("warm-up compiled in %.1f s: %s", time.perf_counter() - started, counts.describe())
+        logger.info("warm-up with compile took %.1f s; %s", time.perf_counter() - started, counts.describe())
     return counts
