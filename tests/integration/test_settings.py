@@ -176,3 +176,14 @@ def test_a_warmup_size_that_no_request_has_is_refused(
     code, output = invoke("worker", *args, env=env)
     assert code == 2, output
     assert said in output and not started
+
+
+def test_compile_warms_up_even_on_a_cpu_unless_the_operator_says_not(tmp_path: Path) -> None:
+    def warms(**given: object) -> tuple[bool, bool]:
+        settings = Settings(data_dir=tmp_path, **given)  # type: ignore[arg-type]
+        return engine_loader.warms_up(settings, "cpu"), engine_loader.warms_up(settings, "cuda")
+
+    assert warms() == (False, True)
+    assert warms(compile=True) == (True, True)
+    assert warms(compile=True, warmup=False) == (False, False)
+    assert warms(warmup=True) == (True, True)
