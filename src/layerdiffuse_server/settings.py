@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .engine_choices import (
@@ -23,6 +23,23 @@ from .engine_choices import (
 
 #: What a checkpoint may be named (a request's ``model_name``): short, and safe in logs and URLs.
 CHECKPOINT_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
+#: The sides a warm-up size may have: those of a request (64 to 2048), in steps of 8.
+WARMUP_SIDES = range(64, 2049, 8)
+
+
+def _warmup_size(value: str) -> str:
+    """``WxH`` with each side in :data:`WARMUP_SIDES`, written back as ``WxH``."""
+    width, cross, height = value.strip().lower().partition("x")
+    if not (cross and width.isdigit() and height.isdigit()):
+        raise ValueError(f"a warm-up size is written WIDTHxHEIGHT, e.g. 1024x1024, got {value!r}")
+    if int(width) not in WARMUP_SIDES or int(height) not in WARMUP_SIDES:
+        raise ValueError(f"each side of a warm-up size is a multiple of 8 from 64 to 2048, got {value!r}")
+    return f"{int(width)}x{int(height)}"
+
+
+WarmupSize = Annotated[str, AfterValidator(_warmup_size)]
 
 
 def _default_home() -> Path:
@@ -96,9 +113,31 @@ class Settings(BaseSettings):
     )
     vae_tiling: bool = Field(default=False, description="Decode the VAE in tiles (less memory, slight seams).")
     channels_last: bool = Field(default=False, description="NHWC memory layout for UNet, VAE and decoder.")
-    compile: bool = Field(default=False, description="torch.compile UNet and decoder (slow first call).")
+    compile: bool = Field(
+        default=False,
+        description="torch.compile UNet and decoder (slow first call per size; kept in --compile-cache-folder).",
+    )
     warmup: bool | None = Field(
-        default=None, description="One short run before serving; default: on accelerators, not on a CPU."
+        default=None,
+        description="One short run per --warmup-size before serving; default: on accelerators, and with --compile "
+        "on a CPU too (the warm-up compiles or reads the compile cache).",
+    )
+    warmup_sizes: list[WarmupSize] = Field(
+        default_factory=lambda: ["1024x1024"],
+        description="Image sizes (WIDTHxHEIGHT) the warm-up generates, one short run each; with --compile each "
+        "compiles (or reads from the compile cache) the graphs of its size, which requests of other sizes "
+        "compile when they first come. Generated at the next multiple of 64 per side, like requests.",
+    )
+    compile_cache_folder: Path | None = Field(
+        default=None,
+        description="Where --compile keeps the compiled kernels, so a restart reads them instead of compiling "
+        "again (unless TORCHINDUCTOR_CACHE_DIR is set); default: the data directory's compile-cache/.",
+    )
+    compile_recompile_limit: int = Field(
+        default=8,
+        ge=1,
+        description="Graphs --compile makes of the UNet (or decoder) at most, one per image size and batch size; "
+        "calls of further sizes run uncompiled.",
     )
     png_compression: PngCompression = Field(
         default=DEFAULT_PNG_COMPRESSION,
@@ -311,6 +350,15 @@ class Settings(BaseSettings):
         if not self.tls_port or (self.tls_cert and self.tls_key):
             return None
         return self.data_dir / "tls" / "ca.pem"
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        return self.compile_cache_folder or self.data_dir / "compile-cache"
+
+    @property
+    def warmup_dimensions(self) -> list[tuple[int, int]]:
+        """The warm-up sizes as (width, height)."""
+        return [(int(width), int(height)) for width, _, height in (size.partition("x") for size in self.warmup_sizes)]
 
     @property
     def lora_cache_dir(self) -> Path:

@@ -4,6 +4,8 @@ start-up replaced by a recorder so nothing binds a port or loads a model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import typer
 from pydantic import ValidationError
@@ -96,7 +98,7 @@ def test_variables_reach_the_engine_options(started: list[Settings]) -> None:
     assert (settings.warmup, settings.max_batch_size, settings.worker_port) == (False, 2, 0)
     assert settings.png_compression == "small"
     assert RuntimeOptions.from_settings(settings) == RuntimeOptions(
-        memory_mode="low", vae_tiling=True, channels_last=True
+        memory_mode="low", vae_tiling=True, channels_last=True, compile_cache_folder=settings.data_dir / "compile-cache"
     )
 
 
@@ -141,3 +143,47 @@ def test_checkpoints_come_as_a_json_object_or_as_repeated_flags(started: list[Se
     assert code == 2 and "--checkpoint" in output and "NAME=SOURCE" in output, output
     with pytest.raises(ValidationError, match="checkpoint name 'a b'"):
         Settings(checkpoints={"a b": "x/y"})
+
+
+def test_warmup_sizes_and_compile_cache_come_by_repeated_flags_or_a_json_variable(
+    started: list[Settings], tmp_path: Path
+) -> None:
+    env = {"LAYERDIFFUSE_WARMUP_SIZES": '["256x256"]', "LAYERDIFFUSE_COMPILE_RECOMPILE_LIMIT": "3"}
+    code, output = invoke("worker", "--port", "0", env=env)
+    assert code == 0, output
+    assert (started[0].warmup_dimensions, started[0].compile_recompile_limit) == ([(256, 256)], 3)
+    flags = ("--warmup-size", "64x64", "--warmup-size", "128X96", "--compile-cache-folder", str(tmp_path))
+    code, output = invoke("serve", *flags, env=env)
+    assert code == 0, output
+    assert started[1].warmup_sizes == ["64x64", "128x96"] and started[1].warmup_dimensions == [(64, 64), (128, 96)]
+    assert RuntimeOptions.from_settings(started[1]) == RuntimeOptions(compile_cache_folder=tmp_path, recompile_limit=3)
+    assert Settings(data_dir=tmp_path).warmup_dimensions == [(1024, 1024)]
+    assert Settings(data_dir=tmp_path).compile_cache_dir == tmp_path / "compile-cache"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (("--warmup-size", "100x7"), {}, "--warmup-size 100x7: each side of a warm-up size is a multiple of 8"),
+        (("--warmup-size", "1024"), {}, "--warmup-size 1024: a warm-up size is written WIDTHxHEIGHT"),
+        ((), {"LAYERDIFFUSE_WARMUP_SIZES": '["4096x64"]'}, "LAYERDIFFUSE_WARMUP_SIZES=4096x64: each side"),
+        (("--compile-recompile-limit", "0"), {}, "--compile-recompile-limit 0: input should be greater than"),
+    ],
+)
+def test_a_warmup_size_that_no_request_has_is_refused(
+    started: list[Settings], args: tuple[str, ...], env: dict[str, str], said: str
+) -> None:
+    code, output = invoke("worker", *args, env=env)
+    assert code == 2, output
+    assert said in output and not started
+
+
+def test_compile_warms_up_even_on_a_cpu_unless_the_operator_says_not(tmp_path: Path) -> None:
+    def warms(**given: object) -> tuple[bool, bool]:
+        settings = Settings(data_dir=tmp_path, **given)  # type: ignore[arg-type]
+        return engine_loader.warms_up(settings, "cpu"), engine_loader.warms_up(settings, "cuda")
+
+    assert warms() == (False, True)
+    assert warms(compile=True) == (True, True)
+    assert warms(compile=True, warmup=False) == (False, False)
+    assert warms(warmup=True) == (True, True)

@@ -36,7 +36,18 @@ WEIGHTS = ("model", "base", "layer_weights", "decoder")
 MODEL = (*WEIGHTS, "decoder_passes", "device", "dtype", "threads")
 #: The checkpoints requests may name: the API checks the names, workers load them.
 CHECKPOINTS = ("checkpoints",)
-RUNTIME = ("memory_mode", "vae_tiling", "channels_last", "compile", "warmup", "max_batch_size", "png_compression")
+RUNTIME = (
+    "memory_mode",
+    "vae_tiling",
+    "channels_last",
+    "compile",
+    "compile_cache_folder",
+    "compile_recompile_limit",
+    "warmup",
+    "warmup_sizes",
+    "max_batch_size",
+    "png_compression",
+)
 STORE = ("data_dir", "database_url", "storage_url")
 LISTENERS = ("host", "port", "tls_port", "tls_cert", "tls_key", "tls_names", "public_url")
 HOUSE = ("webhook_allowed_networks", "retention_hours")

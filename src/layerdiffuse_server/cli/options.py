@@ -32,6 +32,7 @@ FLAGS = {
     "tls_names": "--tls-name",
     "webhook_allowed_networks": "--webhook-allow-network",
     "checkpoints": "--checkpoint",
+    "warmup_sizes": "--warmup-size",
 }
 ENV_PREFIX = str(Settings.model_config.get("env_prefix", ""))
 
@@ -141,4 +142,6 @@ def _shown(value: object) -> str:
         return f"~/{value.relative_to(home)}" if value.is_relative_to(home) else str(value)
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(str(item) for item in value)
     return str(value)

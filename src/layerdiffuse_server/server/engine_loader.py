@@ -69,15 +69,23 @@ def checkpoint_source(settings: Settings, name: str) -> str:
 def load_engine(settings: Settings, checkpoint: str | None = None) -> Engine:
     """A worker's engine (the model's, or one of its checkpoints'): the pipeline with the runtime
     settings, warmed up where that pays."""
-    from ..engine.pipelines.acceleration import RuntimeOptions, warm_up
+    from ..engine.pipelines.acceleration import RuntimeOptions, warm_up_sizes
 
     pipeline = pipeline_from_settings(settings, checkpoint, runtime=RuntimeOptions.from_settings(settings))
     name = settings.model if checkpoint is None else f"checkpoint {checkpoint}"
     logger.info("model %s on %s: %s", name, pipeline.device, describe_threads(pipeline.threads))
-    # Unset, warm-up runs on accelerators, whose first call is slow, and not on a CPU.
-    if settings.warmup if settings.warmup is not None else pipeline.device.type != "cpu":
-        warm_up(pipeline)
+    if warms_up(settings, pipeline.device.type):
+        warm_up_sizes(pipeline, settings.warmup_dimensions)
     return pipeline
+
+
+def warms_up(settings: Settings, device_type: str) -> bool:
+    """Whether a worker warms up before it says ready: as the operator says, else on accelerators
+    (whose first call is slow) and, with ``compile``, on a CPU too (the warm-up is what compiles
+    the served sizes, or reads them from the compile cache, instead of the first requests)."""
+    if settings.warmup is not None:
+        return settings.warmup
+    return settings.compile or device_type != "cpu"
 
 
 def engine_loader(settings: Settings) -> Callable[[], Engine]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,6 +19,7 @@ import torch
 from ...engine_choices import MemoryMode
 from ...schemas import GenerationParams
 from ...settings import Settings
+from .compiling import CompileCounts, compile_module, configure_compiling
 
 if TYPE_CHECKING:
     from .loaded import LoadedPipeline
@@ -44,13 +47,19 @@ class RuntimeOptions:
             so pixels differ slightly).
         channels_last: NHWC memory layout for the convolution-heavy models.
         compile: ``torch.compile`` the UNet and the transparent decoder (minutes of warm-up per
-            image size on first use; see the README's performance section).
+            image size on first use; see the README's performance section and :mod:`.compiling`).
+        compile_cache_folder: where compiled kernels are kept across restarts (``None``: Inductor's
+            own folder, in ``/tmp``).
+        recompile_limit: graphs compiled per function at most (sizes and batch sizes); further
+            calls run eagerly.
     """
 
     memory_mode: MemoryMode = "default"
     vae_tiling: bool = False
     channels_last: bool = False
     compile: bool = False
+    compile_cache_folder: Path | None = None
+    recompile_limit: int = 8
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RuntimeOptions:
@@ -60,6 +69,8 @@ class RuntimeOptions:
             vae_tiling=settings.vae_tiling,
             channels_last=settings.channels_last,
             compile=settings.compile,
+            compile_cache_folder=settings.compile_cache_dir,
+            recompile_limit=settings.compile_recompile_limit,
         )
 
     def decoder_max_batch(self, device: torch.device) -> int:
@@ -80,15 +91,24 @@ def apply_runtime_options(pipeline: LoadedPipeline, options: RuntimeOptions) -> 
         for model in (sdxl.unet, sdxl.vae, pipeline.decoder.network):
             model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]  # ModelMixin.to's stub
     if options.compile:
-        sdxl.unet = torch.compile(sdxl.unet, fullgraph=False)
-        pipeline.decoder.network = torch.compile(pipeline.decoder.network, fullgraph=False)  # type: ignore[assignment]
+        configure_compiling(options.compile_cache_folder, options.recompile_limit)
+        sdxl.unet = compile_module(sdxl.unet)
+        pipeline.decoder.network = compile_module(pipeline.decoder.network)
 
 
-def warm_up(pipeline: LoadedPipeline, width: int = 1024, height: int = 1024, steps: int = 2) -> float:
-    """One short generation at the serving size: CUDA context, cuDNN algorithm choice, allocator
-    pools and compiled graphs are paid for here rather than by the first request. Returns seconds."""
+def warm_up_sizes(pipeline: LoadedPipeline, sizes: Sequence[tuple[int, int]], steps: int = 2) -> CompileCounts:
+    """One short generation per serving size (width, height): CUDA context, cuDNN algorithm choice,
+    allocator pools and, with ``compile``, each size's graphs (compiled, or read from the compile
+    cache) are paid for here rather than by the first request of that size. Returns what was
+    compiled meanwhile (all zero without ``compile``)."""
+    before = CompileCounts.now()
     started = time.perf_counter()
-    pipeline.generate(GenerationParams(prompt="warm-up", width=width, height=height, num_inference_steps=steps, seed=0))
-    seconds = time.perf_counter() - started
-    logger.info("warm-up at %dx%d took %.1f s", width, height, seconds)
-    return seconds
+    for width, height in sizes:
+        began = time.perf_counter()
+        params = GenerationParams(prompt="warm-up", width=width, height=height, num_inference_steps=steps, seed=0)
+        pipeline.generate(params)
+        logger.info("warm-up at %dx%d took %.1f s", width, height, time.perf_counter() - began)
+    counts = CompileCounts.now() - before
+    if counts.graphs:
+        logger.info("warm-up with compile took %.1f s; %s", time.perf_counter() - started, counts.describe())
+    return counts
