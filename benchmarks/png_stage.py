@@ -53,7 +53,7 @@ def encoders() -> dict[str, Callable[[np.ndarray], bytes]]:
     labels: dict[PngCompression, str] = {
         "fast": "fpng" if fast_encoder_available() else "zlib 1 + RLE (fpng missing)",
         "balanced": "Pillow, zlib 1 + RLE",
-        "small": "Pillow, the shorter of those and zlib 9 + optimize",
+        "small": "Pillow, the shorter of balanced and zlib 9 + optimize",
     }
     chosen = {
         f"{compression} ({labels[compression]})": lambda rgba, c=compression: encode_png(rgba, c)

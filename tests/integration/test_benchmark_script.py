@@ -20,7 +20,7 @@ SCRIPT = Path(__file__).parents[2] / "benchmarks" / "bench.py"
 ENCODERS = [
     "fast (fpng)",
     "balanced (Pillow, zlib 1 + RLE)",
-    "small (Pillow, the shorter of those and zlib 9 + optimize)",
+    "small (Pillow, the shorter of balanced and zlib 9 + optimize)",
     "Pillow's default (zlib 6)",
 ]
 PICTURES = ["a generated-looking asset", "this model's output"]
