@@ -19,6 +19,7 @@ from layerdiffuse_server.store.migrate import head_revision
 from layerdiffuse_server.store.tables import metadata
 
 from ..fixtures import legacy_schema
+from ..support.postgres import PostgresServer
 
 
 def _engine(url: str):
@@ -119,6 +120,17 @@ def test_an_unreachable_postgresql_is_a_clear_error_without_the_password() -> No
     message = str(raised.value)
     assert "postgresql+psycopg://layerdiffuse:***@127.0.0.1:1/layerdiffuse" in message
     assert "s3cret" not in message and "LAYERDIFFUSE_DATABASE_URL" in message
+
+
+def test_a_postgresql_database_that_is_not_utf8_is_refused_by_name(postgres_server: PostgresServer) -> None:
+    """What initdb makes under the C locale (minimal containers): text would come back as bytes."""
+    import psycopg
+
+    name = "t_sql_ascii"
+    with psycopg.connect(postgres_server.url(), autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LOCALE 'C' TEMPLATE template0")
+    with pytest.raises(StoreError, match="is encoded in SQL_ASCII, and layerdiffuse-server needs UTF8"):
+        open_store(postgres_server.url(name))
 
 
 def test_a_missing_driver_or_an_unknown_database_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -123,6 +123,28 @@ def create_database_engine(url: str) -> Engine:
     return engine
 
 
+def _require_utf8(url: URL) -> None:
+    """Refuse a PostgreSQL database that is not UTF-8, by name. A ``SQL_ASCII`` one (what ``initdb``
+    makes under the C locale, as in minimal containers) hands text back as bytes, which fails the
+    first statement deep in SQLAlchemy with a ``TypeError`` that says nothing of the cause, and
+    another encoding could not store every prompt. A server that cannot be reached is left to the
+    engine, whose error says what to do about that."""
+    import psycopg
+
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(conninfo, connect_timeout=10) as connection:
+            encoding = connection.info.parameter_status("server_encoding")
+    except psycopg.Error:
+        return
+    if encoding is not None and encoding.upper() != "UTF8":
+        raise StoreError(
+            f"the database {redacted(url)} is encoded in {encoding}, and layerdiffuse-server needs UTF8: "
+            "create it with CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0 (or initdb -E UTF8; "
+            "the official postgres image does this)"
+        )
+
+
 def open_store(url: str, *, migrate: bool = True) -> Store:
     """Connect to (and, with ``migrate``, create or upgrade) the database at ``url``."""
     from .sql_files import SqlFileCatalog
@@ -133,6 +155,8 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
     from .transactions import transactions
 
     engine = create_database_engine(url)
+    if engine.dialect.name == "postgresql":
+        _require_utf8(engine.url)
     try:
         if migrate:
             upgrade(engine)
