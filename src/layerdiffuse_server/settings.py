@@ -136,8 +136,8 @@ class Settings(BaseSettings):
     compile_recompile_limit: int = Field(
         default=8,
         ge=1,
-        description="Graphs --compile makes of the UNet (or decoder) at most, one per image size and batch size; "
-        "calls of further sizes run uncompiled.",
+        description="Graphs --compile makes of the UNet (or decoder) at most, one per image size and batch size "
+        "(the warm-up makes sizes × batch sizes of them); calls of further shapes run uncompiled.",
     )
     png_compression: PngCompression = Field(
         default=DEFAULT_PNG_COMPRESSION,

@@ -170,6 +170,19 @@ def test_runtime_options_that_promise_the_same_pixels_keep_them(
         apply_runtime_options(lean, RuntimeOptions(memory_mode="offload"))
 
 
+def test_the_warm_up_runs_every_size_at_every_batch_size_it_is_given(tiny_pipeline: TransparentSDXLPipeline) -> None:
+    """Compiled graphs have static shapes: each (size, batch) the worker will run is one the warm-up
+    must have run, or the first request of that shape compiles while clients wait."""
+    shapes: list[tuple[int, ...]] = []
+    hook = tiny_pipeline.sdxl.unet.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape)))
+    try:
+        warm_up_sizes(tiny_pipeline, [(64, 64), (128, 64)], steps=1, batch_sizes=[1, 3])
+    finally:
+        hook.remove()
+    # Under classifier-free guidance each UNet call carries two halves per image.
+    assert sorted(set(shapes)) == [(2, 4, 8, 8), (2, 4, 8, 16), (6, 4, 8, 8), (6, 4, 8, 16)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="model CPU offload needs a CUDA device")
 def test_offload_mode_gives_the_same_image_on_cuda(settings: Settings) -> None:
     options = {"settings": settings, "device": "cuda", "dtype": "float16"}

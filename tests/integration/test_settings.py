@@ -187,3 +187,18 @@ def test_compile_warms_up_even_on_a_cpu_unless_the_operator_says_not(tmp_path: P
     assert warms(compile=True) == (True, True)
     assert warms(compile=True, warmup=False) == (False, False)
     assert warms(warmup=True) == (True, True)
+
+
+def test_compile_warms_up_every_batch_size_the_worker_may_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def batches(**given: object) -> list[int]:
+        return engine_loader.warmup_batch_sizes(Settings(data_dir=tmp_path, **given))  # type: ignore[arg-type]
+
+    assert batches() == [1] and batches(max_batch_size=3) == [1]  # uncompiled: any batch warms everything
+    assert batches(compile=True) == [1, 2, 3, 4]
+    assert batches(compile=True, max_batch_size=1) == [1] and not caplog.records
+    assert batches(compile=True, max_batch_size=16) == list(range(1, 9))  # never more than a request's images
+    assert "needs 8 compiled graphs" not in caplog.text
+    assert batches(compile=True, warmup_sizes=["64x64", "128x128", "256x256"]) == [1, 2, 3, 4]
+    assert "needs 12 compiled graphs of the UNet (3 sizes × batches of 1 to 4), more than --compile-recompile" in (
+        caplog.text
+    )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cpu_threads import describe_threads
 from ..errors import InvalidInputError
+from ..schemas import MAX_IMAGES
 from ..settings import Settings
 
 if TYPE_CHECKING:
@@ -75,8 +76,29 @@ def load_engine(settings: Settings, checkpoint: str | None = None) -> Engine:
     name = settings.model if checkpoint is None else f"checkpoint {checkpoint}"
     logger.info("model %s on %s: %s", name, pipeline.device, describe_threads(pipeline.threads))
     if warms_up(settings, pipeline.device.type):
-        warm_up_sizes(pipeline, settings.warmup_dimensions)
+        warm_up_sizes(pipeline, settings.warmup_dimensions, batch_sizes=warmup_batch_sizes(settings))
     return pipeline
+
+
+def warmup_batch_sizes(settings: Settings) -> list[int]:
+    """The batch sizes the warm-up runs at each size. Compiled graphs have static shapes, and the
+    worker batches up to ``max_batch_size`` images, so with ``compile`` each batch size is a graph
+    of its own that the warm-up compiles (or reads from the cache) before the worker says ready;
+    without it one image per size warms everything up."""
+    if not settings.compile:
+        return [1]
+    batch_sizes = list(range(1, min(settings.max_batch_size, MAX_IMAGES) + 1))
+    graphs = len(settings.warmup_sizes) * len(batch_sizes)
+    if graphs > settings.compile_recompile_limit:
+        logger.warning(
+            "the warm-up needs %d compiled graphs of the UNet (%d sizes × batches of 1 to %d), more than "
+            "--compile-recompile-limit %d: the rest will run uncompiled; raise the limit or list fewer sizes",
+            graphs,
+            len(settings.warmup_sizes),
+            len(batch_sizes),
+            settings.compile_recompile_limit,
+        )
+    return batch_sizes
 
 
 def warms_up(settings: Settings, device_type: str) -> bool:

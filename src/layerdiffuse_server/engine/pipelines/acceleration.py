@@ -96,18 +96,27 @@ def apply_runtime_options(pipeline: LoadedPipeline, options: RuntimeOptions) -> 
         pipeline.decoder.network = compile_module(pipeline.decoder.network)
 
 
-def warm_up_sizes(pipeline: LoadedPipeline, sizes: Sequence[tuple[int, int]], steps: int = 2) -> CompileCounts:
-    """One short generation per serving size (width, height): CUDA context, cuDNN algorithm choice,
-    allocator pools and, with ``compile``, each size's graphs (compiled, or read from the compile
-    cache) are paid for here rather than by the first request of that size. Returns what was
-    compiled meanwhile (all zero without ``compile``)."""
+def warm_up_sizes(
+    pipeline: LoadedPipeline,
+    sizes: Sequence[tuple[int, int]],
+    steps: int = 2,
+    batch_sizes: Sequence[int] = (1,),
+) -> CompileCounts:
+    """One short generation per serving size (width, height) and batch size: CUDA context, cuDNN
+    algorithm choice, allocator pools and, with ``compile``, each size's and batch size's graphs
+    (compiled, or read from the compile cache) are paid for here rather than by the first request
+    of that shape. Returns what was compiled meanwhile (all zero without ``compile``)."""
     before = CompileCounts.now()
     started = time.perf_counter()
     for width, height in sizes:
-        began = time.perf_counter()
-        params = GenerationParams(prompt="warm-up", width=width, height=height, num_inference_steps=steps, seed=0)
-        pipeline.generate(params)
-        logger.info("warm-up at %dx%d took %.1f s", width, height, time.perf_counter() - began)
+        for images in batch_sizes:
+            began = time.perf_counter()
+            params = GenerationParams(
+                prompt="warm-up", width=width, height=height, num_inference_steps=steps, seed=0, num_images=images
+            )
+            pipeline.generate(params)
+            shown = f" × {images} images" if images > 1 else ""
+            logger.info("warm-up at %dx%d%s took %.1f s", width, height, shown, time.perf_counter() - began)
     counts = CompileCounts.now() - before
     if counts.graphs:
         logger.info("warm-up with compile took %.1f s; %s", time.perf_counter() - started, counts.describe())
