@@ -25,8 +25,10 @@ both correct and faster here, the default mode runs on every device.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +69,7 @@ def configure_compiling(cache_folder: Path | None, recompile_limit: int) -> Path
     dynamo = torch._dynamo.config
     name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
     setattr(dynamo, name, recompile_limit)
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-    folder = Path(cache_dir())
+    folder = Path(os.environ.get(CACHE_VARIABLE) or _torch_default_folder())
     logger.info("compiled graphs are cached in %s (at most %d compiles per function)", folder, recompile_limit)
     return folder
 
@@ -77,8 +77,10 @@ def configure_compiling(cache_folder: Path | None, recompile_limit: int) -> Path
 def _torch_default_folder() -> str:
     """Inductor's own default folder: importing dynamo writes it into ``TORCHINDUCTOR_CACHE_DIR``,
     so a variable of that value is torch's doing, not the operator's."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # torch before 2.5: the same folder, computed as it did
+        return os.path.abspath(os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"))
     return os.path.abspath(default_cache_dir())
 
 
