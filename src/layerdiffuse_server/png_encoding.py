@@ -56,14 +56,15 @@ def encode_png(rgba: np.ndarray, compression: PngCompression = DEFAULT_PNG_COMPR
     if compression == "fast" and _fpng is not None:
         return bytes(_fpng.from_ndarray(np.ascontiguousarray(rgba)))
     if compression in ("fast", "balanced"):
-        return _pillow_png(rgba, compress_level=1, compress_type=_ZLIB_RLE)
+        return _balanced_png(rgba)
     if compression == "small":
-        candidates = (
-            _pillow_png(rgba, compress_level=1, compress_type=_ZLIB_RLE),
-            _pillow_png(rgba, compress_level=9, optimize=True),
-        )
+        candidates = (_balanced_png(rgba), _pillow_png(rgba, compress_level=9, optimize=True))
         return min(candidates, key=len)  # the first on a tie: deterministic
     raise ValueError(f"unknown PNG compression {compression!r}; one of {', '.join(PNG_COMPRESSIONS)}")
+
+
+def _balanced_png(rgba: np.ndarray) -> bytes:
+    return _pillow_png(rgba, compress_level=1, compress_type=_ZLIB_RLE)
 
 
 def _pillow_png(rgba: np.ndarray, **options: object) -> bytes:
