@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -63,7 +64,7 @@ def _free_ports(count: int) -> list[int]:
         return [probe.getsockname()[1] for probe in probes]
 
 
-def _ceph_conf(root: Path, fsid: str, mon_addresses: str, gateway_port: int) -> str:
+def _ceph_conf(root: Path, fsid: str, mon_addresses: str, gateway_host: str, gateway_port: int) -> str:
     return f"""\
 [global]
 fsid = {fsid}
@@ -115,7 +116,7 @@ memstore device bytes = {1 << 30}
 admin socket = {root}/run/$name.asok
 
 [{GATEWAY_NAME}]
-rgw frontends = beast endpoint=127.0.0.1:{gateway_port}
+rgw frontends = beast endpoint={gateway_host}:{gateway_port}
 rgw data = {root}/rgw
 rgw enable apis = s3
 rgw thread pool size = 16
@@ -128,11 +129,20 @@ admin socket = {root}/run/$name.asok
 class RadosGateway:
     """One cluster and its gateway. Each ``start`` makes a fresh, empty cluster; ``stop`` is idempotent."""
 
-    access_key = "RGWTESTACCESSKEY0001"
-    secret_key = "rgw-test-secret-key-0000000000000000000001"
     region = "us-east-1"
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        listen: str = "127.0.0.1",
+        port: int = 0,
+        access_key: str = "RGWTESTACCESSKEY0001",
+        secret_key: str = "rgw-test-secret-key-0000000000000000000001",
+    ) -> None:
+        """``listen`` and ``port`` place the S3 frontend only (a free loopback port by default); the monitor
+        and the OSD stay on loopback. A container's gateway listens on every interface of the container."""
+        self.access_key, self.secret_key = access_key, secret_key
+        self._listen, self._fixed_port = listen, port
         self._root: Path | None = None
         self._port = 0
         self._daemons: dict[str, subprocess.Popen[bytes]] = {}
@@ -143,7 +153,8 @@ class RadosGateway:
     def endpoint_url(self) -> str:
         if self._root is None:
             raise RuntimeError("the gateway is not running")
-        return f"http://127.0.0.1:{self._port}"
+        host = "127.0.0.1" if self._listen in ("0.0.0.0", "127.0.0.1") else self._listen
+        return f"http://{host}:{self._port}"
 
     def __enter__(self) -> Self:
         self.start()
@@ -189,9 +200,10 @@ class RadosGateway:
         for directory in ("log", "run", "crash", "mon", "osd", "rgw"):
             (root / directory).mkdir()
         fsid = str(uuid.uuid4())
-        mon_v2_port, mon_v1_port, self._port = _free_ports(3)
+        mon_v2_port, mon_v1_port, free_port = _free_ports(3)
+        self._port = self._fixed_port or free_port
         mon_addresses = f"[v2:127.0.0.1:{mon_v2_port},v1:127.0.0.1:{mon_v1_port}]"
-        (root / "ceph.conf").write_text(_ceph_conf(root, fsid, mon_addresses, self._port))
+        (root / "ceph.conf").write_text(_ceph_conf(root, fsid, mon_addresses, self._listen, self._port))
 
         monmap = str(root / "monmap")
         self._run(deadline, "monmaptool", "--create", "--addv", MON_ID, mon_addresses, "--fsid", fsid, monmap)
@@ -280,6 +292,10 @@ class RadosGateway:
         finally:
             connection.close()
 
+    def check_daemons_alive(self) -> None:
+        """Raise when a daemon has exited: a served gateway must end rather than answer nothing."""
+        self._check_daemons(float("inf"))
+
     def _check_daemons(self, deadline: float) -> None:
         for name, process in self._daemons.items():
             if process.poll() is not None:
@@ -361,9 +377,30 @@ def _verify(gateway: RadosGateway) -> None:
     assert s3.list_buckets()["Buckets"] == []
 
 
+def _serve() -> None:
+    """The gateway as a container's only process: S3 on ``0.0.0.0:$S3_PORT`` (9000) with the keys MinIO's
+    image reads (``MINIO_ROOT_USER``, ``MINIO_ROOT_PASSWORD``), until SIGTERM. Arguments are ignored, so the
+    compose file's ``command: ["server", "/data"]`` for MinIO starts this as it is."""
+    gateway = RadosGateway(
+        listen="0.0.0.0",
+        port=int(os.environ.get("S3_PORT", "9000")),
+        access_key=os.environ["MINIO_ROOT_USER"],
+        secret_key=os.environ["MINIO_ROOT_PASSWORD"],
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with gateway:
+        print(f"radosgw: S3 on {gateway.endpoint_url.rsplit(':', 1)[1]} (every interface)", flush=True)
+        while True:
+            gateway.check_daemons_alive()
+            time.sleep(1)
+
+
 if __name__ == "__main__":
     if reason := available():
         raise SystemExit(reason)
+    if sys.argv[1:2] == ["serve"]:
+        _serve()
+        raise SystemExit(0)
     gateway = RadosGateway()
     for attempt in (1, 2):  # the second round proves a stopped gateway starts again
         started = time.monotonic()
