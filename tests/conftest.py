@@ -39,10 +39,30 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.strip("[]").split(","))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Container tests last, their images building in the background from now on: the minutes of
+    ``podman build`` overlap the rest of the suite instead of adding to it."""
+    containers = [item for item in items if item.get_closest_marker("containers")]
+    if not containers:
+        return
+    items[:] = [item for item in items if not item.get_closest_marker("containers")] + containers
+    from .containers.conftest import IMAGE_BUILD
+    from .containers.images import ImageBuild, unavailable_reason
+
+    if unavailable_reason() is None:
+        build = ImageBuild()
+        build.start()
+        config.stash[IMAGE_BUILD] = build
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """After the last teardown, on failure and on Ctrl-C too: no service process outlives the run."""
     server_process.end_all()
+    from .containers.conftest import IMAGE_BUILD
+
+    if (build := session.config.stash.get(IMAGE_BUILD, None)) is not None:
+        build.cancel()
 
 
 @pytest.fixture
