@@ -1,7 +1,7 @@
 """``deploy/compose/compose.yaml`` as the README runs it (``podman-compose --profile cpu up -d``): PostgreSQL,
 the S3 store, two API nodes and two CPU workers on the demo model. A burst of requests through both API
 nodes, one worker container killed while it generates; every request still completes, once, with a
-transparent PNG, and the killed worker comes back by its restart policy.
+transparent PNG and one stored file, and the killed worker comes back by its restart policy.
 
 The compose file's public images cannot be pulled here, so the variables it offers for a site's own registry
 point at stand-ins built from Debian's packages: PostgreSQL for ``postgres``, Ceph's S3 gateway for MinIO.
@@ -71,6 +71,16 @@ class ComposeFleet:
         """``layerdiffuse status --json`` inside API node 1: the store as every role sees it."""
         done = podman("exec", self.container("api-1"), "layerdiffuse", "status", "--json")
         return json.loads(done.stdout)
+
+    def stored_objects(self) -> list[str]:
+        """Every object in the fleet's bucket, listed from inside the compose network (the S3 store
+        publishes no port)."""
+        listing = (
+            "import boto3, json, os;"
+            "pages = boto3.client('s3').get_paginator('list_objects_v2').paginate(Bucket=os.environ['S3_BUCKET']);"
+            "print(json.dumps([item['Key'] for page in pages for item in page.get('Contents', [])]))"
+        )
+        return json.loads(podman("exec", self.container("bucket"), "python", "-c", listing).stdout)
 
     def logs(self) -> str:
         names = podman(
@@ -179,9 +189,15 @@ def test_the_fleet_loses_nothing_when_a_worker_container_is_killed(fleet: Compos
 
     print(f"all {REQUESTS} completed {time.monotonic() - started:.0f} s after the kill")
     report = fleet.status_report()
-    # Nothing ran twice to completion: one completion per request, and the killed worker's request ran again.
     assert sum(report["completed_last_hour"].values()) == REQUESTS, report["completed_last_hour"]
-    assert victim["current_request"] in submitted
+    assert victim["current_request"] in submitted  # the killed worker's request was among those that completed
+    # Nothing ran twice to completion, nothing was stored twice: one completion each, one object each.
+    for request_id in submitted:
+        status = httpx.get(
+            f"{fleet.url(0)}/queue/{APP}/requests/{request_id}/status", params={"logs": "1"}, headers=headers
+        ).json()
+        assert [log["message"] for log in status["logs"]].count("Request completed.") == 1, status["logs"]
+    assert len(fleet.stored_objects()) == REQUESTS, fleet.stored_objects()
     # restart: unless-stopped brings the killed container back.
     deadline = time.monotonic() + 120
     while podman("inspect", "--format", "{{.State.Status}}", killed).stdout.strip() != "running":
