@@ -45,11 +45,16 @@ def test_the_api_only_image_has_the_api_without_torch(images: BuiltImages) -> No
     print(f"the API-only image: {size / 1e6:.0f} MB")
 
 
-def test_serve_demo_in_a_container_answers_the_official_client(images: BuiltImages, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_serve_demo_in_a_container_answers_the_official_client(
+    images: BuiltImages, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     http_port, tls_port = free_ports(2)
+    volume = unique_name("layerdiffuse-data")
+    request.addfinalizer(lambda: podman("volume", "rm", "--force", volume, check=False))  # after the container
     with removed_afterwards(unique_name("layerdiffuse-serve")) as name:
+        # The README's command: a named volume for /data, written by the image's uid 10001.
         podman(
-            "run", "--detach", "--name", name,
+            "run", "--detach", "--name", name, "--volume", f"{volume}:/data",
             "--publish", f"127.0.0.1:{http_port}:8080", "--publish", f"127.0.0.1:{tls_port}:8443",
             "--env", f"LAYERDIFFUSE_PUBLIC_URL=http://127.0.0.1:{http_port}",
             images.engine, "serve", "--model", "demo",
