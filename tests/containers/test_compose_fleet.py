@@ -101,7 +101,7 @@ def run_compose(fleet: ComposeFleet, *arguments: str, timeout: float) -> subproc
 
 
 @pytest.fixture
-def fleet(images: BuiltImages, tmp_path: Path) -> Iterator[ComposeFleet]:
+def fleet(images: BuiltImages, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ComposeFleet]:
     folder = tmp_path / "compose"
     folder.mkdir()
     shutil.copy(COMPOSE_FILE, folder / "compose.yaml")
@@ -122,9 +122,12 @@ def fleet(images: BuiltImages, tmp_path: Path) -> Iterator[ComposeFleet]:
         "LAYERDIFFUSE_LEASE_SECONDS": str(LEASE_SECONDS),
     }
     fleet = ComposeFleet(unique_name("layerdiffuse-fleet"), folder, env, (api_1_http, api_2_http))
+    failed_before = request.session.testsfailed
     try:
         fleet.compose("up", "--detach")
         yield fleet
+        if request.session.testsfailed > failed_before:  # the test failed: what every container said
+            print(fleet.logs())
     except BaseException:
         print(fleet.logs())
         raise
