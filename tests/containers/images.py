@@ -13,6 +13,8 @@ the container tests run last and wait for it. ``python -m tests.containers.image
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import os
 import shutil
@@ -59,11 +61,20 @@ def podman_environment() -> dict[str, str]:
     operator's own CONTAINERS_CONF wins."""
     env = dict(os.environ)
     if "CONTAINERS_CONF" not in env:
-        conf = Path(tempfile.gettempdir()) / "layerdiffuse-tests-containers.conf"
-        runtime = 'runtime = "runc"\n' if shutil.which("runc") else ""
-        conf.write_text(f'[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = "cgroupfs"\n{runtime}')
-        env["CONTAINERS_CONF"] = str(conf)
+        env["CONTAINERS_CONF"] = str(_containers_conf())
     return env
+
+
+@functools.cache
+def _containers_conf() -> Path:
+    """Written once per process, into a file of its own: podman processes started from other threads
+    must never read it half-written."""
+    runtime = 'runtime = "runc"\n' if shutil.which("runc") else ""
+    handle, name = tempfile.mkstemp(prefix="layerdiffuse-tests-", suffix=".containers.conf")
+    with os.fdopen(handle, "w") as conf:
+        conf.write(f'[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = "cgroupfs"\n{runtime}')
+    atexit.register(os.unlink, name)
+    return Path(name)
 
 
 def podman(*arguments: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -112,8 +123,13 @@ class ImageBuild:
     def _build(self) -> BuiltImages:
         bases: dict[str, str] = {}
 
+        errors: list[BaseException] = []
+
         def base(name: str, packages: tuple[str, ...]) -> None:
-            bases[name] = self._debian_image(name, packages)
+            try:
+                bases[name] = self._debian_image(name, packages)
+            except BaseException as error:  # re-raised below, from the build's own thread
+                errors.append(error)
 
         threads = [
             threading.Thread(target=base, args=("layerdiffuse-test-python", PYTHON_BASE_PACKAGES)),
@@ -123,9 +139,8 @@ class ImageBuild:
             thread.start()
         for thread in threads:
             thread.join()
-        missing = {"layerdiffuse-test-python", "layerdiffuse-test-services"} - bases.keys()
-        if missing:
-            raise RuntimeError(f"mmdebstrap did not make {', '.join(sorted(missing))}")
+        if errors:
+            raise errors[0]
 
         python_base, services_base = bases["layerdiffuse-test-python"], bases["layerdiffuse-test-services"]
         api = self._product_image("api", f"localhost/layerdiffuse-api:{TAG}", python_base)
