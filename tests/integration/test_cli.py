@@ -173,7 +173,7 @@ def test_full_size_generation_with_the_tiny_model(
     settings: Settings, tiny_folder: Path, tmp_path: Path, width: int, height: int
 ) -> None:
     output = tmp_path / "apple.png"
-    done = run_cli(
+    done = run_cli_here(
         "generate",
         "a red apple",
         "-o",
