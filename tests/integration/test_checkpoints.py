@@ -179,16 +179,18 @@ def test_a_checkpoint_keeps_the_models_layerdiffuse_files_and_takes_configs_from
 def test_generate_takes_a_checkpoint_by_its_name(
     settings: Settings, tiny_folder: Path, other_checkpoint: Path, tmp_path: Path
 ) -> None:
-    from .test_cli import run_cli
+    from .test_cli import run_cli_here
 
     tiny = ("--model", "tiny", "--seed", "7", "--width", "64", "--height", "64", "--steps", "2")
     listed = ("--checkpoint", f"other={other_checkpoint}")
     plain, named = tmp_path / "plain.png", tmp_path / "named.png"
-    assert run_cli("generate", "a lamp", "-o", str(plain), *tiny, settings=settings).returncode == 0
-    done = run_cli("generate", "a lamp", "-o", str(named), *tiny, *listed, "--model-name", "other", settings=settings)
+    assert run_cli_here("generate", "a lamp", "-o", str(plain), *tiny, settings=settings).returncode == 0
+    done = run_cli_here(
+        "generate", "a lamp", "-o", str(named), *tiny, *listed, "--model-name", "other", settings=settings
+    )
     assert done.returncode == 0, done.stderr
     assert named.read_bytes() != plain.read_bytes()
-    unknown = run_cli("generate", "a lamp", *tiny, *listed, "--model-name", "nope", settings=settings)
+    unknown = run_cli_here("generate", "a lamp", *tiny, *listed, "--model-name", "nope", settings=settings)
     assert unknown.returncode == 2 and "not one of the checkpoints (other)" in unknown.stderr, unknown.stderr
 
 

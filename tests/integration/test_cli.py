@@ -1,11 +1,14 @@
-"""The ``layerdiffuse`` command, run as a user runs it."""
+"""The ``layerdiffuse`` command, run as a user runs it (and, where a test is about what a flag does
+to the image rather than about the process, run in this one)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,29 @@ def run_cli(*args: str, settings: Settings, env: dict[str, str] | None = None) -
         env=environment,
         timeout=900,
     )
+
+
+def run_cli_here(*args: str, settings: Settings) -> subprocess.CompletedProcess:
+    """:func:`run_cli`'s command in this process: for tests of what a flag does to the output, not
+    of the process, since a fresh interpreter spends most of a tiny generate importing torch. The
+    command's own logging setup (it replaces the root logger's handlers) is undone afterwards."""
+    from typer.testing import CliRunner
+
+    from layerdiffuse_server.cli import app
+
+    root, ours = logging.getLogger(), logging.getLogger("layerdiffuse_server")
+    handlers, levels = root.handlers[:], (root.level, ours.level)
+    environment = {"LAYERDIFFUSE_HOME": str(settings.home), "LAYERDIFFUSE_DEVICE": "cpu"}
+    try:
+        result = CliRunner().invoke(app, list(args), env=environment)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(levels[0])
+        ours.setLevel(levels[1])
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, stderr)
 
 
 def test_generate_writes_an_rgba_png_and_a_preview(settings: Settings, tiny_folder: Path, tmp_path: Path) -> None:
@@ -147,7 +173,7 @@ def test_full_size_generation_with_the_tiny_model(
     settings: Settings, tiny_folder: Path, tmp_path: Path, width: int, height: int
 ) -> None:
     output = tmp_path / "apple.png"
-    done = run_cli(
+    done = run_cli_here(
         "generate",
         "a red apple",
         "-o",
@@ -247,7 +273,7 @@ def test_a_local_lora_file_changes_the_image_and_scale_zero_does_not(
     outputs = {}
     for name, extra in {"plain": (), "styled": ("--lora", f"{lora}:1.5"), "unset": ("--lora", f"{lora}:0")}.items():
         outputs[name] = tmp_path / f"{name}.png"
-        done = run_cli("generate", "a lamp", "-o", str(outputs[name]), *tiny, *extra, settings=settings)
+        done = run_cli_here("generate", "a lamp", "-o", str(outputs[name]), *tiny, *extra, settings=settings)
         assert done.returncode == 0, done.stderr
     plain, styled, unset = (outputs[name].read_bytes() for name in ("plain", "styled", "unset"))
     assert styled != plain and unset == plain

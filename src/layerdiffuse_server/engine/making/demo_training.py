@@ -616,14 +616,26 @@ def refine_demo(folder: Path, earlier: Path, recipe: Recipe, progress: Progress)
     return seconds
 
 
+#: Prompts denoised together by :func:`evaluate`: on a CPU a batch runs the 42 prompts in well under
+#: half the time of one at a time (the per-layer overhead is paid once per batch), at a memory cost
+#: that the demo's 128-pixel latents keep small.
+EVALUATION_BATCH = 14
+
+
 def evaluate(pipeline: Any, cases: list[Any] | None = None) -> tuple[Any, list[np.ndarray]]:
     """The evaluation prompts (or ``cases`` of them) through ``pipeline`` at the endpoint's
-    defaults; (scores, images)."""
+    defaults; (scores, images). They run in batches of :data:`EVALUATION_BATCH`: each image is the
+    one its request gets alone, up to the float differences of batched kernels."""
     from ...demo.quality import evaluation_set, score
     from ...schemas import GenerationParams
 
     cases = evaluation_set() if cases is None else cases
-    images = [pipeline.generate(GenerationParams(prompt=case.prompt, seed=case.seed)).images[0].rgba for case in cases]
+    images = []
+    for start in range(0, len(cases), EVALUATION_BATCH):
+        requests = [
+            GenerationParams(prompt=case.prompt, seed=case.seed) for case in cases[start : start + EVALUATION_BATCH]
+        ]
+        images += [result.images[0].rgba for result in pipeline.generate_batch(requests)]
     return score(cases, images), images
 
 
