@@ -84,6 +84,19 @@ def test_passes_are_combined_by_the_lower_median(passes: int, expected: float) -
     torch.testing.assert_close(estimate, torch.full_like(estimate, expected))
 
 
+@pytest.mark.parametrize("count", [1, 2, 4, 8])
+def test_the_lower_median_selects_what_torch_median_does(count: int) -> None:
+    from layerdiffuse_server.engine.networks.decoder import lower_median
+
+    generator = torch.Generator().manual_seed(count)
+    # Few distinct values, so ties are common; a NaN anywhere makes that pixel NaN, as in torch.median.
+    values = [torch.randint(0, 5, (2, 4, 9, 7), generator=generator).float() / 4 for _ in range(count)]
+    values[0][0, 0, 0, 0] = float("nan")
+    expected = torch.median(torch.stack(values), dim=0).values
+    assert torch.equal(lower_median(values).nan_to_num(-1.0), expected.nan_to_num(-1.0))
+    assert lower_median(values)[0, 0, 0, 0].isnan()
+
+
 def test_every_augmentation_is_undone() -> None:
     from layerdiffuse_server.engine.networks.decoder import augment, unaugment
 
