@@ -155,3 +155,44 @@ def test_network_config_is_read_off_the_state_dict() -> None:
     assert config["attention_levels"] == (False, False, False, False, True, True, True)
     with pytest.raises(WeightFormatError):
         TransparentDecoderNetwork.config_from_state_dict({"conv_in.weight": torch.zeros(1)})
+
+
+def test_the_cpu_trace_equals_the_module_and_follows_its_weights(tiny_folder: Path) -> None:
+    """The traced CPU path against the plain module, on random weights, at sizes and batches
+    other than the one it was traced at; changed weights are traced again, never served stale."""
+    from layerdiffuse_server.engine.networks.decoder import cpu_forward
+
+    decoder = TransparentDecoder.from_file(tiny_folder / "vae_transparent_decoder.safetensors", max_batch=3)
+    network = decoder.network
+    generator = torch.Generator().manual_seed(5)
+    pixels = torch.rand(1, 3, 192, 128, generator=generator)
+    latent = torch.randn(1, 4, 24, 16, generator=generator)
+    with torch.no_grad():
+        traced = cpu_forward(network)
+        assert traced is not network and cpu_forward(network) is traced
+        for batch in (1, 3):
+            feed = (pixels.repeat(batch, 1, 1, 1), latent.repeat(batch, 1, 1, 1))
+            torch.testing.assert_close(traced(*feed), network(*feed), rtol=0, atol=1e-5)
+        estimate = decoder.estimate(pixels, latent)
+        expected = _serial_reference(network, pixels, latent).clip(0, 1)
+        torch.testing.assert_close(estimate, expected, rtol=0, atol=1e-5)
+
+        network.conv_out.bias.add_(0.25)
+        assert cpu_forward(network) is not traced
+        torch.testing.assert_close(
+            decoder.estimate(pixels, latent), _serial_reference(network, pixels, latent).clip(0, 1), rtol=0, atol=1e-5
+        )
+        assert not torch.equal(decoder.estimate(pixels, latent), estimate)
+
+
+def test_where_tracing_fails_the_module_runs(tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from layerdiffuse_server.engine.networks.decoder import cpu_forward
+
+    decoder = TransparentDecoder.from_file(tiny_folder / "vae_transparent_decoder.safetensors")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no tracing here")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    assert cpu_forward(decoder.network) is decoder.network
+    assert decoder.estimate(torch.rand(1, 3, 64, 64), torch.zeros(1, 4, 8, 8)).shape == (1, 4, 64, 64)
