@@ -84,6 +84,19 @@ def test_passes_are_combined_by_the_lower_median(passes: int, expected: float) -
     torch.testing.assert_close(estimate, torch.full_like(estimate, expected))
 
 
+@pytest.mark.parametrize("count", [1, 2, 4, 8])
+def test_the_lower_median_selects_what_torch_median_does(count: int) -> None:
+    from layerdiffuse_server.engine.networks.decoder import lower_median
+
+    generator = torch.Generator().manual_seed(count)
+    # Few distinct values, so ties are common; a NaN anywhere makes that pixel NaN, as in torch.median.
+    values = [torch.randint(0, 5, (2, 4, 9, 7), generator=generator).float() / 4 for _ in range(count)]
+    values[0][0, 0, 0, 0] = float("nan")
+    expected = torch.median(torch.stack(values), dim=0).values
+    assert torch.equal(lower_median(values).nan_to_num(-1.0), expected.nan_to_num(-1.0))
+    assert lower_median(values)[0, 0, 0, 0].isnan()
+
+
 def test_every_augmentation_is_undone() -> None:
     from layerdiffuse_server.engine.networks.decoder import augment, unaugment
 
@@ -142,3 +155,44 @@ def test_network_config_is_read_off_the_state_dict() -> None:
     assert config["attention_levels"] == (False, False, False, False, True, True, True)
     with pytest.raises(WeightFormatError):
         TransparentDecoderNetwork.config_from_state_dict({"conv_in.weight": torch.zeros(1)})
+
+
+def test_the_cpu_trace_equals_the_module_and_follows_its_weights(tiny_folder: Path) -> None:
+    """The traced CPU path against the plain module, on random weights, at sizes and batches
+    other than the one it was traced at; changed weights are traced again, never served stale."""
+    from layerdiffuse_server.engine.networks.decoder import cpu_forward
+
+    decoder = TransparentDecoder.from_file(tiny_folder / "vae_transparent_decoder.safetensors", max_batch=3)
+    network = decoder.network
+    generator = torch.Generator().manual_seed(5)
+    pixels = torch.rand(1, 3, 192, 128, generator=generator)
+    latent = torch.randn(1, 4, 24, 16, generator=generator)
+    with torch.no_grad():
+        traced = cpu_forward(network)
+        assert traced is not network and cpu_forward(network) is traced
+        for batch in (1, 3):
+            feed = (pixels.repeat(batch, 1, 1, 1), latent.repeat(batch, 1, 1, 1))
+            torch.testing.assert_close(traced(*feed), network(*feed), rtol=0, atol=1e-5)
+        estimate = decoder.estimate(pixels, latent)
+        expected = _serial_reference(network, pixels, latent).clip(0, 1)
+        torch.testing.assert_close(estimate, expected, rtol=0, atol=1e-5)
+
+        network.conv_out.bias.add_(0.25)
+        assert cpu_forward(network) is not traced
+        torch.testing.assert_close(
+            decoder.estimate(pixels, latent), _serial_reference(network, pixels, latent).clip(0, 1), rtol=0, atol=1e-5
+        )
+        assert not torch.equal(decoder.estimate(pixels, latent), estimate)
+
+
+def test_where_tracing_fails_the_module_runs(tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from layerdiffuse_server.engine.networks.decoder import cpu_forward
+
+    decoder = TransparentDecoder.from_file(tiny_folder / "vae_transparent_decoder.safetensors")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no tracing here")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    assert cpu_forward(decoder.network) is decoder.network
+    assert decoder.estimate(torch.rand(1, 3, 64, 64), torch.zeros(1, 4, 8, 8)).shape == (1, 4, 64, 64)
