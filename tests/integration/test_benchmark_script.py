@@ -91,3 +91,17 @@ def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Pa
     assert len(results["rows"][0]["samples"]) == 1 and results["baseline"] == results["rows"][0]["seconds"]
     assert "max pixel Δ 0," in results["rows"][-3]["note"]  # the low-memory mode keeps every pixel
     assert "busy loops beside it; denoising" in results["rows"][-1]["note"]
+
+
+def test_the_cpu_decoder_benchmark_compares_both_decoder_paths(settings: Settings, tiny_folder: Path) -> None:
+    """``cpu_decoder.py`` exits non-zero when its two decoder paths differ in a single pixel."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("FAL_")}
+    env |= {"LAYERDIFFUSE_HOME": str(settings.home), "HF_HUB_OFFLINE": "1"}
+    env["COLUMNS"] = "200"  # the table's labels on one line each
+    script = SCRIPT.parent / "cpu_decoder.py"
+    command = [sys.executable, str(script), "--size", "64", "--steps", "2", "--rounds", "1"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "RGBA of the two decoder paths: identical" in done.stdout
+    for label in ("plain diffusers SDXL", "previous decoder path", "traced network"):
+        assert label in done.stdout, done.stdout

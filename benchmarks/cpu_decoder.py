@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""The transparent decoder's CPU path against what it replaced, and end to end against plain
+diffusers, in process CPU time on one thread: on a shared 2-core host wall time measures the
+neighbours, CPU time the work.
+
+Three runs interleave round by round in one process, so drift of the host hits all of them alike:
+plain diffusers SDXL (the baseline), ours as it runs, and ours with the decoder's previous CPU path
+(the network as a module, the passes combined by ``torch.median``). The two decoder paths must give
+identical pixels; the script says so or fails.
+
+    python benchmarks/cpu_decoder.py --model tiny --size 256 --steps 20 --rounds 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import bench  # before torch: it prepares the environment torch reads at import
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from layerdiffuse_server.engine.networks import decoder as decoder_module
+from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
+from layerdiffuse_server.schemas import GenerationParams
+from layerdiffuse_server.settings import Settings
+
+
+@contextmanager
+def previous_decoder_path(pipeline: TransparentSDXLPipeline) -> Iterator[None]:
+    """The decoder as it ran on a CPU before: its network module called directly, ``torch.median``."""
+    decoder = pipeline.decoder
+    current_median = decoder_module.lower_median
+
+    def module_forward() -> decoder_module.Forward:
+        return decoder.network
+
+    decoder._forward = module_forward
+    decoder_module.lower_median = lambda values: torch.median(torch.stack(values), dim=0).values
+    try:
+        yield
+    finally:
+        del decoder._forward
+        decoder_module.lower_median = current_median
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="a preset (tiny, sdxl-random, demo)")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds after one warm-up round")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    # The pipeline's stage timer reads time.perf_counter: this makes the decoder column CPU time too.
+    time.perf_counter = time.process_time
+
+    settings = Settings(device="cpu")
+    ours = TransparentSDXLPipeline.from_preset(args.model, settings=settings, device="cpu")
+    plain = bench.load_plain(args.model, settings, ours.device, ours.dtype)
+    params = GenerationParams(
+        prompt=bench.PROMPT, negative_prompt=bench.NEGATIVE, width=args.size, height=args.size,
+        num_inference_steps=args.steps, guidance_scale=8.0, seed=42,
+    )  # fmt: skip
+
+    seconds: dict[str, list[float]] = {"plain": [], "previous": [], "current": []}
+    decode_seconds: dict[str, list[float]] = {"previous": [], "current": []}
+    pixels: dict[str, np.ndarray] = {}
+    for round_ in range(args.rounds + 1):
+        for name in seconds:
+            started = time.process_time()
+            if name == "plain":
+                bench.plain_png(plain, params)
+            elif name == "previous":
+                with previous_decoder_path(ours):
+                    _, timings, pixels[name] = bench.ours_png(ours, params)
+            else:
+                _, timings, pixels[name] = bench.ours_png(ours, params)
+            if round_:  # the first round warms up (and takes the trace)
+                seconds[name].append(time.process_time() - started)
+                if name != "plain":
+                    decode_seconds[name].append(timings["transparent_decode"])
+    identical = np.array_equal(pixels["previous"], pixels["current"])
+
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    table = Table(title=f"CPU, 1 thread, {args.model} {args.size}², {args.steps} steps, medians of {args.rounds}")
+    for column in ("run", "CPU time", "ratio", "transparent decode"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    labels = {
+        "plain": "plain diffusers SDXL → RGB PNG (baseline)",
+        "previous": "ours, previous decoder path (module, torch.median)",
+        "current": "ours (traced network, sorting-network median)",
+    }
+    for name, label in labels.items():
+        decode = f"{statistics.median(decode_seconds[name]) * 1000:.0f} ms" if name in decode_seconds else ""
+        table.add_row(label, f"{median[name] * 1000:.0f} ms", f"{median[name] / median['plain']:.2f}×", decode)
+    Console().print(table)
+    print(f"RGBA of the two decoder paths: {'identical' if identical else 'DIFFERENT'}")
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
