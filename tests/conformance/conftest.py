@@ -101,15 +101,21 @@ def connect_proxy(server: ServerProcess) -> Iterator[str]:
 
 
 def python_client_env(server: ServerProcess, key: str | None, *, via_proxy: str | None = None) -> dict[str, str]:
+    return fal_client_env(server.ca_file, server.tls_port, key, via_proxy=via_proxy)
+
+
+def fal_client_env(ca_file: Path, tls_port: int, key: str | None, *, via_proxy: str | None = None) -> dict[str, str]:
+    """The environment that points an unmodified ``fal_client`` at a server on 127.0.0.1:``tls_port``
+    whose certificate ``ca_file`` signs (a process here, or a container's published port)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("FAL_") and "PROXY" not in name}
-    env["SSL_CERT_FILE"] = str(server.ca_file)
+    env["SSL_CERT_FILE"] = str(ca_file)
     if key is not None:
         env["FAL_KEY"] = key
     if via_proxy:
         env["HTTPS_PROXY"] = via_proxy  # every https call, rest.fal.ai and v3.fal.media included, comes to us
     else:
-        env["FAL_RUN_HOST"] = f"127.0.0.1:{server.tls_port}/run"
-        env["FAL_QUEUE_RUN_HOST"] = f"127.0.0.1:{server.tls_port}/queue"
+        env["FAL_RUN_HOST"] = f"127.0.0.1:{tls_port}/run"
+        env["FAL_QUEUE_RUN_HOST"] = f"127.0.0.1:{tls_port}/queue"
     return env
 
 

@@ -1,13 +1,12 @@
 """Fixtures of the container tests: the images (built in the background since collection, see
-``tests/conftest.py``), free loopback ports, and containers that are always removed."""
+``tests/conftest.py``), and containers that are always removed, their logs shown when a test failed."""
 
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -21,11 +20,13 @@ IMAGE_BUILD = pytest.StashKey[ImageBuild]()
 
 @pytest.fixture(scope="session")
 def image_build(request: pytest.FixtureRequest) -> ImageBuild:
-    """The session's build: started at collection when the container tests were selected, else now."""
-    if reason := unavailable_reason():
-        service_unavailable(reason)
-    build = request.config.stash.get(IMAGE_BUILD, None) or ImageBuild()
-    request.config.stash[IMAGE_BUILD] = build
+    """The session's build: started at collection when the container tests were selected (podman was
+    checked then), else now."""
+    build = request.config.stash.get(IMAGE_BUILD, None)
+    if build is None:
+        if reason := unavailable_reason():
+            service_unavailable(reason)
+        build = request.config.stash[IMAGE_BUILD] = ImageBuild()
     return build
 
 
@@ -34,24 +35,16 @@ def images(image_build: ImageBuild) -> BuiltImages:
     return image_build.result()
 
 
-def free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-
-
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def wait_for_http(url: str, timeout: float, *, alive: object = None) -> None:
-    """Until ``url`` answers 200; ``alive`` (a callable) raises when what should answer has died."""
+def wait_for_http(url: str, timeout: float, *, alive: Callable[[], None] | None = None) -> None:
+    """Until ``url`` answers 200; ``alive`` raises when what should answer has died."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
-        if callable(alive):
+        if alive is not None:
             alive()
         try:
             answer = httpx.get(url, timeout=5)
@@ -70,7 +63,18 @@ def removed_afterwards(name: str) -> Iterator[str]:
     try:
         yield name
     except BaseException:
-        print(podman("logs", "--tail", "80", name, check=False).stdout)
+        print(container_log(name, 80))
         raise
     finally:
         podman("rm", "--force", "--time", "0", name, check=False)
+
+
+def container_state(name: str) -> str:
+    """``running``, ``exited``, ``stopped`` …, as podman sees the container now."""
+    return podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+
+
+def container_log(name: str, lines: int) -> str:
+    """The last ``lines`` of what the container wrote, stdout and stderr (where the service logs)."""
+    done = podman("logs", "--tail", str(lines), name, check=False)
+    return f"--- {name} ---\n{done.stdout}{done.stderr}"

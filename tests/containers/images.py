@@ -174,7 +174,7 @@ class ImageBuild:
         """The README's ``podman build``, with only the base image and pip's configuration changed."""
         return [
             "podman", "build", "--format", "docker", "--network", "host", "--target", target,
-            "--build-arg", f"BASE_IMAGE={base}", *self._pip_like_the_host(), "-t", image, str(context),
+            "--build-arg", f"BASE_IMAGE={base}", *self._pip_like_the_host, "-t", image, str(context),
         ]  # fmt: skip
 
     def _standin(self, name: str, base: str, extra_files: tuple[Path, ...]) -> str:
@@ -192,6 +192,7 @@ class ImageBuild:
         )  # fmt: skip
         return image
 
+    @functools.cached_property
     def _pip_like_the_host(self) -> list[str]:
         """``-v`` options that give pip inside the build the host's configuration: the CA bundle of a
         TLS-intercepting gateway, local wheel folders and indexes, constraints (``podman build --env`` does not

@@ -27,7 +27,8 @@ import pytest
 from PIL import Image
 
 from ..server_process import cli
-from .conftest import free_ports, unique_name, wait_for_http
+from ..support.radosgw import free_ports
+from .conftest import container_log, container_state, unique_name, wait_for_http
 from .images import BuiltImages, podman, podman_environment
 
 pytestmark = pytest.mark.containers
@@ -86,10 +87,7 @@ class ComposeFleet:
         names = podman(
             "ps", "--all", "--format", "{{.Names}}", "--filter", f"label=com.docker.compose.project={self.project}"
         ).stdout.split()
-        return "\n".join(
-            f"--- {name} ---\n{(done := podman('logs', '--tail', '40', name, check=False)).stdout}{done.stderr}"
-            for name in names
-        )
+        return "\n".join(container_log(name, 40) for name in names)
 
 
 def run_compose(fleet: ComposeFleet, *arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -203,7 +201,7 @@ def test_the_fleet_loses_nothing_when_a_worker_container_is_killed(fleet: Compos
     assert len(fleet.stored_objects()) == REQUESTS, fleet.stored_objects()
     # restart: unless-stopped brings the killed container back.
     deadline = time.monotonic() + 120
-    while podman("inspect", "--format", "{{.State.Status}}", killed).stdout.strip() != "running":
+    while container_state(killed) != "running":
         assert time.monotonic() < deadline, (
             "the killed worker was not restarted: "
             + podman(

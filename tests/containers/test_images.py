@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ..conformance.conftest import run_python
-from .conftest import free_ports, removed_afterwards, unique_name, wait_for_http
+from ..conformance.conftest import fal_client_env, run_python
+from ..support.radosgw import free_ports
+from .conftest import container_state, removed_afterwards, unique_name, wait_for_http
 from .images import REPO, BuiltImages, ImageBuild, podman, podman_environment
 
 pytestmark = pytest.mark.containers
@@ -37,8 +38,7 @@ def test_the_api_only_image_has_the_api_without_torch(images: BuiltImages) -> No
         "torch": False, "diffusers": False, "transformers": False,
         "layerdiffuse_server": True, "psycopg": True, "boto3": True, "uvicorn": True,
     }  # fmt: skip
-    # The role starts as far as its own checks without torch: `api` without a signing key names what is missing
-    # rather than failing on an import.
+    # The command line loads without torch: `api --help` imports the CLI and the role's options.
     started = podman("run", "--rm", "--network", "none", images.api, "api", "--help", check=False)
     assert started.returncode == 0 and "api" in started.stdout, started.stderr
     size = int(podman("image", "inspect", "--format", "{{.Size}}", images.api).stdout)
@@ -61,21 +61,15 @@ def test_serve_demo_in_a_container_answers_the_official_client(
         )  # fmt: skip
 
         def running() -> None:
-            state = podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
-            assert state == "running", f"the container is {state}"
+            assert (state := container_state(name)) == "running", f"the container is {state}"
 
         wait_for_http(f"http://127.0.0.1:{http_port}/readyz", READY_SECONDS, alive=running)
         assert podman("exec", name, "id", "-u").stdout.strip() == "10001"
         key = podman("exec", name, "layerdiffuse", "keys", "create", "--name", "client").stdout.strip().splitlines()[-1]
         podman("cp", f"{name}:/data/tls/ca.pem", str(tmp_path / "ca.pem"))
 
-        env = {
-            "SSL_CERT_FILE": str(tmp_path / "ca.pem"),
-            "FAL_KEY": key,
-            "FAL_RUN_HOST": f"127.0.0.1:{tls_port}/run",
-            "FAL_QUEUE_RUN_HOST": f"127.0.0.1:{tls_port}/queue",
-        }
-        outcome = run_python("subscribe", {"input": {"prompt": "a red circle", "seed": 5}}, _client_env(env))
+        env = fal_client_env(tmp_path / "ca.pem", tls_port, key)
+        outcome = run_python("subscribe", {"input": {"prompt": "a red circle", "seed": 5}}, env)
         assert outcome["ok"], outcome
         output = outcome["output"]
         assert output["seed"] == 5 and output["image"]["content_type"] == "image/png"
@@ -91,13 +85,6 @@ def test_serve_demo_in_a_container_answers_the_official_client(
         # SIGTERM drains and exits 0 well within the stop timeout the README gives (30 s).
         podman("stop", "--time", "30", name, timeout=60)
         assert podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
-
-
-def _client_env(overrides: dict[str, str]) -> dict[str, str]:
-    import os
-
-    env = {name: value for name, value in os.environ.items() if not name.startswith("FAL_") and "PROXY" not in name}
-    return env | overrides
 
 
 def test_a_code_change_rebuilds_only_the_layers_from_the_code_on(

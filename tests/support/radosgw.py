@@ -55,8 +55,11 @@ class RadosGatewayError(RuntimeError):
     """The cluster did not come up; the message ends with the tail of every log, so CI output is enough."""
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out; holding all sockets open at once keeps the ports distinct."""
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out; holding all sockets open at once keeps the ports distinct.
+
+    Here rather than in a shared module because this file also runs on its own, inside a container;
+    the other tests that need several free ports import it from here."""
     with contextlib.ExitStack() as stack:
         probes = [stack.enter_context(socket.socket()) for _ in range(count)]
         for probe in probes:
@@ -200,7 +203,7 @@ class RadosGateway:
         for directory in ("log", "run", "crash", "mon", "osd", "rgw"):
             (root / directory).mkdir()
         fsid = str(uuid.uuid4())
-        mon_v2_port, mon_v1_port, free_port = _free_ports(3)
+        mon_v2_port, mon_v1_port, free_port = free_ports(3)
         self._port = self._fixed_port or free_port
         mon_addresses = f"[v2:127.0.0.1:{mon_v2_port},v1:127.0.0.1:{mon_v1_port}]"
         (root / "ceph.conf").write_text(_ceph_conf(root, fsid, mon_addresses, self._listen, self._port))
