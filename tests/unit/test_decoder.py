@@ -84,17 +84,34 @@ def test_passes_are_combined_by_the_lower_median(passes: int, expected: float) -
     torch.testing.assert_close(estimate, torch.full_like(estimate, expected))
 
 
-@pytest.mark.parametrize("count", [1, 2, 4, 8])
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 7, 8])
 def test_the_lower_median_selects_what_torch_median_does(count: int) -> None:
     from layerdiffuse_server.engine.networks.decoder import lower_median
 
     generator = torch.Generator().manual_seed(count)
-    # Few distinct values, so ties are common; a NaN anywhere makes that pixel NaN, as in torch.median.
-    values = [torch.randint(0, 5, (2, 4, 9, 7), generator=generator).float() / 4 for _ in range(count)]
-    values[0][0, 0, 0, 0] = float("nan")
+    # Few distinct values, so ties are common; a NaN in any input makes that pixel NaN, as in torch.median.
+    values = [torch.randint(0, 5, (2, 4, 9, 8), generator=generator).float() / 4 for _ in range(count)]
+    for index, value in enumerate(values):
+        value[0, 0, 0, index] = float("nan")
     expected = torch.median(torch.stack(values), dim=0).values
     assert torch.equal(lower_median(values).nan_to_num(-1.0), expected.nan_to_num(-1.0))
-    assert lower_median(values)[0, 0, 0, 0].isnan()
+    assert lower_median(values)[0, 0, 0, :count].isnan().all()
+
+
+@pytest.mark.parametrize("count", range(1, 9))
+def test_the_median_network_sorts_every_order_into_its_middle(count: int) -> None:
+    """Exhaustively, on permutations (with the 0-1 principle, enough for a comparator network)."""
+    from itertools import permutations
+
+    from layerdiffuse_server.engine.networks.decoder import median_plan
+
+    middle = (count - 1) // 2
+    for order in permutations(range(count)):
+        wires = list(order)
+        for lower, upper, minimum, maximum in median_plan(count):
+            low, high = wires[lower], wires[upper]
+            wires[lower], wires[upper] = (min(low, high) if minimum else low), (max(low, high) if maximum else high)
+        assert wires[middle] == middle, order
 
 
 def test_every_augmentation_is_undone() -> None:
@@ -196,3 +213,27 @@ def test_where_tracing_fails_the_module_runs(tiny_folder: Path, monkeypatch: pyt
     monkeypatch.setattr(torch.jit, "trace", broken)
     assert cpu_forward(decoder.network) is decoder.network
     assert decoder.estimate(torch.rand(1, 3, 64, 64), torch.zeros(1, 4, 8, 8)).shape == (1, 4, 64, 64)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace's notice
+def test_divisions_by_one_leave_the_trace_and_nothing_else_does(tiny_folder: Path) -> None:
+    """diffusers' rescale factors of 1.0 are dropped from the CPU trace; other divisions stay, and
+    the values are the module's bit for bit."""
+    from layerdiffuse_server.engine.networks.decoder import cpu_forward, drop_divisions_by_one
+
+    def halve_then_rescale(x: torch.Tensor) -> torch.Tensor:
+        return (x / 2.0 + 1.0) / 1.0
+
+    function = torch.jit.trace(halve_then_rescale, (torch.ones(2),))
+    assert drop_divisions_by_one(function.graph) == 1
+    assert [node.kind() for node in function.graph.nodes()].count("aten::div") == 1
+    assert torch.equal(function(torch.tensor([3.0, -5.0])), torch.tensor([2.5, -1.5]))
+
+    network = TransparentDecoder.from_file(tiny_folder / "vae_transparent_decoder.safetensors").network
+    traced = cpu_forward(network)
+    assert isinstance(traced, torch.jit.ScriptModule)
+    assert drop_divisions_by_one(traced.graph) == 0
+    generator = torch.Generator().manual_seed(9)
+    pixels, latent = torch.rand(1, 3, 64, 64, generator=generator), torch.randn(1, 4, 8, 8, generator=generator)
+    with torch.no_grad():
+        assert torch.equal(traced(pixels, latent), network(pixels, latent))

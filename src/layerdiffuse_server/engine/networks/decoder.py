@@ -12,6 +12,7 @@ on a CPU as a frozen trace of the network (:func:`cpu_forward`) combined by a so
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 import weakref
@@ -61,8 +62,8 @@ def cpu_forward(network: TransparentDecoderNetwork) -> Forward:
     64², where the kernels have almost nothing to do, still costs about 20 ms of module calls and
     dispatch, against about 70 ms for a pass at 256² (one thread); traced, 8 passes at 256² took
     450 ms of CPU instead of 550, and freezing it (parameters read as constants) about 1 % more.
-    The trace runs the same aten ops in the same order, so its output equals the module's bit for
-    bit. It is taken once on the smallest input (64², one pass) and
+    The trace runs the same aten ops in the same order, less the divisions by one
+    (:func:`drop_divisions_by_one`), so its output equals the module's bit for bit. It is taken once on the smallest input (64², one pass) and
     serves every size and batch: the network's only size-dependent branches (diffusers'
     ``contiguous()`` guards against CUDA kernel limits) do not change values. Where tracing is
     unavailable or fails, the module itself runs.
@@ -78,12 +79,35 @@ def cpu_forward(network: TransparentDecoderNetwork) -> Forward:
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer notices
-            traced = torch.jit.freeze(torch.jit.trace(network, (pixels, latent), check_trace=False))
+            frozen = torch.jit.freeze(torch.jit.trace(network, (pixels, latent), check_trace=False))
+            drop_divisions_by_one(frozen.graph)
+            traced = frozen
     except Exception as error:  # any failure leaves the eager module, which is always right
         logger.warning("transparent decoder: CPU trace failed (%s); running the module", error)
         traced = None
     _cpu_traces[network] = (signature, traced)
     return traced or network
+
+
+def drop_divisions_by_one(graph: torch.Graph) -> int:
+    """Remove ``x / 1.0`` from a traced graph; how many there were.
+
+    diffusers' ResNet blocks and attention divide their output by a rescale factor, 1.0 in this
+    network: 30 divisions of whole activations per pass, each a read, a write and an allocation
+    (about 3 % of a CPU pass at 256²). Dividing a floating-point tensor by one gives it back bit
+    for bit in IEEE arithmetic, and the network's activations are all floating point.
+    """
+    dropped = 0
+    for node in list(graph.nodes()):
+        if node.kind() != "aten::div" or node.inputsSize() != 2:
+            continue
+        dividend, divisor = node.inputsAt(0), node.inputsAt(1)
+        constant: object = divisor.toIValue() if divisor.node().kind() == "prim::Constant" else None
+        if type(constant) is float and constant == 1.0 and dividend.type().kind() == "TensorType":
+            node.output().replaceAllUsesWith(dividend)
+            node.destroy()
+            dropped += 1
+    return dropped
 
 
 class SDXLVae(Protocol):
@@ -118,24 +142,62 @@ def unaugment(x: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
     return torch.flip(x, dims=(3,)) if flip else x
 
 
+def sorting_network(count: int) -> list[tuple[int, int]]:
+    """Batcher's odd-even merge sort for ``count`` wires, as (lower, upper) comparator pairs.
+
+    19 comparators for 8 wires, against 28 for odd-even transposition, in the same kind of
+    elementwise min/max steps; any count works, not only powers of two.
+    """
+    comparators: list[tuple[int, int]] = []
+    run = 1
+    while run < count:
+        step = run
+        while step >= 1:
+            for start in range(step % run, count - step, 2 * step):
+                for offset in range(min(step, count - start - step)):
+                    lower = start + offset
+                    if lower // (2 * run) == (lower + step) // (2 * run):
+                        comparators.append((lower, lower + step))
+            step //= 2
+        run *= 2
+    return comparators
+
+
+@functools.cache
+def median_plan(count: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """The sorting network cut down to what the lower median needs: per comparator, its wires and
+    whether its minimum and its maximum are used later (27 elementwise ops for 8 values; sorting all 8 takes 38)."""
+    needed = {(count - 1) // 2}
+    plan: list[tuple[int, int, bool, bool]] = []
+    for lower, upper in reversed(sorting_network(count)):
+        minimum, maximum = lower in needed, upper in needed
+        if minimum or maximum:
+            plan.append((lower, upper, minimum, maximum))
+            needed |= {lower, upper}
+    return tuple(reversed(plan))
+
+
 def lower_median(values: list[torch.Tensor]) -> torch.Tensor:
     """Elementwise median of equally shaped tensors; for an even count the lower middle value, as
     the reference (``torch.median`` over a stacked dim).
 
-    A sorting network of elementwise minima and maxima selects exactly the same values as
-    ``torch.median`` but streams through memory: ``torch.median`` over the pass dim gathers each
-    pixel's 8 values and selects among them one pixel at a time, which at 256² on a CPU took as
-    long as a whole decoder pass. Odd-even transposition (n rounds of neighbour exchanges) sorts
-    any n; at 8 passes that is 28 exchanges. Off the CPU ``torch.median`` stays, already fast there.
+    A sorting network of elementwise minima and maxima (:func:`median_plan`) selects exactly the
+    same values as ``torch.median`` but streams through memory: ``torch.median`` over the pass dim
+    gathers each pixel's 8 values and selects among them one pixel at a time, which at 256² on a
+    CPU took as long as a whole decoder pass. A NaN reaches the result as in ``torch.median``: the
+    median depends on every input, and ``torch.minimum``/``maximum`` pass NaN on. Off the CPU
+    ``torch.median`` stays, already fast there.
     """
     if values[0].device.type != "cpu":
         return torch.median(torch.stack(values), dim=0).values
-    values = list(values)
-    count = len(values)
-    for round_ in range(count):
-        for i in range(round_ % 2, count - 1, 2):
-            values[i], values[i + 1] = torch.minimum(values[i], values[i + 1]), torch.maximum(values[i], values[i + 1])
-    return values[(count - 1) // 2]
+    wires = list(values)
+    for lower, upper, minimum, maximum in median_plan(len(wires)):
+        low, high = wires[lower], wires[upper]
+        if minimum:
+            wires[lower] = torch.minimum(low, high)
+        if maximum:
+            wires[upper] = torch.maximum(low, high)
+    return wires[(len(wires) - 1) // 2]
 
 
 def to_rgba_uint8(estimate: torch.Tensor) -> list[np.ndarray]:
