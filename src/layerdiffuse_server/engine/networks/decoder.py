@@ -63,10 +63,10 @@ def cpu_forward(network: TransparentDecoderNetwork) -> Forward:
     dispatch, against about 70 ms for a pass at 256² (one thread); traced, 8 passes at 256² took
     450 ms of CPU instead of 550, and freezing it (parameters read as constants) about 1 % more.
     The trace runs the same aten ops in the same order, less the divisions by one
-    (:func:`drop_divisions_by_one`), so its output equals the module's bit for bit. It is taken once on the smallest input (64², one pass) and
-    serves every size and batch: the network's only size-dependent branches (diffusers'
-    ``contiguous()`` guards against CUDA kernel limits) do not change values. Where tracing is
-    unavailable or fails, the module itself runs.
+    (:func:`drop_divisions_by_one`), so its output equals the module's bit for bit. It is taken
+    once on the smallest input (64², one pass) and serves every size and batch: the network's only
+    size-dependent branches (diffusers' ``contiguous()`` guards against CUDA kernel limits) do not
+    change values. Where tracing is unavailable or fails, the module itself runs.
     """
     signature = _parameter_signature(network)
     cached = _cpu_traces.get(network)
