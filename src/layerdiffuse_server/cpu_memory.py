@@ -5,10 +5,10 @@ transparent decoder's eight full-resolution passes alone, hundreds per image. Wi
 settings such blocks come from fresh ``mmap`` regions or a heap that is trimmed at every free, so the
 kernel maps and zeroes their pages again each time: measured on the tiny preset at 256², one
 thread, 110–136 of the decoder's 570–640 ms CPU time was the kernel's, and with freed memory kept
-none was (``benchmarks/cpu_decoder.py --allocator-baseline`` compares both). The settings here are
-the ones PyTorch's CPU tuning guides reach for with jemalloc or tcmalloc, made with glibc's own
-``mallopt`` so nothing needs installing: blocks below 32 MiB come from the heap, and up to 256 MiB of
-free heap is kept. Larger tensors (the full-size decoder's at 1024²) still get their own mapping.
+none was (``benchmarks/cpu_decoder.py --allocator-baseline`` compares both). PyTorch's CPU tuning
+guide swaps in jemalloc or tcmalloc for this reason; glibc's own ``mallopt`` does it here with
+nothing to install: blocks below 32 MiB come from the heap, and up to 256 MiB of free heap stays
+mapped. Larger tensors (the full-size decoder's at 1024²) still get their own mapping.
 
 A user who configures the allocator (any ``MALLOC_*_`` variable, a ``glibc.malloc`` tunable, or an
 allocator in ``LD_PRELOAD``) keeps their choice; other C libraries are left alone.
