@@ -35,7 +35,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from layerdiffuse_server.cpu_memory import allocator_chosen_by_user, running_on_glibc
+from layerdiffuse_server.cpu_memory import keep_freed_memory
 from layerdiffuse_server.engine.networks import decoder as decoder_module
 from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 from layerdiffuse_server.schemas import GenerationParams
@@ -116,7 +116,8 @@ def measure(args: argparse.Namespace) -> bool:
     identical = np.array_equal(pixels["previous"], pixels["current"])
 
     median = {name: statistics.median(values) for name, values in seconds.items()}
-    allocator = "freed memory kept" if running_on_glibc() and not allocator_chosen_by_user() else "glibc's defaults"
+    # Asking again is harmless (the same settings) and says whether they are in effect here.
+    allocator = "freed memory kept" if keep_freed_memory() else "glibc's defaults"
     table = Table(
         title=f"CPU, 1 thread, {args.model} {args.size}², {args.steps} steps, medians of {args.rounds}; "
         f"allocator: {allocator}"
