@@ -3,10 +3,12 @@
 diffusers, in process CPU time on one thread: on a shared 2-core host wall time measures the
 neighbours, CPU time the work.
 
-Three runs interleave round by round in one process, so drift of the host hits all of them alike:
-plain diffusers SDXL (the baseline), ours as it runs, and ours with the decoder's previous CPU path
-(the network as a module, the passes combined by ``torch.median``). The two decoder paths must give
-identical pixels; the script says so or fails.
+Four runs interleave round by round in one process, so drift of the host hits all of them alike:
+plain diffusers SDXL (the baseline), ours as it runs (its UNet traced, as a server runs it once
+warm: ``engine.pipelines.unet_tracing``), ours with the UNet run eagerly as plain diffusers runs
+it, which leaves the transparent decoder as the difference, and that with the decoder's previous
+CPU path as well (the network as a module, the passes combined by ``torch.median``). All of ours
+must give identical pixels; the script says so or fails.
 
 The process keeps freed memory for reuse, as the engine does (``layerdiffuse_server.cpu_memory``);
 ``--allocator-baseline`` runs the same benchmark again in a process with glibc's default allocator,
@@ -37,6 +39,7 @@ from rich.table import Table
 
 from layerdiffuse_server.cpu_memory import keep_freed_memory
 from layerdiffuse_server.engine.networks import decoder as decoder_module
+from layerdiffuse_server.engine.pipelines import unet_tracing
 from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
 from layerdiffuse_server.schemas import GenerationParams
 from layerdiffuse_server.settings import Settings
@@ -91,13 +94,14 @@ def measure(args: argparse.Namespace) -> bool:
     settings = Settings(device="cpu")
     ours = TransparentSDXLPipeline.from_preset(args.model, settings=settings, device="cpu")
     plain = bench.load_plain(args.model, settings, ours.device, ours.dtype)
+    unet_tracing.trace_from_next_call(ours.sdxl.unet)  # in the warm-up round, as a warm server runs
     params = GenerationParams(
         prompt=bench.PROMPT, negative_prompt=bench.NEGATIVE, width=args.size, height=args.size,
         num_inference_steps=args.steps, guidance_scale=8.0, seed=42,
     )  # fmt: skip
 
-    seconds: dict[str, list[float]] = {"plain": [], "previous": [], "current": []}
-    decode_seconds: dict[str, list[float]] = {"previous": [], "current": []}
+    seconds: dict[str, list[float]] = {"plain": [], "previous": [], "eager_unet": [], "current": []}
+    decode_seconds: dict[str, list[float]] = {name: [] for name in seconds if name != "plain"}
     pixels: dict[str, np.ndarray] = {}
     for round_ in range(args.rounds + 1):
         for name in seconds:
@@ -105,7 +109,10 @@ def measure(args: argparse.Namespace) -> bool:
             if name == "plain":
                 bench.plain_png(plain, params)
             elif name == "previous":
-                with previous_decoder_path(ours):
+                with previous_decoder_path(ours), unet_tracing.eager(ours.sdxl.unet):
+                    _, timings, pixels[name] = bench.ours_png(ours, params)
+            elif name == "eager_unet":
+                with unet_tracing.eager(ours.sdxl.unet):
                     _, timings, pixels[name] = bench.ours_png(ours, params)
             else:
                 _, timings, pixels[name] = bench.ours_png(ours, params)
@@ -113,7 +120,7 @@ def measure(args: argparse.Namespace) -> bool:
                 seconds[name].append(time.process_time() - started)
                 if name != "plain":
                     decode_seconds[name].append(timings["transparent_decode"])
-    identical = np.array_equal(pixels["previous"], pixels["current"])
+    identical = all(np.array_equal(pixels["current"], pixels[name]) for name in ("previous", "eager_unet"))
 
     median = {name: statistics.median(values) for name, values in seconds.items()}
     # Asking again is harmless (the same settings) and says whether they are in effect here.
@@ -142,8 +149,9 @@ def measure(args: argparse.Namespace) -> bool:
         table.add_column(column, justify="left" if column == "run" else "right")
     labels = {
         "plain": "plain diffusers SDXL → RGB PNG (baseline)",
-        "previous": "ours, previous decoder path (module, torch.median)",
-        "current": "ours (traced network, sorting-network median)",
+        "previous": "ours, UNet eager, previous decoder path (module, torch.median)",
+        "eager_unet": "ours, UNet eager (traced decoder, sorting-network median)",
+        "current": "ours (traced UNet and decoder)",
     }
     for name, label in labels.items():
         decode = f"{statistics.median(decode_seconds[name]) * 1000:.0f} ms" if name in decode_seconds else ""
@@ -153,7 +161,7 @@ def measure(args: argparse.Namespace) -> bool:
             label, f"{median[name] * 1000:.0f} ms", f"{statistics.median(ratios[name]):.2f}×", spread, best, decode
         )
     Console().print(table)
-    print(f"RGBA of the two decoder paths: {'identical' if identical else 'DIFFERENT'}")
+    print(f"RGBA of ours, all three ways: {'identical' if identical else 'DIFFERENT'}")
     return identical
 
 

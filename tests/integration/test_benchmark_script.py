@@ -93,9 +93,10 @@ def test_a_tiny_cpu_run_measures_every_phase(settings: Settings, tiny_folder: Pa
     assert "busy loops beside it; denoising" in results["rows"][-1]["note"]
 
 
-def test_the_cpu_decoder_benchmark_compares_both_decoder_paths(settings: Settings, tiny_folder: Path) -> None:
-    """``cpu_decoder.py`` exits non-zero when its two decoder paths differ in a single pixel; with
-    ``--allocator-baseline`` it measures again in a process on glibc's default allocator."""
+def test_the_cpu_decoder_benchmark_compares_ours_three_ways(settings: Settings, tiny_folder: Path) -> None:
+    """``cpu_decoder.py`` exits non-zero when ours with the UNet traced or eager, or with the previous
+    decoder path, differ in a single pixel; with ``--allocator-baseline`` it measures again in a
+    process on glibc's default allocator."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(("FAL_", "MALLOC_"))}
     env |= {"LAYERDIFFUSE_HOME": str(settings.home), "HF_HUB_OFFLINE": "1"}
     env["COLUMNS"] = "200"  # the table's labels on one line each
@@ -103,7 +104,12 @@ def test_the_cpu_decoder_benchmark_compares_both_decoder_paths(settings: Setting
     command = [sys.executable, str(script), "--size", "64", "--steps", "2", "--rounds", "1", "--allocator-baseline"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert done.stdout.count("RGBA of the two decoder paths: identical") == 2
+    assert done.stdout.count("RGBA of ours, all three ways: identical") == 2
     assert "allocator: freed memory kept" in done.stdout and "allocator: glibc's defaults" in done.stdout
-    for label in ("plain diffusers SDXL", "previous decoder path", "traced network"):
+    for label in (
+        "plain diffusers SDXL",
+        "previous decoder path",
+        "UNet eager (traced decoder",
+        "traced UNet and decoder",
+    ):
         assert label in done.stdout, done.stdout

@@ -20,6 +20,7 @@ from ...engine_choices import MemoryMode
 from ...schemas import GenerationParams
 from ...settings import Settings
 from .compiling import CompileCounts, compile_module, configure_compiling
+from .unet_tracing import trace_from_next_call, trace_when_hot
 
 if TYPE_CHECKING:
     from .loaded import LoadedPipeline
@@ -94,6 +95,8 @@ def apply_runtime_options(pipeline: LoadedPipeline, options: RuntimeOptions) -> 
         configure_compiling(options.compile_cache_folder, options.recompile_limit)
         sdxl.unet = compile_module(sdxl.unet)
         pipeline.decoder.network = compile_module(pipeline.decoder.network)
+    elif pipeline.device.type == "cpu":
+        trace_when_hot(sdxl.unet)
 
 
 def warm_up_sizes(
@@ -105,7 +108,9 @@ def warm_up_sizes(
     """One short generation per serving size (width, height) and batch size: CUDA context, cuDNN
     algorithm choice, allocator pools and, with ``compile``, each size's and batch size's graphs
     (compiled, or read from the compile cache) are paid for here rather than by the first request
-    of that shape. Returns what was compiled meanwhile (all zero without ``compile``)."""
+    of that shape, and on a CPU the UNet's trace (:mod:`.unet_tracing`). Returns what was compiled
+    meanwhile (all zero without ``compile``)."""
+    trace_from_next_call(pipeline.sdxl.unet)
     before = CompileCounts.now()
     started = time.perf_counter()
     for width, height in sizes:
