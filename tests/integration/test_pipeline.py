@@ -13,6 +13,7 @@ from PIL import Image
 from layerdiffuse_server.engine.networks.safety import SafetyChecker
 from layerdiffuse_server.engine.pipelines.acceleration import RuntimeOptions, apply_runtime_options, warm_up_sizes
 from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
+from layerdiffuse_server.engine.pipelines.unet_tracing import traced_module
 from layerdiffuse_server.errors import GenerationCancelled, InvalidInputError
 from layerdiffuse_server.schemas import GenerationParams
 from layerdiffuse_server.settings import Settings
@@ -163,6 +164,7 @@ def test_runtime_options_that_promise_the_same_pixels_keep_them(
     assert [RuntimeOptions(memory_mode=mode).decoder_max_batch(gpu) for mode in ("fast", "default", "low")] == [8, 4, 2]
     assert lean.sdxl.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert warm_up_sizes(lean, [(64, 64)], steps=1).graphs == 0
+    assert traced_module(lean.sdxl.unet) is not None  # on a CPU the warm-up takes the UNet's trace
     pixels = lean.generate(prompt="a lamp", seed=4, **SMALL).images[0].rgba
     difference = np.abs(pixels.astype(int) - reference.astype(int))
     assert difference.max() <= 1 and (difference > 0).mean() < 0.005  # NHWC kernels sum in another order
