@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from diffusers.models.attention_processor import AttnProcessor
 
 from layerdiffuse_server.engine.making.random_weights import TINY_SPEC, build_unet
 from layerdiffuse_server.engine.pipelines import unet_tracing
@@ -62,7 +63,7 @@ def test_a_hot_unet_runs_one_trace_for_every_size_and_batch_with_the_modules_bit
     assert traced_module(unet) is trace
 
 
-def test_weights_merged_in_place_reach_the_trace_and_replaced_ones_trace_again(unet: Any) -> None:
+def test_weights_merged_in_place_reach_the_trace_and_replaced_parts_trace_again(unet: Any) -> None:
     trace_when_hot(unet, after_calls=0)
     inputs = sdxl_inputs()
     before = run(unet, inputs)
@@ -77,7 +78,12 @@ def test_weights_merged_in_place_reach_the_trace_and_replaced_ones_trace_again(u
     unet.conv_out.weight = torch.nn.Parameter(unet.conv_out.weight.detach() * 0.5)
     replaced = run(unet, inputs)
     assert torch.equal(replaced, run_eagerly(unet, inputs)) and not torch.equal(replaced, merged)
-    assert traced_module(unet) not in (None, first)
+    second = traced_module(unet)
+    assert second not in (None, first)
+    # So do other attention processors: a trace has run through the ones it was taken with.
+    unet.set_attn_processor(AttnProcessor())
+    assert torch.equal(run(unet, inputs), run_eagerly(unet, inputs))
+    assert traced_module(unet) not in (None, first, second)
 
 
 def _pre_hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -9,7 +9,7 @@ never pays for it, a server from its third request on gains it.
 
 The trace is not frozen. It reads the UNet's own parameters, so weights merged in place (style
 LoRAs, the conditioned-layer models) reach it without tracing again; a replaced or cast parameter
-makes a new trace. Shapes are not part of the key: the tracer records the batch and spatial sizes
+or other attention processors make a new trace. Shapes are not part of the key: the tracer records the batch and spatial sizes
 as sizes of the inputs, and the one size-dependent branch of diffusers' forward (an upsampling size
 forced when the latent is not a multiple of ``2 ** num_upsamplers``) is. Whatever the trace could
 not have captured runs eagerly: gradients, hooks on any submodule (the conditioned layers
@@ -192,14 +192,16 @@ def _has_hooks(unet: nn.Module) -> bool:
 
 
 def _trace_key(unet: nn.Module, inputs: TracedInputs) -> tuple[object, ...]:
-    """What a trace stays valid for: the parameters' identity (not their values) and the inputs'
-    structure, including the one branch of diffusers' forward that depends on the size."""
+    """What a trace stays valid for: the parameters' identity (not their values), the attention
+    processors (Python objects the trace has run through), the mode, and the inputs' structure,
+    including the one branch of diffusers' forward that depends on the size."""
     factor = 2 ** int(getattr(unet, "num_upsamplers", 0))
     sample = inputs[0]
     forced_upsampling = any(size % factor for size in sample.shape[-2:])
     weights = tuple((tensor.data_ptr(), tensor.dtype) for tensor in (*unet.parameters(), *unet.buffers()))
+    processors = tuple(id(vars(module).get("processor", module._modules.get("processor"))) for module in unet.modules())
     structure = tuple((tensor.dtype, tensor.dim()) for tensor in inputs)
-    return (weights, structure, forced_upsampling)
+    return (weights, processors, unet.training, structure, forced_upsampling)
 
 
 def _trace(unet: nn.Module, inputs: TracedInputs) -> torch.jit.ScriptModule | None:
