@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from diffusers.models.attention_processor import AttnProcessor
 
 from layerdiffuse_server.engine.making.random_weights import TINY_SPEC, build_unet
 from layerdiffuse_server.engine.pipelines import unet_tracing
-from layerdiffuse_server.engine.pipelines.unet_tracing import eager, trace_when_hot, traced_module
+from layerdiffuse_server.engine.pipelines.unet_tracing import eager, trace_from_next_call, trace_when_hot, traced_module
 
 
 @pytest.fixture
@@ -58,12 +60,24 @@ def test_a_hot_unet_runs_one_trace_for_every_size_and_batch_with_the_modules_bit
     assert torch.equal(run(unet, inputs), expected)
     trace = traced_module(unet)
     assert trace is not None
-    for other in (sdxl_inputs(batch=4, seed=2), sdxl_inputs(height=16, width=8, seed=3)):
+    for other in (sdxl_inputs(batch=1, seed=2), sdxl_inputs(batch=4, seed=3), sdxl_inputs(height=16, width=8, seed=4)):
         assert torch.equal(run(unet, other), run_eagerly(unet, other))
     assert traced_module(unet) is trace
 
 
-def test_weights_merged_in_place_reach_the_trace_and_replaced_parts_trace_again(unet: Any) -> None:
+def test_what_changes_the_traced_code_path_has_a_trace_of_its_own(unet: Any) -> None:
+    """A latent that is no multiple of 2 ** num_upsamplers makes diffusers pass upsampling sizes, and
+    integer timesteps (DPM++, DDIM) are another input dtype than float ones (Euler)."""
+    trace_when_hot(unet, after_calls=0)
+    run(unet, sdxl_inputs())
+    first = traced_module(unet)
+    for inputs in (sdxl_inputs(height=10, width=10, seed=5), sdxl_inputs(seed=6) | {"timestep": torch.tensor(421)}):
+        assert torch.equal(run(unet, inputs), run_eagerly(unet, inputs))
+        assert traced_module(unet) not in (None, first)
+    assert len(unet_tracing._traces[unet].traced) == 3
+
+
+def test_weights_merged_in_place_or_replaced_reach_the_trace_and_other_processors_trace_again(unet: Any) -> None:
     trace_when_hot(unet, after_calls=0)
     inputs = sdxl_inputs()
     before = run(unet, inputs)
@@ -73,17 +87,16 @@ def test_weights_merged_in_place_reach_the_trace_and_replaced_parts_trace_again(
         unet.conv_in.weight.mul_(1.5)  # as a style LoRA or a layer model merges
     merged = run(unet, inputs)
     assert not torch.equal(merged, before) and torch.equal(merged, run_eagerly(unet, inputs))
-    assert traced_module(unet) is first
-    # A wider conv_in (a conditioned-layer model) is a new parameter: the trace is taken again.
-    unet.conv_out.weight = torch.nn.Parameter(unet.conv_out.weight.detach() * 0.5)
+    # A conditioned-layer model's conv_in, and the base one put back, are new parameters: the trace
+    # reads them from then on, without tracing again.
+    unet.conv_in.weight = torch.nn.Parameter(unet.conv_in.weight.detach() * 0.5)
     replaced = run(unet, inputs)
     assert torch.equal(replaced, run_eagerly(unet, inputs)) and not torch.equal(replaced, merged)
-    second = traced_module(unet)
-    assert second not in (None, first)
-    # So do other attention processors: a trace has run through the ones it was taken with.
+    assert traced_module(unet) is first
+    # Other attention processors make a new trace: a trace has run through the ones it was taken with.
     unet.set_attn_processor(AttnProcessor())
     assert torch.equal(run(unet, inputs), run_eagerly(unet, inputs))
-    assert traced_module(unet) not in (None, first, second)
+    assert traced_module(unet) not in (None, first)
 
 
 def _pre_hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -97,6 +110,7 @@ def test_what_a_trace_would_get_wrong_runs_eagerly(unet: Any, case: str) -> None
     plain = run_eagerly(unet, inputs)
     if case == "hook":
         # What the conditioned layers do to conv_in: a trace would record its effect for good.
+        run(unet, inputs)  # with a trace taken already, as the layers find it
         handle = unet.conv_in.register_forward_pre_hook(_pre_hook)
         try:
             hooked = run_eagerly(unet, inputs)
@@ -111,7 +125,8 @@ def test_what_a_trace_would_get_wrong_runs_eagerly(unet: Any, case: str) -> None
     else:
         with torch.no_grad():
             assert torch.equal(unet(**inputs | {"return_dict": True}).sample, plain)
-    assert traced_module(unet) is None
+    if case != "hook":
+        assert traced_module(unet) is None
     assert torch.equal(run(unet, inputs), plain) and traced_module(unet) is not None  # and then it traces
 
 
@@ -132,3 +147,50 @@ def test_a_trace_that_fails_leaves_the_module_for_these_weights(
             assert torch.equal(run(unet, inputs), run_eagerly(unet, inputs))
     assert len(attempts) == 1 and traced_module(unet) is None
     assert "CPU trace failed (unsupported op)" in caplog.text
+
+
+def test_a_trace_that_fails_to_run_leaves_those_inputs_to_the_module(
+    unet: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    trace_when_hot(unet, after_calls=0)
+    inputs = sdxl_inputs()
+    run(unet, inputs)
+    # Inputs the module refuses as well raise as the module raises them, and the trace stays.
+    wrong = inputs | {"encoder_hidden_states": torch.randn(2, 8, 7)}
+    with pytest.raises(RuntimeError):
+        run(unet, wrong)
+    (traced,) = [traced for traced in unet_tracing._traces[unet].traced.values() if traced is not None]
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a kernel the trace alone uses")
+
+    traced.module = broken
+    with caplog.at_level(logging.WARNING, logger=unet_tracing.__name__):
+        assert torch.equal(run(unet, inputs), run_eagerly(unet, inputs))
+    assert "a kernel the trace alone uses" in caplog.text and traced_module(unet) is None
+    assert torch.equal(run(unet, inputs), run_eagerly(unet, inputs))  # the module, from now on
+
+
+def test_a_warm_up_traces_at_the_next_call_and_eager_gives_the_dispatcher_back(unet: Any) -> None:
+    trace_when_hot(unet)
+    assert trace_from_next_call(unet) and not trace_from_next_call(build_unet(TINY_SPEC))
+    with eager(unet):
+        assert "forward" not in vars(unet)
+        run(unet, sdxl_inputs())
+    assert traced_module(unet) is None and "forward" in vars(unet)
+    run(unet, sdxl_inputs())
+    assert traced_module(unet) is not None
+
+
+def test_a_unet_let_go_of_is_freed_with_its_traces() -> None:
+    """The model shelf swaps checkpoints: what the traces keep must not keep a UNet's GBs alive."""
+    gc.collect()
+    others = len(unet_tracing._traces)  # the suite's own pipelines
+    unet = build_unet(TINY_SPEC).eval()
+    trace_when_hot(unet, after_calls=0)
+    run(unet, sdxl_inputs())
+    assert traced_module(unet) is not None and len(unet_tracing._traces) == others + 1
+    gone = weakref.ref(unet)
+    del unet
+    gc.collect()
+    assert gone() is None and len(unet_tracing._traces) == others
