@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from layerdiffuse_server.engine.pipelines.transparent_sdxl import TransparentSDXLPipeline
+from layerdiffuse_server.engine.pipelines.unet_tracing import eager, trace_from_next_call, traced_module
 from layerdiffuse_server.errors import InvalidInputError, WeightFormatError
 from layerdiffuse_server.schemas import (
     BackgroundBlendedToForegroundInput,
@@ -60,6 +61,30 @@ def test_switching_models_leaves_text_to_image_byte_identical(tiny_pipeline: Tra
         assert conv_in.in_channels == conv_in.weight.shape[1] == 4 + 4 * len(images)
     assert text_png(tiny_pipeline) == before
     assert tiny_pipeline.patches.active == "text-to-image" and tiny_pipeline.patches.unet.conv_in.in_channels == 4
+
+
+def test_the_unets_cpu_trace_draws_what_the_module_draws_across_model_switches(
+    tiny_pipeline: TransparentSDXLPipeline,
+) -> None:
+    """Conditioned steps run the module (their condition enters through a hook), the plain SDXL
+    steps after ``stop_at`` the trace; then text to image. (That a trace reads a replaced conv_in
+    is tested in test_unet_tracing.py: here the base values put back equal the ones it was traced
+    with.)"""
+    unet = tiny_pipeline.sdxl.unet
+
+    def draw() -> list[np.ndarray]:
+        images = [
+            tiny_pipeline.generate_from_images(*layer_request(task, (200, 30, 30), stop_at=0.5)).images[0].rgba
+            for task in ("fg2ble", "bgble2fg")
+        ]
+        return [*images, tiny_pipeline.generate(prompt="a lamp", seed=9, width=64, height=64).images[0].rgba]
+
+    with eager(unet):
+        expected = draw()
+    assert trace_from_next_call(unet)
+    drawn = draw()
+    assert traced_module(unet) is not None
+    assert all(np.array_equal(image, reference) for image, reference in zip(drawn, expected, strict=True))
 
 
 @pytest.mark.parametrize("task", list(LAYER_INPUTS))
