@@ -103,6 +103,8 @@ class _Traces:
     after_calls: int
     model: _Model | None = None
     generations: int = 0
+    #: The module whose hook made the last call run eagerly: while it has one, nothing to look at.
+    hooked: weakref.ref[nn.Module] | None = None
     eager_calls: dict[Key, int] = field(default_factory=dict)
     traced: dict[Key, _Traced | None] = field(default_factory=dict)
 
@@ -199,8 +201,13 @@ def _look(unet: nn.Module, traces: _Traces) -> _Model | None:
     if traces.model is not None and traces.model.holds(unet):
         return traces.model
     traces.model = None
+    hooked = traces.hooked() if traces.hooked is not None else None
+    if _global_hooks() or (hooked is not None and _hooked(hooked)):
+        return None
     modules = list(unet.modules())
-    if _global_hooks() or any(_hooked(module) for module in modules):
+    hooked = next((module for module in modules if _hooked(module)), None)
+    traces.hooked = weakref.ref(hooked) if hooked is not None else None
+    if hooked is not None:
         return None
     slots: list[tuple[dict[str, Any], str, object]] = []
     for module in modules:
@@ -208,11 +215,12 @@ def _look(unet: nn.Module, traces: _Traces) -> _Model | None:
             slots += [(owner, name, value) for name, value in owner.items()]
         if "processor" in vars(module):
             slots.append((vars(module), "processor", vars(module)["processor"]))
-    tensors = [(tensor, tensor.dtype) for _, tensor in _named_tensors(unet)]
-    # The tensors' values are read at each call: their dtypes, the processors (Python objects the
-    # trace has run through) and the modules' mode are what a trace was taken for.
+    named = list(_named_tensors(unet))
+    tensors = [(tensor, tensor.dtype) for _, tensor in named]
+    # The tensors' values are read at each call: their names and dtypes, the processors (Python
+    # objects the trace has run through) and the modules' mode are what a trace was taken for.
     key = (
-        tuple(dtype for _, dtype in tensors),
+        tuple((name, tensor.dtype) for name, tensor in named),
         tuple(value for _, name, value in slots if name == "processor"),
         tuple(module.training for module in modules),
     )
