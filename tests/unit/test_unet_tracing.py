@@ -130,7 +130,7 @@ def test_what_a_trace_would_get_wrong_runs_eagerly(unet: Any, case: str) -> None
     assert torch.equal(run(unet, inputs), plain) and traced_module(unet) is not None  # and then it traces
 
 
-def test_a_trace_that_fails_leaves_the_module_for_these_weights(
+def test_a_trace_that_cannot_be_taken_is_tried_once_and_the_module_runs(
     unet: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     attempts: list[object] = []
