@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(args: argparse.Namespace) -> bool:
-    """One interleaved benchmark in this process; whether the two decoder paths gave the same pixels."""
+    """One interleaved benchmark in this process; whether all of ours gave the same pixels."""
     torch.set_num_threads(1)
     # The pipeline's stage timer reads time.perf_counter: this makes the decoder column CPU time too.
     time.perf_counter = time.process_time
